@@ -1,0 +1,244 @@
+"""A NATS connection owned by a background event loop, callable from synchronous code.
+
+The `eventsourcing` recorders are synchronous and are called from many threads at once; nats-py is
+asyncio. `NatsThread` runs one event loop in a daemon thread, owns one nats-py connection there,
+and runs coroutines on it for any calling thread (`call`). Many calls are in flight at once, so
+concurrent commands share the connection without serialising on it.
+
+It also offers the two JetStream operations nats-py 2.16 has no API for: the batched direct get
+(one request, many replies, ended by a 204 status) and the atomic batch publish (ADR-50).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import threading
+import uuid
+from collections.abc import Coroutine, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+
+T = TypeVar("T")
+
+
+class JetStreamAPIError(Exception):
+    """An error answered by the JetStream API (code, err_code and description as sent)."""
+
+    def __init__(self, code: int, err_code: int, description: str) -> None:
+        super().__init__(f"{description} (code {code}, err_code {err_code})")
+        self.code = code
+        self.err_code = err_code
+        self.description = description
+
+
+@dataclass(frozen=True, slots=True)
+class StoredMsg:
+    """One message read from a stream by direct get."""
+
+    seq: int
+    subject: str
+    headers: Mapping[str, str]
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class OutMsg:
+    """One message to publish."""
+
+    subject: str
+    data: bytes
+    headers: dict[str, str]
+
+
+class NatsThread:
+    """One nats-py connection on a private event loop in a daemon thread."""
+
+    def __init__(self, url: str, *, name: str = "splice", connect_timeout: float = 5.0) -> None:
+        self.url = url
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name=f"nats-{name}", daemon=True)
+        self._thread.start()
+        self._closed = False
+        self.nc: Client = self.call(
+            nats.connect(
+                url,
+                name=name,
+                connect_timeout=connect_timeout,
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.25,
+                allow_reconnect=True,
+            ),
+            timeout=connect_timeout + 5,
+        )
+        self._inbox_prefix = self.nc.new_inbox()
+        self._mux: dict[str, asyncio.Queue[Msg]] = {}
+        self.call(self._start_mux())
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_forever()
+
+    def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = 30.0) -> T:
+        """Run `coro` on the connection's loop and wait for its result."""
+        if threading.current_thread() is self._thread:  # pragma: no cover - misuse guard
+            raise RuntimeError("NatsThread.call from its own loop would deadlock")
+        fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return fut.result(timeout)
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        asyncio.run_coroutine_threadsafe(coro, self._loop)
+
+    async def _start_mux(self) -> None:
+        async def route(msg: Msg) -> None:
+            token = msg.subject.rsplit(".", 1)[-1]
+            q = self._mux.get(token)
+            if q is not None:
+                q.put_nowait(msg)
+
+        await self.nc.subscribe(self._inbox_prefix + ".*", cb=route)
+
+    def _new_reply(self) -> tuple[str, str, asyncio.Queue[Msg]]:
+        token = uuid.uuid4().hex
+        q: asyncio.Queue[Msg] = asyncio.Queue()
+        self._mux[token] = q
+        return token, f"{self._inbox_prefix}.{token}", q
+
+    # -- JetStream API helpers (run on the loop) ------------------------------------------
+
+    async def api(self, subject: str, body: Mapping[str, Any] | None, timeout: float = 10.0) -> Any:
+        payload = json.dumps(body).encode() if body is not None else b""
+        msg = await self.nc.request(subject, payload, timeout=timeout)
+        reply = json.loads(msg.data) if msg.data else {}
+        err = reply.get("error")
+        if err:
+            raise JetStreamAPIError(err.get("code", 0), err.get("err_code", 0), err.get("description", ""))
+        return reply
+
+    async def direct_get_batch(
+        self, stream: str, seq: int, subject: str, batch: int, timeout: float = 10.0
+    ) -> tuple[list[StoredMsg], int]:
+        """Messages on `subject` (may be a wildcard) from stream sequence `seq` on, at most `batch`.
+
+        Returns the messages and the number still pending after them.
+        """
+        token, reply, q = self._new_reply()
+        try:
+            body = json.dumps({"seq": max(seq, 1), "next_by_subj": subject, "batch": batch}).encode()
+            await self.nc.publish(f"$JS.API.DIRECT.GET.{stream}", body, reply=reply)
+            out: list[StoredMsg] = []
+            pending = 0
+            while True:
+                msg = await asyncio.wait_for(q.get(), timeout)
+                hdrs = msg.headers or {}
+                status = hdrs.get("Status")
+                if status:
+                    if status == "204":
+                        pending = int(hdrs.get("Nats-Num-Pending", "0") or 0)
+                        return out, pending
+                    if status == "404":
+                        return out, 0
+                    raise JetStreamAPIError(int(status), 0, str(hdrs.get("Description", "")))
+                out.append(
+                    StoredMsg(
+                        seq=int(hdrs["Nats-Sequence"]),
+                        subject=hdrs["Nats-Subject"],
+                        headers=hdrs,
+                        data=msg.data,
+                    )
+                )
+        finally:
+            self._mux.pop(token, None)
+
+    async def direct_get_last(self, stream: str, subject: str, timeout: float = 10.0) -> StoredMsg | None:
+        """The last message on `subject` (may be a wildcard), or None."""
+        body = json.dumps({"last_by_subj": subject}).encode()
+        msg = await self.nc.request(f"$JS.API.DIRECT.GET.{stream}", body, timeout=timeout)
+        hdrs = msg.headers or {}
+        status = hdrs.get("Status")
+        if status == "404":
+            return None
+        if status:
+            raise JetStreamAPIError(int(status), 0, str(hdrs.get("Description", "")))
+        return StoredMsg(int(hdrs["Nats-Sequence"]), hdrs["Nats-Subject"], hdrs, msg.data)
+
+    async def publish(self, msgs: Sequence[OutMsg], timeout: float = 10.0) -> tuple[int, int]:
+        """Publish one message, or several as one atomic batch. Returns (last seq, count)."""
+        if len(msgs) == 1:
+            m = msgs[0]
+            resp = await self.nc.request(m.subject, m.data, timeout=timeout, headers=m.headers)
+            ack = json.loads(resp.data)
+            err = ack.get("error")
+            if err:
+                raise JetStreamAPIError(err.get("code", 0), err.get("err_code", 0), err.get("description", ""))
+            return int(ack["seq"]), 1
+        batch_id = uuid.uuid4().hex
+        first_token, first_reply, first_q = self._new_reply()
+        token, reply, q = self._new_reply()
+        try:
+            last = len(msgs)
+            for i, m in enumerate(msgs, 1):
+                headers = dict(m.headers)
+                headers["Nats-Batch-Id"] = batch_id
+                headers["Nats-Batch-Sequence"] = str(i)
+                if i == last:
+                    headers["Nats-Batch-Commit"] = "1"
+                    await self.nc.publish(m.subject, m.data, reply=reply, headers=headers)
+                elif i == 1:
+                    await self.nc.publish(m.subject, m.data, reply=first_reply, headers=headers)
+                else:
+                    await self.nc.publish(m.subject, m.data, headers=headers)
+            # The first message's reply is empty on success; an error there (or on the commit)
+            # rejects the batch. Wait for whichever decides.
+            while True:
+                get_commit = asyncio.ensure_future(q.get())
+                get_first = asyncio.ensure_future(first_q.get())
+                done, _ = await asyncio.wait(
+                    {get_commit, get_first}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
+                )
+                for f in (get_commit, get_first):
+                    if f not in done:
+                        f.cancel()
+                if not done:
+                    raise TimeoutError("atomic batch publish timed out")
+                for f in done:
+                    data = f.result().data
+                    if not data:
+                        continue
+                    ack = json.loads(data)
+                    err = ack.get("error")
+                    if err:
+                        raise JetStreamAPIError(
+                            err.get("code", 0), err.get("err_code", 0), err.get("description", "")
+                        )
+                    if f is get_commit:
+                        return int(ack["seq"]), int(ack.get("count", last))
+        finally:
+            self._mux.pop(first_token, None)
+            self._mux.pop(token, None)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.call(self.nc.drain(), timeout=10)
+        except Exception:  # noqa: S110 - best effort on shutdown
+            pass
+        try:
+            self.call(self._cancel_rest(), timeout=5)
+        except Exception:  # noqa: S110 - best effort on shutdown
+            pass
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(timeout=5)
+
+    async def _cancel_rest(self) -> None:
+        me = asyncio.current_task()
+        rest = [t for t in asyncio.all_tasks() if t is not me]
+        for t in rest:
+            t.cancel()
+        await asyncio.gather(*rest, return_exceptions=True)

