@@ -249,9 +249,7 @@ class JetStreamAggregateRecorder(AggregateRecorder):
         known = ds.recall(originator_id)
         if known is not None:
             if known[0] >= first_version:
-                raise IntegrityError(
-                    f"version {first_version} of {originator_id} already exists"
-                )
+                raise IntegrityError(f"version {first_version} of {originator_id} already exists")
             if known[0] == first_version - 1:
                 return known[1]
         if first_version <= 1 and known is None:
@@ -463,6 +461,12 @@ class JetStreamApplicationRecorder(JetStreamAggregateRecorder, ApplicationRecord
                 break
         return out
 
+    def get_claim(self, suffix: str) -> tuple[int, bytes] | None:
+        """The claim stored on ``<prefix>.idem.<suffix>`` by an earlier write: (seq, payload)."""
+        ds = self.datastore
+        last = ds.call(ds.conn.direct_get_last(ds.stream, f"{ds.prefix}.idem.{suffix}"))
+        return None if last is None else (last.seq, last.data)
+
     def max_notification_id(self) -> int | None:
         ds = self.datastore
         last = ds.call(ds.conn.direct_get_last(ds.stream, ds.topic_filter(None)))
@@ -478,7 +482,10 @@ class JetStreamSubscription(ListenNotifySubscription[JetStreamApplicationRecorde
     """Pulls notifications with batched direct gets; new messages on the stream wake it up."""
 
     def __init__(
-        self, recorder: JetStreamApplicationRecorder, gt: int | None = None, topics: Sequence[str] = ()
+        self,
+        recorder: JetStreamApplicationRecorder,
+        gt: int | None = None,
+        topics: Sequence[str] = (),
     ) -> None:
         self._sub: Any = None
         ds = recorder.datastore
@@ -571,9 +578,7 @@ class JetStreamFactory(InfrastructureFactory[JetStreamTrackingRecorder]):
     ) -> JetStreamTrackingRecorder:
         if tracking_recorder_class is None:
             topic = self.env.get(self.TRACKING_RECORDER_TOPIC)
-            tracking_recorder_class = (
-                resolve_topic(topic) if topic else JetStreamTrackingRecorder
-            )
+            tracking_recorder_class = resolve_topic(topic) if topic else JetStreamTrackingRecorder
         assert tracking_recorder_class is not None
         return tracking_recorder_class(self._datastore("events"))
 

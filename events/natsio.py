@@ -116,7 +116,9 @@ class NatsThread:
         reply = json.loads(msg.data) if msg.data else {}
         err = reply.get("error")
         if err:
-            raise JetStreamAPIError(err.get("code", 0), err.get("err_code", 0), err.get("description", ""))
+            raise JetStreamAPIError(
+                err.get("code", 0), err.get("err_code", 0), err.get("description", "")
+            )
         return reply
 
     async def direct_get_batch(
@@ -128,7 +130,9 @@ class NatsThread:
         """
         token, reply, q = self._new_reply()
         try:
-            body = json.dumps({"seq": max(seq, 1), "next_by_subj": subject, "batch": batch}).encode()
+            body = json.dumps(
+                {"seq": max(seq, 1), "next_by_subj": subject, "batch": batch}
+            ).encode()
             await self.nc.publish(f"$JS.API.DIRECT.GET.{stream}", body, reply=reply)
             out: list[StoredMsg] = []
             pending = 0
@@ -154,7 +158,9 @@ class NatsThread:
         finally:
             self._mux.pop(token, None)
 
-    async def direct_get_last(self, stream: str, subject: str, timeout: float = 10.0) -> StoredMsg | None:
+    async def direct_get_last(
+        self, stream: str, subject: str, timeout: float = 10.0
+    ) -> StoredMsg | None:
         """The last message on `subject` (may be a wildcard), or None."""
         body = json.dumps({"last_by_subj": subject}).encode()
         msg = await self.nc.request(f"$JS.API.DIRECT.GET.{stream}", body, timeout=timeout)
@@ -174,7 +180,9 @@ class NatsThread:
             ack = json.loads(resp.data)
             err = ack.get("error")
             if err:
-                raise JetStreamAPIError(err.get("code", 0), err.get("err_code", 0), err.get("description", ""))
+                raise JetStreamAPIError(
+                    err.get("code", 0), err.get("err_code", 0), err.get("description", "")
+                )
             return int(ack["seq"]), 1
         batch_id = uuid.uuid4().hex
         first_token, first_reply, first_q = self._new_reply()

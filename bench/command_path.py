@@ -1,0 +1,449 @@
+"""Commands per second through the whole Splice command path, against raw JetStream publishing.
+
+One run, one nats-server (its own temporary store, a free port, ``sync_interval: always``):
+
+1. the Splice phase: ``splice serve`` as a subprocess; N concurrent clients (asyncio tasks sharing
+   one nats-py connection) each send a command by request/reply and wait for its reply, again and
+   again, for a duration or a total number of commands. The measured command is
+   ``servicetype.update`` on a service type each client owns (independent aggregates: the
+   workload of many tenants), or ``servicetype.create`` (every create also claims a unique name,
+   so creates meet on the name registry), or both one after the other;
+2. the raw phase: N concurrent tasks on one connection each awaiting ``js.publish`` of a message
+   as large as a real event (the payload and header size of one event the Splice phase wrote) to a
+   stream of its own, ``BENCH_RAW`` (file storage, R1), on the same server.
+
+Only ``{"ok": true}`` replies count; error replies and failed requests are reported by kind.
+Human-readable figures go to stdout; the last line is one JSON object ending with
+``"splice_cmds_per_s", "raw_publish_per_s", "ratio", "clients"``.
+
+    .venv/bin/python bench/command_path.py --clients 32 --duration 10 --command update
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nats
+from nats.aio.client import Client
+from nats.js import api
+from nats.js.client import JetStreamContext
+
+from splice.natsserver import NatsServer
+
+ADMIN = "splice.cmd._admin.servicetype"
+REQUEST_TIMEOUT_S = 10.0
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+# -- measuring ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Phase:
+    """What one phase measured."""
+
+    name: str
+    ok: int = 0
+    errors: Counter[str] = field(default_factory=Counter)
+    latencies: list[float] = field(default_factory=list)
+    elapsed_s: float = 0.0
+    cpu_s: dict[str, float] = field(default_factory=dict)
+    last_seq: int | None = None
+
+    @property
+    def rate(self) -> float:
+        return self.ok / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+    def percentile_ms(self, p: float) -> float | None:
+        if not self.latencies:
+            return None
+        xs = sorted(self.latencies)
+        return round(xs[min(len(xs) - 1, int(p / 100 * len(xs)))] * 1000, 2)
+
+    def describe(self) -> str:
+        lines = [
+            f"{self.name}: {self.ok} ok in {self.elapsed_s:.2f} s = {self.rate:,.0f}/s; "
+            f"latency p50 {self.percentile_ms(50)} ms, p99 {self.percentile_ms(99)} ms, "
+            f"max {self.percentile_ms(100)} ms",
+        ]
+        if self.cpu_s:
+            used = ", ".join(f"{k} {v:.1f} s" for k, v in self.cpu_s.items())
+            lines.append(f"  CPU used: {used} (of {self.elapsed_s * os.cpu_count():.1f} s)")
+        if self.errors:
+            lines.append(f"  errors: {sum(self.errors.values())}")
+            lines += [f"    {n} x {kind}" for kind, n in self.errors.most_common(10)]
+        return "\n".join(lines)
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (children excluded), from /proc."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK
+
+
+@dataclass
+class Limits:
+    duration_s: float
+    commands: int | None
+
+    def budget(self) -> tuple[float, list[int]]:
+        """The deadline, and a shared countdown of commands (unbounded when -1)."""
+        return time.monotonic() + self.duration_s, [self.commands or -1]
+
+
+async def run_clients(
+    name: str,
+    clients: int,
+    limits: Limits,
+    one: Callable[[int, int], Awaitable[tuple[bool, str | None, int | None]]],
+    pids: dict[str, int],
+) -> Phase:
+    """`clients` tasks each calling `one(client, n)` until the budget is spent.
+
+    `one` returns (ok, error kind, stream seq)."""
+    phase = Phase(name)
+    deadline, left = limits.budget()
+    cpu0 = {k: cpu_seconds(p) for k, p in pids.items()}
+
+    async def client(c: int) -> None:
+        n = 0
+        while time.monotonic() < deadline:
+            if left[0] == 0:
+                return
+            if left[0] > 0:
+                left[0] -= 1
+            n += 1
+            t0 = time.perf_counter()
+            try:
+                ok, error, seq = await one(c, n)
+            except Exception as e:
+                ok, error, seq = False, f"{type(e).__name__}: {e}"[:160], None
+            if ok:
+                phase.ok += 1
+                phase.latencies.append(time.perf_counter() - t0)
+                if seq is not None:
+                    phase.last_seq = max(seq, phase.last_seq or 0)
+            else:
+                phase.errors[error or "?"] += 1
+
+    started = time.monotonic()
+    await asyncio.gather(*(client(c) for c in range(clients)))
+    phase.elapsed_s = time.monotonic() - started
+    phase.cpu_s = {k: cpu_seconds(p) - cpu0[k] for k, p in pids.items()}
+    return phase
+
+
+# -- the Splice command path --------------------------------------------------------------------
+
+
+async def command(nc: Client, verb: str, body: dict[str, Any]) -> dict[str, Any]:
+    msg = await nc.request(f"{ADMIN}.{verb}", json.dumps(body).encode(), timeout=REQUEST_TIMEOUT_S)
+    reply: dict[str, Any] = json.loads(msg.data)
+    return reply
+
+
+def error_kind(reply: dict[str, Any]) -> str:
+    err = reply.get("error") or {}
+    return f"{err.get('code')}: {err.get('message')}"[:160]
+
+
+async def wait_until_serving(nc: Client, service: subprocess.Popen[bytes], timeout: float) -> None:
+    """Until the service answers a request (an invalid one: it appends nothing)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if service.poll() is not None:
+            raise RuntimeError(f"splice serve exited with {service.returncode}")
+        try:
+            await nc.request(f"{ADMIN}.create", b"{}", timeout=1)
+            return
+        except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"splice serve did not answer within {timeout}s") from None
+            await asyncio.sleep(0.1)
+
+
+def st_body(name: str) -> dict[str, Any]:
+    return {
+        "command_id": str(uuid.uuid4()),
+        "actor": "bench",
+        "name": name,
+        "providers": {"loadbalancer": "haproxy"},
+    }
+
+
+async def splice_create(
+    nc: Client, run: str, clients: int, limits: Limits, pids: dict[str, int]
+) -> Phase:
+    async def one(c: int, n: int) -> tuple[bool, str | None, int | None]:
+        reply = await command(nc, "create", st_body(f"st-{run}-{c}-{n}"))
+        if reply.get("ok") is True:
+            return True, None, reply.get("seq")
+        return False, error_kind(reply), None
+
+    return await run_clients("splice servicetype.create", clients, limits, one, pids)
+
+
+async def splice_update(
+    nc: Client, run: str, clients: int, limits: Limits, pids: dict[str, int]
+) -> Phase:
+    ids: list[str] = []
+    for c in range(clients):  # one service type per client, made before the clock starts
+        reply = await command(nc, "create", st_body(f"own-{run}-{c}"))
+        if reply.get("ok") is not True:
+            raise RuntimeError(f"could not create the service type of client {c}: {reply}")
+        ids.append(reply["id"])
+
+    async def one(c: int, n: int) -> tuple[bool, str | None, int | None]:
+        body = {
+            "command_id": str(uuid.uuid4()),
+            "actor": "bench",
+            "id": ids[c],
+            "description": f"d{n}",
+        }
+        reply = await command(nc, "update", body)
+        if reply.get("ok") is True:
+            return True, None, reply.get("seq")
+        return False, error_kind(reply), None
+
+    return await run_clients("splice servicetype.update", clients, limits, one, pids)
+
+
+# -- raw JetStream ------------------------------------------------------------------------------
+
+
+async def sample_event(js: JetStreamContext, seq: int) -> tuple[str, bytes, dict[str, str]]:
+    """The stream, payload and headers of the event stored at `seq` by the Splice phase."""
+    async for name in _stream_names(js):
+        try:
+            msg = await js.get_msg(name, seq=seq)
+        except nats.js.errors.NotFoundError:
+            continue
+        if msg.subject and ".evt." in msg.subject:
+            return name, msg.data or b"", dict(msg.headers or {})
+    raise RuntimeError(f"no stream holds an event at seq {seq}")
+
+
+async def _stream_names(js: JetStreamContext) -> Any:
+    for info in await js.streams_info():
+        if info.config.name and info.config.name != "BENCH_RAW":
+            yield info.config.name
+
+
+def header_size(headers: dict[str, str]) -> int:
+    return len("NATS/1.0\r\n\r\n") + sum(len(k) + len(v) + 4 for k, v in headers.items())
+
+
+def raw_headers(real: dict[str, str]) -> dict[str, str]:
+    """The real event's application headers, padded to its full header size (the server's own
+    ``Nats-*`` headers would be concurrency checks and de-duplication: not part of a raw publish)."""
+    mine = {k: v for k, v in real.items() if not k.startswith("Nats-")}
+    missing = header_size(real) - header_size(mine) - len("Bench-Pad") - 4
+    if missing > 0:
+        mine["Bench-Pad"] = "x" * missing
+    return mine
+
+
+async def raw_publish(
+    js: JetStreamContext,
+    payload: bytes,
+    headers: dict[str, str],
+    clients: int,
+    limits: Limits,
+    pids: dict[str, int],
+) -> Phase:
+    with contextlib.suppress(nats.js.errors.NotFoundError):
+        await js.delete_stream("BENCH_RAW")
+    await js.add_stream(
+        api.StreamConfig(
+            name="BENCH_RAW",
+            subjects=["bench.>"],
+            storage=api.StorageType.FILE,
+            num_replicas=1,
+        )
+    )
+
+    async def one(c: int, n: int) -> tuple[bool, str | None, int | None]:
+        ack = await js.publish(
+            f"bench.c{c}.evt", payload, timeout=REQUEST_TIMEOUT_S, headers=headers
+        )
+        return True, None, ack.seq
+
+    return await run_clients("raw js.publish", clients, limits, one, pids)
+
+
+# -- the run ----------------------------------------------------------------------------------
+
+
+def splice_script() -> str:
+    script = Path(sys.executable).parent / "splice"
+    if not script.exists():
+        raise FileNotFoundError(f"{script} not found: install the project (pip install -e .)")
+    return str(script)
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout: float = 15.0) -> None:
+    if proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+async def bench(
+    args: argparse.Namespace, server: NatsServer, service: subprocess.Popen[bytes]
+) -> dict[str, Any]:
+    assert server.proc is not None
+    pids = {"splice serve": service.pid, "nats-server": server.proc.pid, "bench": os.getpid()}
+    limits = Limits(args.duration, args.commands)
+    run = uuid.uuid4().hex[:8]
+    nc = await nats.connect(server.url, name="bench", max_reconnect_attempts=0)
+    try:
+        await wait_until_serving(nc, service, args.start_timeout)
+        print(f"splice serve answers on {server.url}; {args.clients} clients", flush=True)
+        if args.warmup > 0:  # not measured: first loads, caches, JIT-free but still cold files
+            await splice_create(nc, f"{run}w", args.clients, Limits(args.warmup, None), pids)
+
+        phases: dict[str, Phase] = {}
+        if args.command in ("create", "both"):
+            phases["create"] = await splice_create(nc, run, args.clients, limits, pids)
+            print(phases["create"].describe(), flush=True)
+        if args.command in ("update", "both"):
+            phases["update"] = await splice_update(nc, run, args.clients, limits, pids)
+            print(phases["update"].describe(), flush=True)
+        main = phases["update"] if "update" in phases else phases["create"]
+        if main.last_seq is None:
+            raise RuntimeError("the Splice phase had no successful command: nothing to compare")
+
+        js = nc.jetstream()
+        stream, payload, headers = await sample_event(js, main.last_seq)
+        hdrs = raw_headers(headers)
+        print(
+            f"sample event from {stream} seq {main.last_seq}: payload {len(payload)} B, "
+            f"headers {header_size(headers)} B (raw: {header_size(hdrs)} B)",
+            flush=True,
+        )
+        raw = await raw_publish(js, payload, hdrs, args.clients, limits, pids)
+        print(raw.describe(), flush=True)
+    finally:
+        await nc.close()
+
+    ratio = main.rate / raw.rate if raw.rate else None
+    print(
+        f"\nSplice {main.name}: {main.rate:,.0f} commands/s vs raw js.publish "
+        f"{raw.rate:,.0f}/s: ratio {ratio:.3f}"
+        if ratio is not None
+        else "raw phase had no ok",
+        flush=True,
+    )
+    result: dict[str, Any] = {"command": args.command, "event_bytes": len(payload)}
+    for key, ph in phases.items():
+        result[f"splice_{key}_cmds_per_s"] = round(ph.rate, 1)
+        result[f"splice_{key}_p50_ms"] = ph.percentile_ms(50)
+        result[f"splice_{key}_p99_ms"] = ph.percentile_ms(99)
+        result[f"splice_{key}_errors"] = sum(ph.errors.values())
+    result["raw_p50_ms"] = raw.percentile_ms(50)
+    result["raw_p99_ms"] = raw.percentile_ms(99)
+    result["raw_errors"] = sum(raw.errors.values())
+    result["splice_cmds_per_s"] = round(main.rate, 1)
+    result["raw_publish_per_s"] = round(raw.rate, 1)
+    result["ratio"] = round(ratio, 4) if ratio is not None else None
+    result["clients"] = args.clients
+    return result
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--clients", type=int, default=32, help="concurrent clients (default 32)")
+    p.add_argument(
+        "--duration",
+        type=float,
+        default=None,
+        help="seconds per phase (default 10; 600 as a bound with --commands)",
+    )
+    p.add_argument(
+        "--commands",
+        type=int,
+        default=None,
+        help="commands per phase instead (still bounded by --duration)",
+    )
+    p.add_argument(
+        "--command",
+        choices=("update", "create", "both"),
+        default="update",
+        help="update: each client updates its own service type (default); create: new service "
+        "types, which all go through the unique-name registry; both: one phase of each",
+    )
+    p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds of creates first")
+    p.add_argument("--start-timeout", type=float, default=60.0, help="for splice serve to answer")
+    p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, store)")
+    args = p.parse_args(argv)
+    if args.duration is None:
+        args.duration = 10.0 if args.commands is None else 600.0
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    tmp = Path(tempfile.mkdtemp(prefix="splice-bench-"))
+    server = NatsServer(store_dir=tmp / "nats")
+    service: subprocess.Popen[bytes] | None = None
+    service_log = tmp / "splice-serve.log"
+    try:
+        server.start()
+        with service_log.open("wb") as out:
+            service = subprocess.Popen(
+                [splice_script(), "serve", "--nats-url", server.url],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        print(f"nats-server {server.url} (sync_interval: always) store {tmp}", flush=True)
+        try:
+            result = asyncio.run(bench(args, server, service))
+        except BaseException:
+            print(f"--- splice serve log (last lines) ---\n{tail(service_log)}", file=sys.stderr)
+            raise
+        print(json.dumps(result), flush=True)
+        return 0
+    finally:
+        if service is not None:
+            stop_process(service)
+        server.stop()
+        if args.keep:
+            print(f"kept {tmp}", file=sys.stderr)
+        else:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,352 @@
+"""The command service: NATS request/reply on ``splice.cmd.<tenant>.<aggregate>.<verb>``.
+
+Several replicas share the load through one queue group. For each request: check the subject and
+the size, decode and validate the body (msgspec), look up the command id (a command already
+handled gets its first reply again), run the handler, save its events in one atomic write with
+the command's claim, reply. A concurrency conflict re-runs the handler on fresh state, a bounded
+number of times. Every reply is structured; no traceback goes on the wire.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import re
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+import nats
+import structlog
+from eventsourcing.persistence import IntegrityError, OperationalError
+from nats.aio.msg import Msg
+
+from splice.events.contracts import (
+    ADMIN_AGGREGATES,
+    ADMIN_TENANT,
+    COMMANDS,
+    Command,
+    Error,
+    Failed,
+    Ok,
+)
+from splice.events.jetstream import JetStreamApplicationRecorder
+
+from .domain import DomainError, Meta, public_id
+from .handlers import COMMAND_HANDLERS, SpliceApplication
+
+log = structlog.get_logger("splice.cmd")
+
+COMMAND_SUBJECTS = "splice.cmd.>"
+QUEUE_GROUP = "splice-cmd"
+MAX_PAYLOAD = 64 * 1024
+TENANT_RE = re.compile(r"^(?:[a-z0-9][a-z0-9-]{0,62}|_admin)$")
+_AT = re.compile(r" - at `(\$[^`]*)`$")
+
+_encoder = msgspec.json.Encoder()
+_DECODERS = {t: msgspec.json.Decoder(t) for t in COMMANDS.values()}
+_ok_decoder = msgspec.json.Decoder(Ok)
+
+
+def app_env(nats_url: str, **extra: str) -> dict[str, str]:
+    """The eventsourcing environment of the command side."""
+    env = {
+        "PERSISTENCE_MODULE": "splice.events.jetstream",
+        "NATS_URL": nats_url,
+        "MAPPER_TOPIC": "splice.services.codec:SpliceMapper",
+        "AGGREGATE_CACHE_MAXSIZE": "10000",
+        "AGGREGATE_CACHE_FASTFORWARD": "y",
+    }
+    env.update(extra)
+    return env
+
+
+def failed(
+    code: str, message: str, field: str | None = None, command_id: str | None = None
+) -> Failed:
+    return Failed(error=Error(code=code, message=message, field=field), command_id=command_id)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Parsed:
+    tenant: str
+    aggregate: str
+    verb: str
+    command: Command
+
+
+def parse(subject: str, data: bytes, max_payload: int = MAX_PAYLOAD) -> Parsed | Failed:
+    """Subject, size and body checks. Pure: no I/O."""
+    parts = subject.split(".")
+    if len(parts) != 5 or parts[0] != "splice" or parts[1] != "cmd":
+        return failed(
+            "invalid", "command subjects are splice.cmd.<tenant>.<aggregate>.<verb>", "subject"
+        )
+    tenant, aggregate, verb = parts[2], parts[3], parts[4]
+    if not TENANT_RE.match(tenant):
+        return failed("invalid", f"{tenant!r} is not a valid tenant", "subject")
+    cmd_type = COMMANDS.get((aggregate, verb))
+    if cmd_type is None:
+        return failed("invalid", f"unknown command {aggregate}.{verb}", "subject")
+    if (aggregate in ADMIN_AGGREGATES) != (tenant == ADMIN_TENANT):
+        scope = "the admin scope (_admin)" if aggregate in ADMIN_AGGREGATES else "a tenant"
+        return failed("forbidden", f"{aggregate} commands belong to {scope}", "subject")
+    if len(data) > max_payload:
+        return failed("invalid", f"payload of {len(data)} bytes exceeds {max_payload}", "$")
+    try:
+        cmd = _DECODERS[cmd_type].decode(data)
+    except msgspec.ValidationError as e:
+        text = str(e)
+        m = _AT.search(text)
+        return failed("invalid", _AT.sub("", text), m.group(1) if m else "$")
+    except msgspec.DecodeError as e:
+        return failed("invalid", str(e), "$")
+    return Parsed(tenant, aggregate, verb, cmd)
+
+
+class CommandService:
+    """Serves commands until stopped. One instance per process; run several for more."""
+
+    def __init__(
+        self,
+        nats_url: str,
+        *,
+        env: dict[str, str] | None = None,
+        workers: int = 32,
+        max_attempts: int = 12,
+        max_payload: int = MAX_PAYLOAD,
+        queue: str = QUEUE_GROUP,
+    ) -> None:
+        self.nats_url = nats_url
+        self.env = app_env(nats_url, **(env or {}))
+        self.workers = workers
+        self.max_attempts = max_attempts
+        self.max_payload = max_payload
+        self.queue = queue
+        self.app: SpliceApplication | None = None
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="splice-cmd")
+        self._nc: Any = None
+        self._sem = asyncio.Semaphore(workers * 4)
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.handled = 0
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self.app = await loop.run_in_executor(self._pool, lambda: SpliceApplication(env=self.env))
+        self._nc = await nats.connect(
+            self.nats_url.split(","),
+            name="splice-command-service",
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.25,
+        )
+        await self._nc.subscribe(COMMAND_SUBJECTS, queue=self.queue, cb=self._on_msg)
+        await self._nc.flush()
+        log.info("command service ready", subjects=COMMAND_SUBJECTS, queue=self.queue)
+
+    async def stop(self) -> None:
+        if self._nc is not None:
+            try:
+                await self._nc.drain()
+            except Exception as e:  # pragma: no cover - best effort
+                log.warning("drain failed", error=str(e))
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=10)
+        loop = asyncio.get_running_loop()
+        if self.app is not None:
+            app = self.app
+            await loop.run_in_executor(self._pool, app.close)
+            self.app = None
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def __aenter__(self) -> CommandService:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- requests ----------------------------------------------------------------------------
+
+    async def _on_msg(self, msg: Msg) -> None:
+        await self._sem.acquire()
+        task = asyncio.create_task(self._serve(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._sem.release()
+
+    async def _serve(self, msg: Msg) -> None:
+        reply = await self.handle(msg.subject, msg.data)
+        if msg.reply:
+            try:
+                await msg.respond(_encoder.encode(reply))
+            except Exception as e:  # connection lost: the client will retry
+                log.warning("reply not sent", subject=msg.subject, error=str(e))
+
+    async def handle(self, subject: str, data: bytes) -> Ok | Failed:
+        started = time.perf_counter()
+        parsed = parse(subject, data, self.max_payload)
+        if isinstance(parsed, Failed):
+            self._log(subject, None, parsed, started, 0)
+            return parsed
+        cmd = parsed.command
+        command_id = cmd.command_id or str(uuid.uuid4())
+        loop = asyncio.get_running_loop()
+        try:
+            reply, attempts = await loop.run_in_executor(
+                self._pool, self._execute, subject, parsed, command_id
+            )
+        except Exception:
+            log.exception("command failed unexpectedly", subject=subject, command_id=command_id)
+            reply, attempts = failed("internal", "internal error", None, command_id), 0
+        self._log(subject, parsed, reply, started, attempts)
+        self.handled += 1
+        return reply
+
+    def _log(
+        self, subject: str, parsed: Parsed | None, reply: Ok | Failed, started: float, attempts: int
+    ) -> None:
+        fields: dict[str, Any] = {
+            "subject": subject,
+            "ms": round((time.perf_counter() - started) * 1000, 2),
+            "attempts": attempts,
+        }
+        if parsed is not None:
+            fields.update(
+                tenant=parsed.tenant,
+                aggregate=parsed.aggregate,
+                verb=parsed.verb,
+                actor=parsed.command.actor,
+            )
+        if isinstance(reply, Ok):
+            fields.update(
+                outcome="ok",
+                command_id=reply.command_id,
+                id=reply.id,
+                version=reply.version,
+                seq=reply.seq,
+            )
+        else:
+            fields.update(
+                outcome=reply.error.code,
+                command_id=reply.command_id,
+                field=reply.error.field,
+                error=reply.error.message,
+            )
+        log.info("command", **fields)
+
+    # -- the synchronous core (worker threads) ------------------------------------------------
+
+    def _recorder(self) -> JetStreamApplicationRecorder:
+        assert self.app is not None
+        rec = self.app.recorder
+        assert isinstance(rec, JetStreamApplicationRecorder)
+        return rec
+
+    def _claim_suffix(self, tenant: str, command_id: str) -> str:
+        return f"{tenant}.{command_id}"
+
+    def _previous(self, subject: str, tenant: str, command_id: str) -> Ok | Failed | None:
+        found = self._recorder().get_claim(self._claim_suffix(tenant, command_id))
+        if found is None:
+            return None
+        seq, payload = found
+        stored = msgspec.json.decode(payload)
+        if stored.get("subject") != subject:
+            return failed(
+                "conflict",
+                f"command id {command_id} was already used for {stored.get('subject')}",
+                "command_id",
+                command_id,
+            )
+        return Ok(
+            id=stored["id"],
+            version=stored["version"],
+            seq=seq - int(stored.get("back", 1)),
+            command_id=command_id,
+        )
+
+    def _execute(self, subject: str, parsed: Parsed, command_id: str) -> tuple[Ok | Failed, int]:
+        app = self.app
+        assert app is not None
+        cmd = parsed.command
+        meta = Meta(
+            actor=cmd.actor,
+            command_id=command_id,
+            correlation_id=cmd.correlation_id or command_id,
+        )
+        handler = COMMAND_HANDLERS[type(cmd)]
+        headers = {
+            "Splice-Actor": meta.actor,
+            "Splice-Command-Id": meta.command_id,
+            "Splice-Correlation-Id": meta.correlation_id,
+        }
+        attempt = 0
+        while True:
+            attempt += 1
+            if cmd.command_id is not None:
+                previous = self._previous(subject, parsed.tenant, command_id)
+                if previous is not None:
+                    return previous, attempt
+            try:
+                decision = handler(app, parsed.tenant, cmd, meta)
+            except DomainError as e:
+                return failed(e.code, e.message, e.field, command_id), attempt
+            target = decision.subject
+            back = 1
+            if not decision.save:
+                return Ok(
+                    id=public_id(target.id), version=target.version, seq=None, command_id=command_id
+                ), attempt
+            # The reply's seq is the stream sequence of the target's newest event. The claim is
+            # the batch's last message, so that event sits `back` messages before it.
+            pending = [(agg.id, len(agg.pending_events)) for agg in decision.save]
+            total = sum(n for _, n in pending)
+            upto = 0
+            for agg_id, n in pending:
+                upto += n
+                if agg_id == target.id:
+                    back = total - upto + 1
+            claim_body = {
+                "subject": subject,
+                "id": public_id(target.id),
+                "version": target.version,
+                "back": back,
+            }
+            try:
+                recordings = app.save(
+                    *decision.save,
+                    claim=(
+                        self._claim_suffix(parsed.tenant, command_id),
+                        msgspec.json.encode(claim_body),
+                    ),
+                    headers=headers,
+                )
+            except IntegrityError:
+                if attempt >= self.max_attempts:
+                    return failed(
+                        "conflict",
+                        f"gave up after {attempt} attempts: the resource kept changing",
+                        None,
+                        command_id,
+                    ), attempt
+                time.sleep(random.uniform(0, 0.002 * attempt))  # noqa: S311 - jitter, not crypto
+                continue
+            except OperationalError as e:
+                return failed(
+                    "unavailable", f"event store unavailable: {e}", None, command_id
+                ), attempt
+            seqs = [
+                r.notification.id for r in recordings if r.domain_event.originator_id == target.id
+            ]
+            seq = max(seqs) if seqs else None
+            return Ok(
+                id=public_id(target.id), version=target.version, seq=seq, command_id=command_id
+            ), attempt

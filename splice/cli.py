@@ -1,0 +1,401 @@
+"""The `splice` command line: run Splice (`up`, `serve`), send commands, read the event log."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import getpass
+import json
+import os
+import signal
+import sys
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+import typer
+from rich.console import Console
+
+from splice import logs
+from splice.natsserver import NatsServer, free_port, port_is_free
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+servicetype_app = typer.Typer(
+    no_args_is_help=True, help="Service types: providers per kind, one default."
+)
+app.add_typer(servicetype_app, name="servicetype")
+
+out = Console()
+err = Console(stderr=True)
+
+STATE_FILE = "splice-up.json"
+
+NatsUrlOpt = Annotated[
+    str | None,
+    typer.Option("--nats-url", envvar="SPLICE_NATS_URL", help="NATS server(s), comma-separated."),
+]
+OutputOpt = Annotated[str, typer.Option("-o", "--output", help="table or json")]
+
+
+def default_state_dir() -> Path:
+    env = os.environ.get("SPLICE_STATE_DIR")
+    if env:
+        return Path(env)
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "splice"
+
+
+StateDirOpt = Annotated[
+    Path,
+    typer.Option(
+        "--state-dir", envvar="SPLICE_STATE_DIR", help="Where `splice up` keeps its data."
+    ),
+]
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def resolve_url(nats_url: str | None, state_dir: Path | None = None) -> str:
+    """--nats-url / $SPLICE_NATS_URL, else the running `splice up` found in the state dir."""
+    if nats_url:
+        return nats_url
+    state = (state_dir or default_state_dir()) / STATE_FILE
+    if state.exists():
+        info = json.loads(state.read_text())
+        if _pid_alive(int(info.get("pid", 0))):
+            return str(info["nats_url"])
+    err.print(
+        "[red]No running `splice up` found[/] (looked in "
+        f"{state}). Start one with `splice up`, or give --nats-url."
+    )
+    raise typer.Exit(2)
+
+
+# -- running Splice ---------------------------------------------------------------------------
+
+
+async def _wait_for_signal() -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+
+
+async def _serve(url: str, replicas: int, until_signal: bool = True) -> None:
+    from splice.services.service import CommandService
+
+    async with CommandService(url, env={"JETSTREAM_REPLICAS": str(replicas)}):
+        await _wait_for_signal()
+
+
+@app.command()
+def serve(
+    nats_url: NatsUrlOpt = None,
+    replicas: Annotated[
+        int, typer.Option(envvar="JETSTREAM_REPLICAS", help="Stream replicas when creating it.")
+    ] = 1,
+    log_level: Annotated[str, typer.Option(envvar="SPLICE_LOG_LEVEL")] = "INFO",
+) -> None:
+    """Run the command service against an existing NATS (one replica of the queue group)."""
+    logs.configure(log_level)
+    url = resolve_url(nats_url)
+    asyncio.run(_serve(url, replicas))
+
+
+@app.command()
+def up(
+    state_dir: StateDirOpt = default_state_dir(),  # noqa: B008 - typer default
+    port: Annotated[
+        int, typer.Option(help="NATS client port; 0: 4222 if free, else a free one.")
+    ] = 0,
+    nats_url: Annotated[
+        str | None, typer.Option("--nats-url", help="Use this NATS instead of the embedded one.")
+    ] = None,
+    demo: Annotated[bool, typer.Option(help="Send a few commands and show the event log.")] = False,
+    log_level: Annotated[str, typer.Option(envvar="SPLICE_LOG_LEVEL")] = "WARNING",
+) -> None:
+    """Run Splice on this machine: embedded nats-server (JetStream, fsync always) + command service."""
+    logs.configure(log_level)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    state_file = state_dir / STATE_FILE
+    if state_file.exists():
+        info = json.loads(state_file.read_text())
+        if _pid_alive(int(info.get("pid", 0))) and int(info.get("pid", 0)) != os.getpid():
+            err.print(
+                f"[red]splice up is already running[/] (pid {info['pid']}, {info['nats_url']})"
+            )
+            raise typer.Exit(1)
+    server: NatsServer | None = None
+    note = ""
+    if nats_url is None:
+        if port == 0:
+            if port_is_free(4222):
+                port = 4222
+            else:
+                port = free_port()
+                note = " (port 4222 is taken by another server, so Splice picked a free one)"
+        server = NatsServer(store_dir=state_dir / "nats", port=port, name="splice-up")
+        server.start()
+        url = server.url
+    else:
+        url = nats_url
+    state_file.write_text(
+        json.dumps({"pid": os.getpid(), "nats_url": url, "state_dir": str(state_dir)})
+    )
+    out.print(f"[bold green]Splice is up.[/] NATS listens on [bold]{url}[/]{note}")
+    out.print(f"  state directory: {state_dir}")
+    out.print(
+        "  try: [bold]splice servicetype list-events[/] or [bold]splice events[/]; Ctrl-C stops"
+    )
+    try:
+        asyncio.run(_up(url, demo))
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            state_file.unlink()
+        if server is not None:
+            server.stop()
+        out.print("Splice stopped.")
+
+
+async def _up(url: str, demo: bool) -> None:
+    from splice.services.service import CommandService
+
+    async with CommandService(url):
+        if demo:
+            from splice.demo import run_demo
+
+            await run_demo(url, out)
+        out.print("[dim]Serving commands on splice.cmd.> — Ctrl-C to stop.[/]")
+        await _wait_for_signal()
+
+
+# -- commands ---------------------------------------------------------------------------------
+
+
+async def _request(url: str, subject: str, body: dict[str, Any], timeout: float) -> dict[str, Any]:
+    import nats
+
+    nc = await nats.connect(url.split(","), connect_timeout=5)
+    try:
+        msg = await nc.request(subject, json.dumps(body).encode(), timeout=timeout)
+        return dict(json.loads(msg.data))
+    finally:
+        await nc.close()
+
+
+def send(
+    nats_url: str | None,
+    aggregate: str,
+    verb: str,
+    body: dict[str, Any],
+    output: str,
+    tenant: str,
+    timeout: float = 10.0,
+) -> dict[str, Any]:
+    url = resolve_url(nats_url)
+    body = {k: v for k, v in body.items() if v is not None}
+    body.setdefault("command_id", str(uuid.uuid4()))
+    body.setdefault("actor", os.environ.get("SPLICE_ACTOR") or getpass.getuser())
+    subject = f"splice.cmd.{tenant}.{aggregate}.{verb}"
+    try:
+        reply = asyncio.run(_request(url, subject, body, timeout))
+    except Exception as e:
+        err.print(f"[red]no reply[/] on {subject}: {e}")
+        raise typer.Exit(3) from e
+    if output == "json":
+        out.print_json(json.dumps(reply))
+    elif reply.get("ok"):
+        out.print(
+            f"[green]ok[/] id={reply['id']} version={reply['version']} seq={reply['seq']} "
+            f"command_id={reply['command_id']}"
+        )
+    else:
+        e = reply.get("error", {})
+        out.print(f"[red]{e.get('code')}[/]: {e.get('message')} (field: {e.get('field')})")
+    if not reply.get("ok"):
+        raise typer.Exit(1)
+    return reply
+
+
+def _providers(items: list[str]) -> dict[str, str]:
+    result: dict[str, str] = {}
+    for item in items:
+        kind, sep, provider = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"{item!r}: expected KIND=PROVIDER", param_hint="--provider")
+        result[kind] = provider
+    return result
+
+
+ProviderOpt = Annotated[
+    list[str], typer.Option("--provider", "-p", help="KIND=PROVIDER, e.g. loadbalancer=haproxy")
+]
+CommandIdOpt = Annotated[str | None, typer.Option(help="Idempotency key (default: a new UUID).")]
+ADMIN = "_admin"
+
+
+@servicetype_app.command("create")
+def st_create(
+    name: str,
+    provider: ProviderOpt,
+    description: Annotated[str, typer.Option()] = "",
+    default: Annotated[bool, typer.Option("--default")] = False,
+    command_id: CommandIdOpt = None,
+    nats_url: NatsUrlOpt = None,
+    output: OutputOpt = "table",
+) -> None:
+    """Create a service type."""
+    send(
+        nats_url,
+        "servicetype",
+        "create",
+        {
+            "name": name,
+            "providers": _providers(provider),
+            "description": description,
+            "default": default,
+            "command_id": command_id,
+        },
+        output,
+        ADMIN,
+    )
+
+
+@servicetype_app.command("update")
+def st_update(
+    id: str,
+    name: Annotated[str | None, typer.Option()] = None,
+    description: Annotated[str | None, typer.Option()] = None,
+    provider: Annotated[list[str] | None, typer.Option("--provider", "-p")] = None,
+    command_id: CommandIdOpt = None,
+    nats_url: NatsUrlOpt = None,
+    output: OutputOpt = "table",
+) -> None:
+    """Change a service type's name, description or providers."""
+    send(
+        nats_url,
+        "servicetype",
+        "update",
+        {
+            "id": id,
+            "name": name,
+            "description": description,
+            "providers": _providers(provider) if provider else None,
+            "command_id": command_id,
+        },
+        output,
+        ADMIN,
+    )
+
+
+@servicetype_app.command("set-default")
+def st_set_default(
+    id: str,
+    command_id: CommandIdOpt = None,
+    nats_url: NatsUrlOpt = None,
+    output: OutputOpt = "table",
+) -> None:
+    """Make a service type the default (the previous default stops being one, atomically)."""
+    send(
+        nats_url, "servicetype", "set_default", {"id": id, "command_id": command_id}, output, ADMIN
+    )
+
+
+@servicetype_app.command("delete")
+def st_delete(
+    id: str,
+    command_id: CommandIdOpt = None,
+    nats_url: NatsUrlOpt = None,
+    output: OutputOpt = "table",
+) -> None:
+    """Delete a service type (not the default one)."""
+    send(nats_url, "servicetype", "delete", {"id": id, "command_id": command_id}, output, ADMIN)
+
+
+# -- the event log ----------------------------------------------------------------------------
+
+
+def _parse_since(value: str) -> datetime:
+    dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    return dt if dt.tzinfo else dt.replace(tzinfo=UTC)
+
+
+@app.command()
+def events(
+    from_seq: Annotated[
+        int | None, typer.Option("--from-seq", help="Start at this stream sequence.")
+    ] = None,
+    since: Annotated[str | None, typer.Option(help="Start at this time (ISO 8601).")] = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing new events.")
+    ] = False,
+    subject: Annotated[str, typer.Option(help="Subject filter.")] = "splice.evt.>",
+    limit: Annotated[int | None, typer.Option(help="Stop after this many events.")] = None,
+    nats_url: NatsUrlOpt = None,
+    output: OutputOpt = "table",
+) -> None:
+    """Read the event log (the JetStream stream), from a sequence or a time; -f follows it."""
+    from splice.events.eventlog import read_events
+
+    url = resolve_url(nats_url)
+    start_time = _parse_since(since) if since else None
+
+    def show(ev: dict[str, Any]) -> None:
+        if output == "json":
+            sys.stdout.write(json.dumps(ev) + "\n")
+            sys.stdout.flush()
+        else:
+            p = ev["payload"]
+            out.print(
+                f"{ev['seq']:>7} {ev['time'][:23]} [bold]{ev['type']:<28}[/] {ev['aggregate_id']} "
+                f"v{ev['version']} actor={p.get('actor', '?')} cmd={p.get('command_id', '?')}",
+                highlight=False,
+            )
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(
+            read_events(
+                url,
+                show,
+                subject=subject,
+                from_seq=from_seq,
+                start_time=start_time,
+                follow=follow,
+                limit=limit,
+            )
+        )
+
+
+@app.command()
+def schema(
+    out_file: Annotated[
+        Path | None, typer.Option("--out", help="Write to this file (default stdout).")
+    ] = None,
+) -> None:
+    """Write the JSON Schema of every command, reply and event."""
+    from splice.events.contracts import json_schema
+
+    text = msgspec.json.format(msgspec.json.encode(json_schema()), indent=2).decode()
+    if out_file:
+        out_file.write_text(text + "\n")
+    else:
+        sys.stdout.write(text + "\n")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
