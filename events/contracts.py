@@ -173,6 +173,15 @@ class EventMeta(Struct, kw_only=True, forbid_unknown_fields=False):
     command_id: str
     correlation_id: str
     schema: int = 1
+    aggregate: str | None = None  # on an aggregate's first event: the aggregate's kind
+
+
+class ServiceTypeNameCreated(EventMeta, tag="ServiceTypeNameCreated"):
+    name: str
+
+
+class DefaultServiceTypeCreated(EventMeta, tag="DefaultServiceTypeCreated"):
+    pass
 
 
 class ServiceTypeCreated(EventMeta, tag="ServiceTypeCreated"):
@@ -219,8 +228,10 @@ EVENTS: tuple[type[EventMeta], ...] = (
     ServiceTypeDefaultSet,
     ServiceTypeDefaultCleared,
     ServiceTypeDeleted,
+    ServiceTypeNameCreated,
     ServiceTypeNameClaimed,
     ServiceTypeNameReleased,
+    DefaultServiceTypeCreated,
     DefaultServiceTypeChanged,
 )
 EVENT_TYPES: dict[str, type[EventMeta]] = {

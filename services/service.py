@@ -44,7 +44,8 @@ COMMAND_SUBJECTS = "splice.cmd.>"
 QUEUE_GROUP = "splice-cmd"
 MAX_PAYLOAD = 64 * 1024
 TENANT_RE = re.compile(r"^(?:[a-z0-9][a-z0-9-]{0,62}|_admin)$")
-_AT = re.compile(r" - at `(\$[^`]*)`$")
+_AT = re.compile(r" - at (?:`key` in )?`(\$[^`]*)`$")
+_MISSING = re.compile(r"missing required field `([^`]+)`")
 
 _encoder = msgspec.json.Encoder()
 _DECODERS = {t: msgspec.json.Decoder(t) for t in COMMANDS.values()}
@@ -99,12 +100,21 @@ def parse(subject: str, data: bytes, max_payload: int = MAX_PAYLOAD) -> Parsed |
     try:
         cmd = _DECODERS[cmd_type].decode(data)
     except msgspec.ValidationError as e:
-        text = str(e)
-        m = _AT.search(text)
-        return failed("invalid", _AT.sub("", text), m.group(1) if m else "$")
+        return failed("invalid", *_describe(e))
     except msgspec.DecodeError as e:
         return failed("invalid", str(e), "$")
     return Parsed(tenant, aggregate, verb, cmd)
+
+
+def _describe(e: msgspec.ValidationError) -> tuple[str, str]:
+    """msgspec's message without the location, and the location as a JSON path."""
+    text = str(e)
+    m = _AT.search(text)
+    path = m.group(1) if m else "$"
+    missing = _MISSING.search(text)
+    if missing:
+        path = f"{path}.{missing.group(1)}"
+    return _AT.sub("", text), path
 
 
 class CommandService:

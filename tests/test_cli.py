@@ -1,0 +1,157 @@
+"""`splice up`, the CLI finding it without flags, `splice events`, `splice schema`, Ctrl-C."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+SPLICE = str(Path(sys.executable).parent / "splice")
+
+
+def run(
+    args: list[str], env: dict[str, str], timeout: float = 30
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([SPLICE, *args], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def splice_up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str, str], Path]]:
+    state = tmp_path / "state"
+    env = dict(os.environ, SPLICE_STATE_DIR=str(state), SPLICE_ACTOR="cli-test")
+    env.pop("SPLICE_NATS_URL", None)
+    proc = subprocess.Popen(
+        [SPLICE, "up", "--demo"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    state_file = state / "splice-up.json"
+    deadline = time.monotonic() + 30
+    try:
+        while not state_file.exists():
+            assert proc.poll() is None, proc.stdout.read() if proc.stdout else ""
+            assert time.monotonic() < deadline, "splice up did not start"
+            time.sleep(0.05)
+        yield proc, env, state_file
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def test_splice_up_serves_the_cli_without_flags_and_stops_cleanly_on_ctrl_c(
+    splice_up: tuple[subprocess.Popen[str], dict[str, str], Path],
+) -> None:
+    proc, env, state_file = splice_up
+    url = json.loads(state_file.read_text())["nats_url"]
+    port = int(url.rsplit(":", 1)[1])
+
+    created = run(
+        [
+            "servicetype",
+            "create",
+            "cli-gold",
+            "-p",
+            "loadbalancer=haproxy",
+            "--description",
+            "from the CLI",
+            "-o",
+            "json",
+        ],
+        env,
+    )
+    assert created.returncode == 0, created.stdout + created.stderr
+    reply = json.loads(created.stdout)
+    assert reply["ok"] is True
+
+    bad = run(
+        ["servicetype", "create", "bad name", "-p", "loadbalancer=haproxy", "-o", "json"], env
+    )
+    assert bad.returncode == 1
+    assert json.loads(bad.stdout)["error"]["field"] == "$.name"
+
+    deadline = time.monotonic() + 20
+    while True:  # the demo's commands run concurrently with ours; wait for ours in the log
+        listed = run(["events", "-o", "json"], env)
+        assert listed.returncode == 0, listed.stderr
+        events = [json.loads(line) for line in listed.stdout.splitlines()]
+        mine = [e for e in events if e["aggregate_id"] == reply["id"]]
+        if mine or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert mine[0]["type"] == "ServiceTypeCreated"
+    assert mine[0]["payload"]["actor"] == "cli-test"
+    assert mine[0]["payload"]["description"] == "from the CLI"
+
+    later = run(["events", "-o", "json", "--from-seq", str(reply["seq"])], env)
+    assert json.loads(later.stdout.splitlines()[0])["seq"] == reply["seq"]
+
+    proc.send_signal(signal.SIGINT)
+    output, _ = proc.communicate(timeout=20)
+    assert proc.returncode == 0, output
+    assert "Splice is up" in output and url in output
+    assert "ServiceTypeCreated" in output  # the demo printed the log
+    assert not state_file.exists()
+    with socket.socket() as s:  # the embedded server is gone: its port is free again
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+
+
+def test_cli_without_a_running_splice_says_how_to_start_one(tmp_path: Path) -> None:
+    env = dict(os.environ, SPLICE_STATE_DIR=str(tmp_path / "none"))
+    env.pop("SPLICE_NATS_URL", None)
+    res = run(["servicetype", "delete", "00000000-0000-0000-0000-000000000001"], env)
+    assert res.returncode == 2
+    assert "splice up" in res.stderr
+
+
+def test_schema_lists_every_command_reply_and_event(tmp_path: Path) -> None:
+    from splice.events.contracts import COMMANDS, EVENT_TYPES
+
+    out = tmp_path / "schema.json"
+    res = run(["schema", "--out", str(out)], dict(os.environ))
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(out.read_text())
+    assert set(doc["commands"]) == {f"splice.cmd.<tenant>.{a}.{v}" for a, v in COMMANDS}
+    assert set(doc["events"]) == set(EVENT_TYPES)
+    assert set(doc["replies"]) == {"Ok", "Failed"}
+    create = doc["$defs"]["CreateServiceType"]
+    assert "name" in create["required"] and "providers" in create["required"]
+    assert create["properties"]["name"]["maxLength"] == 64
+
+
+def test_a_plain_nats_client_script_gets_the_documented_reply_and_finds_the_event(
+    splice_up: tuple[subprocess.Popen[str], dict[str, str], Path],
+) -> None:
+    _, env, state_file = splice_up
+    url = json.loads(state_file.read_text())["nats_url"]
+    script = Path(__file__).parent.parent / "examples" / "plain_client.py"
+    res = subprocess.run(
+        [sys.executable, str(script), url], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert res.returncode == 0, res.stderr
+    lines = {
+        line.split(":", 1)[0]: line.split(":", 1)[1].strip() for line in res.stdout.splitlines()
+    }
+    reply = json.loads(lines["reply"])
+    assert reply["ok"] is True and reply["version"] >= 1 and reply["seq"] >= 1
+    subject, topic, payload = lines["event"].split(" ", 2)
+    assert subject.startswith(f"splice.evt._admin.servicetype.{reply['id']}.")
+    assert topic == "ServiceTypeCreated"
+    assert json.loads(payload)["actor"] == "alice"
+    error = json.loads(lines["error"])
+    assert error["ok"] is False and error["error"]["code"] == "invalid"
+    assert error["error"]["field"] == "$.name"

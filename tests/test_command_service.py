@@ -1,0 +1,350 @@
+"""The command path end to end: a plain NATS client, the command service, JetStream.
+
+Every test runs its own nats-server (free port, temporary store) and talks to the service the
+way any NATS client would: JSON requests on splice.cmd.<tenant>.<aggregate>.<verb>.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import nats
+import pytest
+from helpers import event_messages, request, stream_messages
+
+from splice.natsserver import NatsServer
+from splice.services.service import CommandService
+
+CREATE = "splice.cmd._admin.servicetype.create"
+UPDATE = "splice.cmd._admin.servicetype.update"
+SET_DEFAULT = "splice.cmd._admin.servicetype.set_default"
+DELETE = "splice.cmd._admin.servicetype.delete"
+
+
+@pytest.fixture
+async def service(fresh_nats: NatsServer) -> AsyncIterator[CommandService]:
+    svc = CommandService(fresh_nats.url)
+    await svc.start()
+    yield svc
+    await svc.stop()
+
+
+@pytest.fixture
+async def nc(fresh_nats: NatsServer) -> AsyncIterator[Any]:
+    conn = await nats.connect(fresh_nats.url)
+    yield conn
+    await conn.close()
+
+
+def st(name: str, **kw: Any) -> dict[str, Any]:
+    body = {
+        "command_id": str(uuid.uuid4()),
+        "actor": "tester",
+        "name": name,
+        "providers": {"loadbalancer": "haproxy"},
+    }
+    body.update(kw)
+    return body
+
+
+async def test_plain_client_command_is_answered_and_its_event_is_in_the_stream(
+    service: CommandService, nc: Any, fresh_nats: NatsServer
+) -> None:
+    cid = str(uuid.uuid4())
+    body = {
+        "command_id": cid,
+        "actor": "alice",
+        "correlation_id": "ticket-42",
+        "name": "gold",
+        "description": "haproxy LB",
+        "providers": {"loadbalancer": "haproxy"},
+    }
+    reply = await request(nc, CREATE, body)
+    assert reply["ok"] is True
+    assert reply["command_id"] == cid
+    assert reply["version"] >= 1
+    uuid.UUID(reply["id"])
+
+    js = nc.jetstream()
+    msg = await js.get_msg("SPLICE_EVENTS", reply["seq"], direct=True)
+    assert msg.subject.startswith(f"splice.evt._admin.servicetype.{reply['id']}.")
+    events = [m for m in await event_messages(fresh_nats.url) if reply["id"] in m["subject"]]
+    created = [m for m in events if m["headers"]["Splice-Topic"] == "ServiceTypeCreated"]
+    assert len(created) == 1
+    payload = created[0]["payload"]
+    assert payload["name"] == "gold"
+    assert payload["providers"] == {"loadbalancer": "haproxy"}
+    assert payload["actor"] == "alice"
+    assert payload["command_id"] == cid
+    assert payload["correlation_id"] == "ticket-42"
+    assert payload["schema"] == 1
+    assert created[0]["headers"]["Splice-Actor"] == "alice"
+    assert created[0]["headers"]["Splice-Command-Id"] == cid
+
+
+HOSTILE = [
+    "gold\nbind :80",
+    "gold # comment",
+    "gold{",
+    "'; DROP TABLE x; --",
+    "../../etc/passwd",
+    "gold\r\nbackend evil",
+    "",
+    "x" * 65,
+    "ünïcode",
+]
+
+BAD_INPUTS: list[tuple[str, bytes | dict[str, Any], str, str]] = [
+    (CREATE, b"{not json", "invalid", "$"),
+    (CREATE, b"", "invalid", "$"),
+    (CREATE, b"[1, 2]", "invalid", "$"),
+    (CREATE, {"name": 5, "providers": {"loadbalancer": "haproxy"}}, "invalid", "$.name"),
+    (CREATE, {"name": "ok"}, "invalid", "$.providers"),
+    (CREATE, {"name": "ok", "providers": {}}, "invalid", "$.providers"),
+    (CREATE, {"name": "ok", "providers": {"router": "x"}}, "invalid", "$.providers"),
+    (
+        CREATE,
+        {"name": "ok", "providers": {"loadbalancer": "HA proxy"}},
+        "invalid",
+        "$.providers[...]",
+    ),
+    (
+        CREATE,
+        {"name": "ok", "providers": {"loadbalancer": "haproxy"}, "default": "yes"},
+        "invalid",
+        "$.default",
+    ),
+    (
+        CREATE,
+        {"name": "ok", "providers": {"loadbalancer": "haproxy"}, "description": "a\nb"},
+        "invalid",
+        "$.description",
+    ),
+    (
+        CREATE,
+        {"name": "ok", "providers": {"loadbalancer": "haproxy"}, "description": "d" * 256},
+        "invalid",
+        "$.description",
+    ),
+    (
+        CREATE,
+        {"name": "ok", "providers": {"loadbalancer": "haproxy"}, "command_id": "a b"},
+        "invalid",
+        "$.command_id",
+    ),
+    (
+        CREATE,
+        {"name": "ok", "providers": {"loadbalancer": "haproxy"}, "actor": "x\ny"},
+        "invalid",
+        "$.actor",
+    ),
+    *[
+        (CREATE, {"name": h, "providers": {"loadbalancer": "haproxy"}}, "invalid", "$.name")
+        for h in HOSTILE
+    ],
+    (UPDATE, {"id": "not-a-uuid"}, "invalid", "$.id"),
+    (UPDATE, {"id": str(uuid.uuid4())}, "not_found", "id"),
+    (DELETE, {"id": str(uuid.uuid4())}, "not_found", "id"),
+    (SET_DEFAULT, {}, "invalid", "$.id"),
+    ("splice.cmd._admin.servicetype.explode", {}, "invalid", "subject"),
+    ("splice.cmd._admin.nosuch.create", {}, "invalid", "subject"),
+    ("splice.cmd.acme.servicetype.create", st("ok"), "forbidden", "subject"),
+    ("splice.cmd.ACME!.servicetype.create", st("ok"), "invalid", "subject"),
+    (
+        CREATE,
+        b'{"name": "big", "providers": {"loadbalancer": "haproxy"}, "description": "'
+        + b"x" * 70_000
+        + b'"}',
+        "invalid",
+        "$",
+    ),
+]
+
+
+async def test_bad_input_gets_structured_error_naming_the_field_and_appends_nothing(
+    service: CommandService, nc: Any, fresh_nats: NatsServer
+) -> None:
+    for subject, body, code, field in BAD_INPUTS:
+        reply = await request(nc, subject, body)
+        assert reply["ok"] is False, (subject, body)
+        assert reply["error"]["code"] == code, (subject, body, reply)
+        assert reply["error"]["field"] == field, (subject, body, reply)
+        assert reply["error"]["message"]
+        assert "Traceback" not in reply["error"]["message"]
+    assert await stream_messages(fresh_nats.url) == []
+    # and the service still works afterwards
+    assert (await request(nc, CREATE, st("after")))["ok"] is True
+
+
+async def test_same_command_id_has_one_effect_and_the_same_reply_also_after_restart(
+    fresh_nats: NatsServer, nc: Any
+) -> None:
+    body = st("idem")
+    svc = CommandService(fresh_nats.url)
+    await svc.start()
+    try:
+        first = await request(nc, CREATE, body)
+        # sent again, and sent concurrently several times
+        again = await asyncio.gather(*[request(nc, CREATE, body) for _ in range(8)])
+    finally:
+        await svc.stop()
+    assert first["ok"] is True
+    assert all(r == first for r in again)
+
+    svc2 = CommandService(fresh_nats.url)  # a new process would start with nothing cached
+    await svc2.start()
+    try:
+        after_restart = await request(nc, CREATE, body)
+    finally:
+        await svc2.stop()
+    assert after_restart == first
+    created = [
+        m
+        for m in await event_messages(fresh_nats.url)
+        if m["headers"]["Splice-Topic"] == "ServiceTypeCreated"
+    ]
+    assert len(created) == 1
+
+
+async def test_concurrent_duplicates_of_a_new_command_id_have_one_effect(
+    service: CommandService, nc: Any, fresh_nats: NatsServer
+) -> None:
+    body = st("racing")
+    replies = await asyncio.gather(*[request(nc, CREATE, body) for _ in range(12)])
+    assert all(r["ok"] for r in replies), replies
+    assert len({json.dumps(r, sort_keys=True) for r in replies}) == 1
+    created = [
+        m
+        for m in await event_messages(fresh_nats.url)
+        if m["headers"]["Splice-Topic"] == "ServiceTypeCreated"
+    ]
+    assert len(created) == 1
+
+
+async def test_command_id_reused_for_another_command_is_a_conflict(
+    service: CommandService, nc: Any
+) -> None:
+    body = st("first")
+    assert (await request(nc, CREATE, body))["ok"]
+    other = dict(body, name="second")
+    reply = await request(
+        nc,
+        "splice.cmd._admin.servicetype.delete",
+        {"command_id": body["command_id"], "id": str(uuid.uuid4())},
+    )
+    assert reply["ok"] is False
+    assert reply["error"]["code"] == "conflict"
+    assert reply["error"]["field"] == "command_id"
+    # same subject, same id: the first reply, even with another body (the id is the key)
+    assert (await request(nc, CREATE, other))["id"] == (await request(nc, CREATE, body))["id"]
+
+
+def fold_service_types(events: list[dict[str, Any]]) -> tuple[dict[str, dict[str, Any]], str]:
+    """Rebuild service types and the default from the raw stream, as any reader could."""
+    types: dict[str, dict[str, Any]] = {}
+    current = ""
+    for m in events:
+        t = m["headers"]["Splice-Topic"]
+        agg = m["subject"].split(".")[4]
+        p = m["payload"]
+        if t == "ServiceTypeCreated":
+            types[agg] = {"name": p["name"], "default": False, "deleted": False, "version": 1}
+        elif t == "ServiceTypeDefaultSet":
+            types[agg]["default"] = True
+        elif t == "ServiceTypeDefaultCleared":
+            types[agg]["default"] = False
+        elif t == "ServiceTypeDeleted":
+            types[agg]["deleted"] = True
+        elif t == "DefaultServiceTypeChanged":
+            assert p["previous_id"] == current, "a default change was lost or reordered"
+            current = p["service_type_id"]
+    return types, current
+
+
+async def test_concurrent_set_default_leaves_exactly_one_default_explained_by_a_serial_order(
+    service: CommandService, nc: Any, fresh_nats: NatsServer
+) -> None:
+    ids = [(await request(nc, CREATE, st(f"t{i}")))["id"] for i in range(6)]
+    targets = [ids[i % len(ids)] for i in range(48)]
+    replies = await asyncio.gather(
+        *[request(nc, SET_DEFAULT, {"command_id": str(uuid.uuid4()), "id": t}) for t in targets]
+    )
+    assert all(r["ok"] for r in replies), [r for r in replies if not r["ok"]]
+    types, current = fold_service_types(await event_messages(fresh_nats.url))
+    defaults = [k for k, v in types.items() if v["default"]]
+    assert len(defaults) == 1
+    assert current.endswith(defaults[0])
+
+
+async def test_concurrent_creates_with_one_name_let_exactly_one_through(
+    service: CommandService, nc: Any, fresh_nats: NatsServer
+) -> None:
+    replies = await asyncio.gather(*[request(nc, CREATE, st("same")) for _ in range(16)])
+    oks = [r for r in replies if r["ok"]]
+    assert len(oks) == 1
+    assert {r["error"]["code"] for r in replies if not r["ok"]} == {"name_taken"}
+    assert all(r["error"]["field"] == "name" for r in replies if not r["ok"])
+    types, _ = fold_service_types(await event_messages(fresh_nats.url))
+    assert [v["name"] for v in types.values()] == ["same"]
+
+
+async def test_concurrent_updates_of_one_type_lose_no_update(
+    service: CommandService, nc: Any, fresh_nats: NatsServer
+) -> None:
+    created = await request(nc, CREATE, st("busy"))
+    n = 30
+    replies = await asyncio.gather(
+        *[
+            request(
+                nc,
+                UPDATE,
+                {"command_id": str(uuid.uuid4()), "id": created["id"], "description": f"d{i}"},
+            )
+            for i in range(n)
+        ]
+    )
+    assert all(r["ok"] for r in replies), [r for r in replies if not r["ok"]]
+    versions = sorted(r["version"] for r in replies)
+    assert versions == list(range(created["version"] + 1, created["version"] + n + 1))
+    updates = [
+        m
+        for m in await event_messages(fresh_nats.url)
+        if m["headers"]["Splice-Topic"] == "ServiceTypeUpdated"
+    ]
+    assert sorted(m["payload"]["description"] for m in updates) == sorted(f"d{i}" for i in range(n))
+
+
+async def test_first_type_is_default_and_the_default_cannot_be_deleted(
+    service: CommandService, nc: Any
+) -> None:
+    a = await request(nc, CREATE, st("a"))
+    b = await request(nc, CREATE, st("b"))
+    refused = await request(nc, DELETE, {"id": a["id"]})
+    assert refused["ok"] is False
+    assert refused["error"]["code"] == "default_required"
+    assert (await request(nc, SET_DEFAULT, {"id": b["id"]}))["ok"]
+    assert (await request(nc, DELETE, {"id": a["id"]}))["ok"]
+    # the name is free again, and a deleted type is gone
+    assert (await request(nc, CREATE, st("a")))["ok"]
+    gone = await request(nc, UPDATE, {"id": a["id"], "description": "x"})
+    assert gone["error"]["code"] == "not_found"
+
+
+async def test_two_replicas_in_the_queue_group_share_the_load(
+    fresh_nats: NatsServer, nc: Any
+) -> None:
+    s1, s2 = CommandService(fresh_nats.url), CommandService(fresh_nats.url)
+    await s1.start()
+    await s2.start()
+    try:
+        replies = await asyncio.gather(*[request(nc, CREATE, st(f"q{i}")) for i in range(60)])
+    finally:
+        await s1.stop()
+        await s2.stop()
+    assert all(r["ok"] for r in replies)
+    assert s1.handled > 0 and s2.handled > 0
+    assert s1.handled + s2.handled == 60
