@@ -63,7 +63,7 @@ async def read_events(
         elif start_time is not None:
             cfg = ConsumerConfig(
                 deliver_policy=DeliverPolicy.BY_START_TIME,
-                opt_start_time=start_time.isoformat().replace("+00:00", "Z"),
+                opt_start_time=start_time,
             )
         else:
             cfg = ConsumerConfig(deliver_policy=DeliverPolicy.ALL)

@@ -543,7 +543,7 @@ class JetStreamFactory(InfrastructureFactory[JetStreamTrackingRecorder]):
     """Builds JetStream recorders from the environment (see the module's docstring)."""
 
     def __init__(self, env: Environment | Mapping[str, str] | None) -> None:
-        super().__init__(env)  # type: ignore[arg-type]
+        super().__init__(env)
         self.settings = _Settings(self.env)
         self._datastores: dict[str, JetStreamDatastore] = {}
         self._conn: NatsThread | None = None

@@ -107,4 +107,4 @@ class SpliceMapper(Mapper[str]):
         state["originator_version"] = stored_event.originator_version
         domain_event = object.__new__(cls)
         object.__setattr__(domain_event, "__dict__", state)
-        return domain_event  # type: ignore[no-any-return]
+        return domain_event

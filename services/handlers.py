@@ -136,7 +136,7 @@ def update_service_type(
     st.update(
         name=name,
         description=st.description if cmd.description is None else cmd.description,
-        providers=dict(st.providers if cmd.providers is None else cmd.providers),
+        providers={str(k): v for k, v in (cmd.providers or st.providers).items()},
         **meta.kwargs(),
     )
     return Decision(st, save)

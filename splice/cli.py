@@ -221,8 +221,11 @@ def send(
             f"command_id={reply['command_id']}"
         )
     else:
-        e = reply.get("error", {})
-        out.print(f"[red]{e.get('code')}[/]: {e.get('message')} (field: {e.get('field')})")
+        problem = reply.get("error", {})
+        out.print(
+            f"[red]{problem.get('code')}[/]: {problem.get('message')} "
+            f"(field: {problem.get('field')})"
+        )
     if not reply.get("ok"):
         raise typer.Exit(1)
     return reply
