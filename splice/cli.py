@@ -397,6 +397,9 @@ def schema(
 
 
 def main() -> None:
+    from splice import readcli
+
+    readcli.register(app)
     app()
 
 
