@@ -66,7 +66,7 @@ class NatsThread:
         self._closed = False
         self.nc: Client = self.call(
             nats.connect(
-                url,
+                [u.strip() for u in url.split(",") if u.strip()],
                 name=name,
                 connect_timeout=connect_timeout,
                 max_reconnect_attempts=-1,

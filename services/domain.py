@@ -1,20 +1,29 @@
-"""Domain building blocks: the aggregate base class, the event base class, domain errors.
+"""Domain building blocks: the aggregate base class, the acting context, domain errors.
 
-Aggregate ids are strings ``<tenant>.<aggregate>.<uuid>`` so that the event store can put each
+Splice's events ARE its wire contracts: an aggregate decides, then `emit`s a msgspec Struct from
+`splice.events` (e.g. `NetworkCreated`); its `when_<Type>` method applies it. Appliers only
+apply: no checks, no clocks, no randomness. The eventsourcing library keeps the versions and
+the concurrency; the mapper (`codec.py`) writes the Struct as the message payload.
+
+Aggregate ids are strings ``<tenant>.<aggregate>.<uuid>`` so that the event store puts each
 aggregate on its own subject ``splice.evt.<tenant>.<aggregate>.<uuid>.<EventType>``. The public
 id of a resource (in replies, in the CLI) is the uuid part.
 
-Events carry every value that was decided (name, providers, ...) plus who decided it (actor),
-in answer to which command (command_id) and conversation (correlation_id). Appliers only apply.
+Who acts (actor, command id, correlation id) is set once per command with `acting(...)`; every
+event payload made by `stamp()` during that command carries it, with the decision's time.
 """
 
 from __future__ import annotations
 
+import contextvars
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, ClassVar
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Self, TypeVar
 
+import msgspec
 from eventsourcing.domain import (
     BaseAggregate,
     CanCreateTimestamp,
@@ -22,6 +31,10 @@ from eventsourcing.domain import (
     CanMutateAggregate,
     MetaDomainEvent,
 )
+
+from splice.events.contracts import EventMeta
+
+E = TypeVar("E", bound=EventMeta)
 
 # -- errors -------------------------------------------------------------------------------
 
@@ -37,12 +50,20 @@ class DomainError(Exception):
         self.field = field
 
 
+class InvalidError(DomainError):
+    code = "invalid"
+
+
 class NotFoundError(DomainError):
     code = "not_found"
 
 
 class ForbiddenError(DomainError):
     code = "forbidden"
+
+
+class ConflictError(DomainError):
+    code = "conflict"
 
 
 class NameTakenError(DomainError):
@@ -53,19 +74,81 @@ class DefaultRequiredError(DomainError):
     code = "default_required"
 
 
-class InvalidError(DomainError):
-    code = "invalid"
+class InUseError(DomainError):
+    code = "in_use"
+
+
+class AddressInUseError(DomainError):
+    code = "address_in_use"
+
+
+class ExhaustedError(DomainError):
+    code = "exhausted"
+
+
+class QuotaExceededError(DomainError):
+    code = "quota_exceeded"
+
+
+class NoHostError(DomainError):
+    code = "no_host"
+
+
+# -- who acts -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Meta:
+    actor: str
+    command_id: str
+    correlation_id: str
+
+
+_SYSTEM = Meta("system", "-", "-")  # frozen: safe to share
+_ACTING: contextvars.ContextVar[Meta] = contextvars.ContextVar(
+    "splice_acting",
+    default=_SYSTEM,
+)
+
+
+@contextmanager
+def acting(meta: Meta) -> Iterator[Meta]:
+    token = _ACTING.set(meta)
+    try:
+        yield meta
+    finally:
+        _ACTING.reset(token)
+
+
+def current_meta() -> Meta:
+    return _ACTING.get()
+
+
+def stamp(cls: type[E], **fields: Any) -> E:
+    """An event payload of type `cls`, with the acting context and the time of the decision."""
+    m = _ACTING.get()
+    return cls(
+        timestamp=datetime.now(UTC),
+        actor=m.actor,
+        command_id=m.command_id,
+        correlation_id=m.correlation_id,
+        **fields,
+    )
 
 
 # -- ids ----------------------------------------------------------------------------------
 
 
-def aggregate_id(tenant: str, aggregate: str, public_id: str) -> str:
-    return f"{tenant}.{aggregate}.{public_id}"
+def aggregate_id(tenant: str, aggregate: str, public: str) -> str:
+    return f"{tenant}.{aggregate}.{public}"
 
 
 def public_id(agg_id: str) -> str:
     return agg_id.rsplit(".", 1)[-1]
+
+
+def tenant_of(agg_id: str) -> str:
+    return agg_id.split(".", 1)[0]
 
 
 def new_public_id() -> str:
@@ -80,30 +163,15 @@ def name_id(*parts: str) -> str:
     return str(uuid.uuid5(_NS, "\x1f".join(parts)))
 
 
-# -- aggregate and events -----------------------------------------------------------------
+SINGLETON = "00000000-0000-0000-0000-000000000000"
 
-
-@dataclass(frozen=True)
-class Meta:
-    """Who, why, when: travels with every event."""
-
-    actor: str
-    command_id: str
-    correlation_id: str
-
-    def kwargs(self) -> dict[str, str]:
-        return {
-            "actor": self.actor,
-            "command_id": self.command_id,
-            "correlation_id": self.correlation_id,
-        }
+# -- aggregate ----------------------------------------------------------------------------
 
 
 class SpliceAggregate(BaseAggregate[str]):
-    """Base class of Splice's aggregates (string ids, events with actor and command ids)."""
+    """Base class of Splice's aggregates: events are wire Structs applied by `when_<Type>`."""
 
-    TENANT_SCOPED: ClassVar[bool] = True
-    AGGREGATE: ClassVar[str] = ""
+    AGGREGATE: ClassVar[str] = ""  # the subject token and the stable aggregate name
 
     @staticmethod
     def create_id(*_: Any, **__: Any) -> str:  # pragma: no cover - ids are always given
@@ -114,10 +182,28 @@ class SpliceAggregate(BaseAggregate[str]):
         originator_id: str
         originator_version: int
         timestamp: datetime
-        actor: str
-        command_id: str
-        correlation_id: str
+        payload: Any
+
+        def apply(self, aggregate: Any) -> None:
+            aggregate.when(self.payload)
 
     @dataclass(frozen=True)
     class Created(CanInitAggregate[str], Event):
         originator_topic: str
+
+    def __init__(self, payload: Any) -> None:
+        self.deleted = False
+        self.when(payload)
+
+    # deciding
+    @classmethod
+    def start(cls, agg_id: str, payload: EventMeta) -> Self:
+        payload = msgspec.structs.replace(payload, aggregate=cls.AGGREGATE)
+        return cls._create(cls.Created, id=agg_id, payload=payload, timestamp=payload.timestamp)
+
+    def emit(self, payload: EventMeta) -> None:
+        self.trigger_event(self.Event, payload=payload, timestamp=payload.timestamp)
+
+    # applying
+    def when(self, payload: EventMeta) -> None:
+        getattr(self, f"when_{type(payload).__name__}")(payload)

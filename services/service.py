@@ -25,17 +25,18 @@ from eventsourcing.persistence import IntegrityError, OperationalError
 from nats.aio.msg import Msg
 
 from splice.events.contracts import (
-    ADMIN_AGGREGATES,
     ADMIN_TENANT,
     COMMANDS,
+    HOST_TENANT,
     Command,
     Error,
     Failed,
     Ok,
+    scope_of,
 )
 from splice.events.jetstream import JetStreamApplicationRecorder
 
-from .domain import DomainError, Meta, public_id
+from .domain import DomainError, Meta, acting, public_id
 from .handlers import COMMAND_HANDLERS, SpliceApplication
 
 log = structlog.get_logger("splice.cmd")
@@ -43,7 +44,7 @@ log = structlog.get_logger("splice.cmd")
 COMMAND_SUBJECTS = "splice.cmd.>"
 QUEUE_GROUP = "splice-cmd"
 MAX_PAYLOAD = 64 * 1024
-TENANT_RE = re.compile(r"^(?:[a-z0-9][a-z0-9-]{0,62}|_admin)$")
+TENANT_RE = re.compile(r"^(?:[a-z0-9][a-z0-9-]{0,62}|_admin|_host)$")
 _AT = re.compile(r" - at (?:`key` in )?`(\$[^`]*)`$")
 _MISSING = re.compile(r"missing required field `([^`]+)`")
 
@@ -92,9 +93,11 @@ def parse(subject: str, data: bytes, max_payload: int = MAX_PAYLOAD) -> Parsed |
     cmd_type = COMMANDS.get((aggregate, verb))
     if cmd_type is None:
         return failed("invalid", f"unknown command {aggregate}.{verb}", "subject")
-    if (aggregate in ADMIN_AGGREGATES) != (tenant == ADMIN_TENANT):
-        scope = "the admin scope (_admin)" if aggregate in ADMIN_AGGREGATES else "a tenant"
-        return failed("forbidden", f"{aggregate} commands belong to {scope}", "subject")
+    scope = scope_of(aggregate, verb)
+    expected = {"admin": ADMIN_TENANT, "host": HOST_TENANT}.get(scope)
+    if (expected is not None and tenant != expected) or (expected is None and tenant.startswith("_")):
+        where = {"admin": "the admin scope (_admin)", "host": "agents (_host)"}.get(scope, "a tenant")
+        return failed("forbidden", f"{aggregate}.{verb} belongs to {where}", "subject")
     if len(data) > max_payload:
         return failed("invalid", f"payload of {len(data)} bytes exceeds {max_payload}", "$")
     try:
@@ -284,79 +287,79 @@ class CommandService:
         )
 
     def _execute(self, subject: str, parsed: Parsed, command_id: str) -> tuple[Ok | Failed, int]:
-        app = self.app
-        assert app is not None
         cmd = parsed.command
         meta = Meta(
             actor=cmd.actor,
             command_id=command_id,
             correlation_id=cmd.correlation_id or command_id,
         )
-        handler = COMMAND_HANDLERS[type(cmd)]
-        headers = {
-            "Splice-Actor": meta.actor,
-            "Splice-Command-Id": meta.command_id,
-            "Splice-Correlation-Id": meta.correlation_id,
-        }
         attempt = 0
-        while True:
-            attempt += 1
-            if cmd.command_id is not None:
-                previous = self._previous(subject, parsed.tenant, command_id)
-                if previous is not None:
-                    return previous, attempt
-            try:
-                decision = handler(app, parsed.tenant, cmd, meta)
-            except DomainError as e:
-                return failed(e.code, e.message, e.field, command_id), attempt
-            target = decision.subject
-            back = 1
-            if not decision.save:
-                return Ok(
-                    id=public_id(target.id), version=target.version, seq=None, command_id=command_id
-                ), attempt
-            # The reply's seq is the stream sequence of the target's newest event. The claim is
-            # the batch's last message, so that event sits `back` messages before it.
-            pending = [(agg.id, len(agg.pending_events)) for agg in decision.save]
-            total = sum(n for _, n in pending)
-            upto = 0
-            for agg_id, n in pending:
-                upto += n
-                if agg_id == target.id:
-                    back = total - upto + 1
-            claim_body = {
-                "subject": subject,
-                "id": public_id(target.id),
-                "version": target.version,
-                "back": back,
-            }
-            try:
-                recordings = app.save(
-                    *decision.save,
-                    claim=(
-                        self._claim_suffix(parsed.tenant, command_id),
-                        msgspec.json.encode(claim_body),
-                    ),
-                    headers=headers,
-                )
-            except IntegrityError:
-                if attempt >= self.max_attempts:
+        with acting(meta):
+            while True:
+                attempt += 1
+                try:
+                    reply = self._attempt(subject, parsed, meta)
+                except IntegrityError:
+                    if attempt >= self.max_attempts:
+                        return failed(
+                            "conflict",
+                            f"gave up after {attempt} attempts: the resource kept changing",
+                            None,
+                            command_id,
+                        ), attempt
+                    time.sleep(random.uniform(0, 0.002 * attempt))  # noqa: S311 - jitter
+                    continue
+                except OperationalError as e:
                     return failed(
-                        "conflict",
-                        f"gave up after {attempt} attempts: the resource kept changing",
-                        None,
-                        command_id,
+                        "unavailable", f"event store unavailable: {e}", None, command_id
                     ), attempt
-                time.sleep(random.uniform(0, 0.002 * attempt))  # noqa: S311 - jitter, not crypto
-                continue
-            except OperationalError as e:
-                return failed(
-                    "unavailable", f"event store unavailable: {e}", None, command_id
-                ), attempt
-            seqs = [
-                r.notification.id for r in recordings if r.domain_event.originator_id == target.id
-            ]
-            seq = max(seqs) if seqs else None
-            return Ok(
-                id=public_id(target.id), version=target.version, seq=seq, command_id=command_id
-            ), attempt
+                except DomainError as e:
+                    # A duplicate of this command may have committed meanwhile, and its effect
+                    # is what refused this one: then the answer is the duplicate's.
+                    if cmd.command_id is not None:
+                        previous = self._previous(subject, parsed.tenant, command_id)
+                        if previous is not None:
+                            return previous, attempt
+                    return failed(e.code, e.message, e.field, command_id), attempt
+                return reply, attempt
+
+    def _attempt(self, subject: str, parsed: Parsed, meta: Meta) -> Ok | Failed:
+        """Decide on fresh state and save. Raises IntegrityError on a concurrency conflict."""
+        app = self.app
+        assert app is not None
+        cmd, command_id = parsed.command, meta.command_id
+        if cmd.command_id is not None:
+            previous = self._previous(subject, parsed.tenant, command_id)
+            if previous is not None:
+                return previous
+        decision = COMMAND_HANDLERS[type(cmd)](app, parsed.tenant, cmd)
+        target = decision.subject
+        result_id = decision.result_id or public_id(target.id)
+        if not decision.save:
+            return Ok(id=result_id, version=target.version, seq=None, command_id=command_id)
+        # The reply's seq is the stream sequence of the target's newest event. The claim is
+        # the batch's last message, so that event sits `back` messages before it.
+        back, upto = 1, 0
+        counts = [(agg.id, len(agg.pending_events)) for agg in decision.save]
+        total = sum(n for _, n in counts)
+        for agg_id, n in counts:
+            upto += n
+            if agg_id == target.id and n:
+                back = total - upto + 1
+        claim_body = {"subject": subject, "id": result_id, "version": target.version, "back": back}
+        recordings = app.save(
+            *decision.save,
+            claim=(self._claim_suffix(parsed.tenant, command_id), msgspec.json.encode(claim_body)),
+            headers={
+                "Splice-Actor": meta.actor,
+                "Splice-Command-Id": meta.command_id,
+                "Splice-Correlation-Id": meta.correlation_id,
+            },
+        )
+        seqs = [r.notification.id for r in recordings if r.domain_event.originator_id == target.id]
+        return Ok(
+            id=result_id,
+            version=target.version,
+            seq=max(seqs) if seqs else None,
+            command_id=command_id,
+        )

@@ -2,7 +2,7 @@
 
 Three aggregates keep the invariants without serialising unrelated commands:
 
-* `ServiceType` — one per type (name, description, providers, default flag, deleted flag);
+* `ServiceType` — one per type (name, description, providers, default flag, users, deleted);
 * `ServiceTypeName` — one per name, claimed by at most one live type: two creates with the same
   name race on the claim's subject and the server lets only one of them through;
 * `ServiceTypeDefault` — a singleton that names the default. Every change of default appends to
@@ -12,13 +12,30 @@ Three aggregates keep the invariants without serialising unrelated commands:
 
 Policy where the issue is silent: the first type created becomes the default; the default
 cannot be deleted (make another the default first), so once a type exists one is the default.
+A type that a router or a service uses cannot be deleted (`in_use`) nor lose the provider a
+user of it needs.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING
 
-from .domain import DefaultRequiredError, SpliceAggregate
+from splice.events.contracts import (
+    DefaultServiceTypeChanged,
+    DefaultServiceTypeCreated,
+    ServiceTypeCreated,
+    ServiceTypeDefaultCleared,
+    ServiceTypeDefaultSet,
+    ServiceTypeDeleted,
+    ServiceTypeNameClaimed,
+    ServiceTypeNameCreated,
+    ServiceTypeNameReleased,
+    ServiceTypeReleased,
+    ServiceTypeUpdated,
+    ServiceTypeUsed,
+)
+
+from .domain import DefaultRequiredError, InUseError, SpliceAggregate, stamp
 
 ADMIN = "_admin"
 
@@ -26,66 +43,72 @@ ADMIN = "_admin"
 class ServiceType(SpliceAggregate):
     AGGREGATE = "servicetype"
 
-    class Created(SpliceAggregate.Created):
+    if TYPE_CHECKING:
         name: str
         description: str
         providers: dict[str, str]
+        is_default: bool
+        users: set[str]
 
-    class Updated(SpliceAggregate.Event):
-        name: str
-        description: str
-        providers: dict[str, str]
-
-        def apply(self, aggregate: Any) -> None:
-            aggregate.name = self.name
-            aggregate.description = self.description
-            aggregate.providers = dict(self.providers)
-
-    class DefaultSet(SpliceAggregate.Event):
-        def apply(self, aggregate: Any) -> None:
-            aggregate.is_default = True
-
-    class DefaultCleared(SpliceAggregate.Event):
-        def apply(self, aggregate: Any) -> None:
-            aggregate.is_default = False
-
-    class Deleted(SpliceAggregate.Event):
-        def apply(self, aggregate: Any) -> None:
-            aggregate.deleted = True
-
-    def __init__(
-        self,
-        name: str,
-        description: str,
-        providers: dict[str, str],
-        actor: str,
-        command_id: str,
-        correlation_id: str,
-    ) -> None:
-        self.name = name
-        self.description = description
-        self.providers = dict(providers)
-        self.is_default = False
-        self.deleted = False
-
-    def update(self, name: str, description: str, providers: dict[str, str], **meta: str) -> None:
-        self.trigger_event(
-            self.Updated, name=name, description=description, providers=providers, **meta
+    @classmethod
+    def create(cls, agg_id: str, name: str, description: str, providers: dict[str, str]) -> ServiceType:
+        return cls.start(
+            agg_id,
+            stamp(ServiceTypeCreated, name=name, description=description, providers=providers),
         )
 
-    def set_default(self, **meta: str) -> None:
-        self.trigger_event(self.DefaultSet, **meta)
+    def update(self, name: str, description: str, providers: dict[str, str]) -> None:
+        self.emit(stamp(ServiceTypeUpdated, name=name, description=description, providers=providers))
 
-    def clear_default(self, **meta: str) -> None:
-        self.trigger_event(self.DefaultCleared, **meta)
+    def set_default(self) -> None:
+        self.emit(stamp(ServiceTypeDefaultSet))
 
-    def delete(self, **meta: str) -> None:
+    def clear_default(self) -> None:
+        self.emit(stamp(ServiceTypeDefaultCleared))
+
+    def use(self, user_id: str) -> None:
+        self.emit(stamp(ServiceTypeUsed, user_id=user_id))
+
+    def release(self, user_id: str) -> None:
+        if user_id in self.users:
+            self.emit(stamp(ServiceTypeReleased, user_id=user_id))
+
+    def delete(self) -> None:
         if self.is_default:
             raise DefaultRequiredError(
                 "the default service type cannot be deleted: make another one the default first",
-                field="id",
+                field="$.id",
             )
-        self.trigger_event(self.Deleted, **meta)
+        if self.users:
+            raise InUseError(
+                f"the service type is used by {len(self.users)} router(s) or service(s)",
+                field="$.id",
+            )
+        self.emit(stamp(ServiceTypeDeleted))
+
+    # -- appliers
+    def when_ServiceTypeCreated(self, e: ServiceTypeCreated) -> None:
+        self.name, self.description, self.providers = e.name, e.description, dict(e.providers)
+        self.is_default = False
+        self.users = set()
+
+    def when_ServiceTypeUpdated(self, e: ServiceTypeUpdated) -> None:
+        self.name, self.description, self.providers = e.name, e.description, dict(e.providers)
+
+    def when_ServiceTypeDefaultSet(self, e: ServiceTypeDefaultSet) -> None:
+        self.is_default = True
+
+    def when_ServiceTypeDefaultCleared(self, e: ServiceTypeDefaultCleared) -> None:
+        self.is_default = False
+
+    def when_ServiceTypeUsed(self, e: ServiceTypeUsed) -> None:
+        self.users.add(e.user_id)
+
+    def when_ServiceTypeReleased(self, e: ServiceTypeReleased) -> None:
+        self.users.discard(e.user_id)
+
+    def when_ServiceTypeDeleted(self, e: ServiceTypeDeleted) -> None:
+        self.deleted = True
 
 
 class ServiceTypeName(SpliceAggregate):
@@ -93,53 +116,50 @@ class ServiceTypeName(SpliceAggregate):
 
     AGGREGATE = "servicetypename"
 
-    class Created(SpliceAggregate.Created):
+    if TYPE_CHECKING:
         name: str
+        holder: str
 
-    class Claimed(SpliceAggregate.Event):
-        name: str
-        service_type_id: str
+    @classmethod
+    def create(cls, agg_id: str, name: str) -> ServiceTypeName:
+        return cls.start(agg_id, stamp(ServiceTypeNameCreated, name=name))
 
-        def apply(self, aggregate: Any) -> None:
-            aggregate.holder = self.service_type_id
+    def claim(self, service_type_id: str) -> None:
+        self.emit(stamp(ServiceTypeNameClaimed, name=self.name, service_type_id=service_type_id))
 
-    class Released(SpliceAggregate.Event):
-        name: str
+    def release(self) -> None:
+        self.emit(stamp(ServiceTypeNameReleased, name=self.name))
 
-        def apply(self, aggregate: Any) -> None:
-            aggregate.holder = ""
-
-    def __init__(self, name: str, actor: str, command_id: str, correlation_id: str) -> None:
-        self.name = name
+    def when_ServiceTypeNameCreated(self, e: ServiceTypeNameCreated) -> None:
+        self.name = e.name
         self.holder = ""
 
-    def claim(self, service_type_id: str, **meta: str) -> None:
-        self.trigger_event(self.Claimed, name=self.name, service_type_id=service_type_id, **meta)
+    def when_ServiceTypeNameClaimed(self, e: ServiceTypeNameClaimed) -> None:
+        self.holder = e.service_type_id
 
-    def release(self, **meta: str) -> None:
-        self.trigger_event(self.Released, name=self.name, **meta)
+    def when_ServiceTypeNameReleased(self, e: ServiceTypeNameReleased) -> None:
+        self.holder = ""
 
 
 class ServiceTypeDefault(SpliceAggregate):
     """The singleton that names the default service type."""
 
     AGGREGATE = "servicetypedefault"
-    SINGLETON = "00000000-0000-0000-0000-000000000000"
 
-    class Created(SpliceAggregate.Created):
-        pass
+    if TYPE_CHECKING:
+        current: str
 
-    class Changed(SpliceAggregate.Event):
-        service_type_id: str
-        previous_id: str
+    @classmethod
+    def create(cls, agg_id: str) -> ServiceTypeDefault:
+        return cls.start(agg_id, stamp(DefaultServiceTypeCreated))
 
-        def apply(self, aggregate: Any) -> None:
-            aggregate.current = self.service_type_id
+    def change(self, service_type_id: str) -> None:
+        self.emit(
+            stamp(DefaultServiceTypeChanged, service_type_id=service_type_id, previous_id=self.current)
+        )
 
-    def __init__(self, actor: str, command_id: str, correlation_id: str) -> None:
+    def when_DefaultServiceTypeCreated(self, e: DefaultServiceTypeCreated) -> None:
         self.current = ""
 
-    def change(self, service_type_id: str, **meta: str) -> None:
-        self.trigger_event(
-            self.Changed, service_type_id=service_type_id, previous_id=self.current, **meta
-        )
+    def when_DefaultServiceTypeChanged(self, e: DefaultServiceTypeChanged) -> None:
+        self.current = e.service_type_id

@@ -12,6 +12,7 @@ import sys
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import msgspec
@@ -150,16 +151,15 @@ def up(
         url = server.url
     else:
         url = nats_url
-    state_file.write_text(
-        json.dumps({"pid": os.getpid(), "nats_url": url, "state_dir": str(state_dir)})
-    )
+    info = {"pid": os.getpid(), "nats_url": url, "state_dir": str(state_dir)}
     out.print(f"[bold green]Splice is up.[/] NATS listens on [bold]{url}[/]{note}")
     out.print(f"  state directory: {state_dir}")
     out.print(
         "  try: [bold]splice servicetype list-events[/] or [bold]splice events[/]; Ctrl-C stops"
     )
     try:
-        asyncio.run(_up(url, demo))
+        # The state file appears once commands are served: the CLI finds a ready Splice.
+        asyncio.run(_up(url, demo, lambda: state_file.write_text(json.dumps(info))))
     finally:
         with contextlib.suppress(FileNotFoundError):
             state_file.unlink()
@@ -168,10 +168,11 @@ def up(
         out.print("Splice stopped.")
 
 
-async def _up(url: str, demo: bool) -> None:
+async def _up(url: str, demo: bool, ready: Callable[[], object]) -> None:
     from splice.services.service import CommandService
 
     async with CommandService(url):
+        ready()
         if demo:
             from splice.demo import run_demo
 

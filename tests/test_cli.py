@@ -119,13 +119,16 @@ def test_cli_without_a_running_splice_says_how_to_start_one(tmp_path: Path) -> N
 
 
 def test_schema_lists_every_command_reply_and_event(tmp_path: Path) -> None:
-    from splice.events.contracts import COMMANDS, EVENT_TYPES
+    from splice.events.contracts import COMMANDS, EVENT_TYPES, scope_of
 
     out = tmp_path / "schema.json"
     res = run(["schema", "--out", str(out)], dict(os.environ))
     assert res.returncode == 0, res.stderr
     doc = json.loads(out.read_text())
-    assert set(doc["commands"]) == {f"splice.cmd.<tenant>.{a}.{v}" for a, v in COMMANDS}
+    tenant = {"admin": "_admin", "host": "_host", "tenant": "<tenant>"}
+    assert set(doc["commands"]) == {
+        f"splice.cmd.{tenant[scope_of(a, v)]}.{a}.{v}" for a, v in COMMANDS
+    }
     assert set(doc["events"]) == set(EVENT_TYPES)
     assert set(doc["replies"]) == {"Ok", "Failed"}
     create = doc["$defs"]["CreateServiceType"]

@@ -147,8 +147,8 @@ BAD_INPUTS: list[tuple[str, bytes | dict[str, Any], str, str]] = [
         for h in HOSTILE
     ],
     (UPDATE, {"id": "not-a-uuid"}, "invalid", "$.id"),
-    (UPDATE, {"id": str(uuid.uuid4())}, "not_found", "id"),
-    (DELETE, {"id": str(uuid.uuid4())}, "not_found", "id"),
+    (UPDATE, {"id": str(uuid.uuid4())}, "not_found", "$.id"),
+    (DELETE, {"id": str(uuid.uuid4())}, "not_found", "$.id"),
     (SET_DEFAULT, {}, "invalid", "$.id"),
     ("splice.cmd._admin.servicetype.explode", {}, "invalid", "subject"),
     ("splice.cmd._admin.nosuch.create", {}, "invalid", "subject"),
@@ -287,7 +287,7 @@ async def test_concurrent_creates_with_one_name_let_exactly_one_through(
     oks = [r for r in replies if r["ok"]]
     assert len(oks) == 1
     assert {r["error"]["code"] for r in replies if not r["ok"]} == {"name_taken"}
-    assert all(r["error"]["field"] == "name" for r in replies if not r["ok"])
+    assert all(r["error"]["field"] == "$.name" for r in replies if not r["ok"])
     types, _ = fold_service_types(await event_messages(fresh_nats.url))
     assert [v["name"] for v in types.values()] == ["same"]
 

@@ -1,0 +1,355 @@
+"""Firewalls, NAT, taps and service chains: commands and events."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from msgspec import Meta, Struct
+
+from .wire import (
+    Cidr,
+    Command,
+    Description,
+    EventMeta,
+    InsertionState,
+    IPv4,
+    Name,
+    PortNumber,
+    PortRange,
+    ServiceKind,
+    Uuid,
+)
+
+FirewallAction = Literal["allow", "deny", "reject"]
+Protocol = Literal["tcp", "udp", "icmp", "any"]
+
+# -- firewall -------------------------------------------------------------------------------
+
+
+class FirewallRuleIn(Struct, kw_only=True):
+    action: FirewallAction
+    protocol: Protocol = "any"
+    source_cidr: Cidr | None = None
+    destination_cidr: Cidr | None = None
+    source_port: PortRange | None = None
+    destination_port: PortRange | None = None
+    description: Description = ""
+
+
+class FirewallRule(Struct, kw_only=True):
+    id: Uuid
+    action: FirewallAction
+    protocol: Protocol = "any"
+    source_cidr: str | None = None
+    destination_cidr: str | None = None
+    source_port: str | None = None
+    destination_port: str | None = None
+    description: str = ""
+
+
+class CreateFirewall(Command, tag="firewall.create"):
+    """Routed (`router_id`) or floating/bump-in-the-wire (`network_id` for its two ports)."""
+
+    name: Name
+    rules: Annotated[list[FirewallRuleIn], Meta(max_length=500)] = []
+    default_action: Literal["allow", "deny"] = "deny"
+    network_id: Uuid | None = None
+    router_id: Uuid | None = None
+    service_type_id: Uuid | None = None
+    out_of_path: bool = False
+
+
+class UpdateFirewall(Command, tag="firewall.update"):
+    id: Uuid
+    name: Name | None = None
+    default_action: Literal["allow", "deny"] | None = None
+
+
+class InsertFirewallRule(Command, tag="firewall.insert_rule"):
+    """Insert before or after a rule (by id); neither: at the end."""
+
+    id: Uuid
+    rule: FirewallRuleIn
+    before: Uuid | None = None
+    after: Uuid | None = None
+
+
+class MoveFirewallRule(Command, tag="firewall.move_rule"):
+    id: Uuid
+    rule_id: Uuid
+    before: Uuid | None = None
+    after: Uuid | None = None
+
+
+class RemoveFirewallRule(Command, tag="firewall.remove_rule"):
+    id: Uuid
+    rule_id: Uuid
+
+
+class DeleteFirewall(Command, tag="firewall.delete"):
+    id: Uuid
+
+
+class FirewallCreated(EventMeta, tag="FirewallCreated"):
+    name: str
+    rules: list[FirewallRule]
+    default_action: str
+    insertion: InsertionState
+    network_id: str | None
+    port_ids: list[str]
+
+
+class FirewallUpdated(EventMeta, tag="FirewallUpdated"):
+    name: str
+    default_action: str
+
+
+class FirewallRuleInserted(EventMeta, tag="FirewallRuleInserted"):
+    rule: FirewallRule
+    index: int
+
+
+class FirewallRuleMoved(EventMeta, tag="FirewallRuleMoved"):
+    rule_id: str
+    index: int
+
+
+class FirewallRuleRemoved(EventMeta, tag="FirewallRuleRemoved"):
+    rule_id: str
+
+
+class FirewallDeleted(EventMeta, tag="FirewallDeleted"):
+    pass
+
+
+# -- NAT: port forwarding on a router ---------------------------------------------------------
+
+
+class PortForwardIn(Struct, kw_only=True):
+    protocol: Literal["tcp", "udp"]
+    external_port: PortNumber
+    internal_address: IPv4
+    internal_port: PortNumber
+
+
+class PortForward(Struct, kw_only=True):
+    id: Uuid
+    protocol: str
+    external_port: int
+    internal_address: str
+    internal_port: int
+
+
+class CreateNat(Command, tag="nat.create"):
+    """Port forwarding on a router's external address (NAT is routed: `router_id` required)."""
+
+    name: Name
+    router_id: Uuid
+    port_forwards: Annotated[list[PortForwardIn], Meta(max_length=500)] = []
+
+
+class AddPortForward(Command, tag="nat.add_forward"):
+    id: Uuid
+    forward: PortForwardIn
+
+
+class RemovePortForward(Command, tag="nat.remove_forward"):
+    id: Uuid
+    forward_id: Uuid
+
+
+class DeleteNat(Command, tag="nat.delete"):
+    id: Uuid
+
+
+class NatCreated(EventMeta, tag="NatCreated"):
+    name: str
+    insertion: InsertionState
+    port_forwards: list[PortForward]
+
+
+class PortForwardAdded(EventMeta, tag="PortForwardAdded"):
+    forward: PortForward
+
+
+class PortForwardRemoved(EventMeta, tag="PortForwardRemoved"):
+    forward_id: str
+
+
+class NatDeleted(EventMeta, tag="NatDeleted"):
+    pass
+
+
+# -- taps -------------------------------------------------------------------------------------
+
+
+class CreateTap(Command, tag="tap.create"):
+    """Mirror a port's traffic to a monitor port."""
+
+    name: Name
+    port_id: Uuid
+    monitor_port_id: Uuid
+    direction: Literal["ingress", "egress", "both"] = "both"
+    router_id: Uuid | None = None
+    service_type_id: Uuid | None = None
+
+
+class DeleteTap(Command, tag="tap.delete"):
+    id: Uuid
+
+
+class TapCreated(EventMeta, tag="TapCreated"):
+    name: str
+    port_id: str
+    monitor_port_id: str
+    direction: str
+    insertion: InsertionState
+
+
+class TapDeleted(EventMeta, tag="TapDeleted"):
+    pass
+
+
+# -- placement and chains, common to every advanced service ---------------------------------
+
+
+class ServiceScheduled(EventMeta, tag="ServiceScheduled"):
+    """A floating firewall or tap was placed on a host."""
+
+    host: str
+    previous_host: str | None = None
+
+
+class ServiceChainAttached(EventMeta, tag="ServiceChainAttached"):
+    chain_id: str
+
+
+class ServiceChainDetached(EventMeta, tag="ServiceChainDetached"):
+    chain_id: str
+
+
+HopInsertion = Literal["l3", "l2", "bump_in_the_wire", "tap"]
+
+
+class Classifier(Struct, kw_only=True):
+    """The flows a chain applies to (n-tuple); unset fields match anything."""
+
+    protocol: Protocol = "any"
+    source_cidr: Cidr | None = None
+    destination_cidr: Cidr | None = None
+    source_port: PortRange | None = None
+    destination_port: PortRange | None = None
+    logical_source_port: Uuid | None = None
+
+
+class HopIn(Struct, kw_only=True):
+    service_id: Uuid
+    kind: ServiceKind
+    insertion: HopInsertion
+
+
+class Hop(Struct, kw_only=True):
+    service_id: str
+    kind: str
+    insertion: str
+
+
+class CreateServiceChain(Command, tag="chain.create"):
+    name: Name
+    classifier: Classifier
+    hops: Annotated[list[HopIn], Meta(min_length=1, max_length=16)]
+
+
+class DeleteServiceChain(Command, tag="chain.delete"):
+    id: Uuid
+
+
+class ServiceChainCreated(EventMeta, tag="ServiceChainCreated"):
+    name: str
+    classifier: Classifier
+    hops: list[Hop]
+
+
+class ServiceChainDeleted(EventMeta, tag="ServiceChainDeleted"):
+    pass
+
+
+COMMANDS = (
+    CreateFirewall,
+    UpdateFirewall,
+    InsertFirewallRule,
+    MoveFirewallRule,
+    RemoveFirewallRule,
+    DeleteFirewall,
+    CreateNat,
+    AddPortForward,
+    RemovePortForward,
+    DeleteNat,
+    CreateTap,
+    DeleteTap,
+    CreateServiceChain,
+    DeleteServiceChain,
+)
+EVENTS = (
+    FirewallCreated,
+    FirewallUpdated,
+    FirewallRuleInserted,
+    FirewallRuleMoved,
+    FirewallRuleRemoved,
+    FirewallDeleted,
+    NatCreated,
+    PortForwardAdded,
+    PortForwardRemoved,
+    NatDeleted,
+    TapCreated,
+    TapDeleted,
+    ServiceScheduled,
+    ServiceChainAttached,
+    ServiceChainDetached,
+    ServiceChainCreated,
+    ServiceChainDeleted,
+)
+
+__all__ = [
+    "AddPortForward",
+    "Classifier",
+    "CreateFirewall",
+    "CreateNat",
+    "CreateServiceChain",
+    "CreateTap",
+    "DeleteFirewall",
+    "DeleteNat",
+    "DeleteServiceChain",
+    "DeleteTap",
+    "FirewallAction",
+    "FirewallCreated",
+    "FirewallDeleted",
+    "FirewallRule",
+    "FirewallRuleIn",
+    "FirewallRuleInserted",
+    "FirewallRuleMoved",
+    "FirewallRuleRemoved",
+    "FirewallUpdated",
+    "Hop",
+    "HopIn",
+    "HopInsertion",
+    "InsertFirewallRule",
+    "MoveFirewallRule",
+    "NatCreated",
+    "NatDeleted",
+    "PortForward",
+    "PortForwardAdded",
+    "PortForwardIn",
+    "PortForwardRemoved",
+    "Protocol",
+    "RemoveFirewallRule",
+    "RemovePortForward",
+    "ServiceChainAttached",
+    "ServiceChainCreated",
+    "ServiceChainDeleted",
+    "ServiceChainDetached",
+    "ServiceScheduled",
+    "TapCreated",
+    "TapDeleted",
+    "UpdateFirewall",
+]

@@ -1,0 +1,374 @@
+"""Firewalls, NAT (port forwarding), taps and service chains."""
+
+from __future__ import annotations
+
+import ipaddress
+import uuid
+from typing import TYPE_CHECKING, ClassVar
+
+import msgspec
+
+from splice.events.contracts import (
+    Classifier,
+    FirewallCreated,
+    FirewallDeleted,
+    FirewallRule,
+    FirewallRuleIn,
+    FirewallRuleInserted,
+    FirewallRuleMoved,
+    FirewallRuleRemoved,
+    FirewallUpdated,
+    Hop,
+    InsertionState,
+    NatCreated,
+    NatDeleted,
+    PortForward,
+    PortForwardAdded,
+    PortForwardIn,
+    PortForwardRemoved,
+    ServiceChainAttached,
+    ServiceChainCreated,
+    ServiceChainDeleted,
+    ServiceChainDetached,
+    ServiceScheduled,
+    TapCreated,
+    TapDeleted,
+)
+
+from .domain import InvalidError, NotFoundError, SpliceAggregate, stamp
+from .lbaas import ServiceMixin
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+def check_range(value: str | None, field: str) -> None:
+    if value is None:
+        return
+    low, _, high = value.partition("-")
+    lo, hi = int(low), int(high or low)
+    if not (1 <= lo <= hi <= 65535):
+        raise InvalidError(f"{value} is not a port range within 1-65535", field)
+
+
+def check_cidr(value: str | None, field: str) -> None:
+    if value is None:
+        return
+    try:
+        ipaddress.IPv4Network(value, strict=True)
+    except ValueError as e:
+        raise InvalidError(f"{value}: {e}", field) from e
+
+
+def build_rule(r: FirewallRuleIn, where: str) -> FirewallRule:
+    check_cidr(r.source_cidr, f"{where}.source_cidr")
+    check_cidr(r.destination_cidr, f"{where}.destination_cidr")
+    check_range(r.source_port, f"{where}.source_port")
+    check_range(r.destination_port, f"{where}.destination_port")
+    if r.protocol in ("icmp", "any") and (r.source_port or r.destination_port):
+        raise InvalidError(f"ports need protocol tcp or udp, not {r.protocol}", f"{where}.protocol")
+    return FirewallRule(id=new_id(), **{f: getattr(r, f) for f in FirewallRuleIn.__struct_fields__})
+
+
+class PlacedMixin:
+    """A floating service placed on a host by the scheduler."""
+
+    if TYPE_CHECKING:
+        host: str | None
+
+    def emit(self, payload: object) -> None: ...  # provided by SpliceAggregate
+
+    def schedule(self, host: str | None) -> None:
+        if host != self.host:
+            self.emit(stamp(ServiceScheduled, host=host or "", previous_host=self.host))
+
+    def when_ServiceScheduled(self, e: ServiceScheduled) -> None:
+        self.host = e.host or None
+
+
+class Firewall(PlacedMixin, ServiceMixin, SpliceAggregate):
+    AGGREGATE = "firewall"
+    KIND: ClassVar[str] = "firewall"
+
+    if TYPE_CHECKING:
+        name: str
+        rules: list[FirewallRule]
+        default_action: str
+        insertion: InsertionState
+        network_id: str | None
+        port_ids: list[str]
+
+    @classmethod
+    def create(
+        cls,
+        agg_id: str,
+        name: str,
+        rules: list[FirewallRuleIn],
+        default_action: str,
+        insertion: InsertionState,
+        network_id: str | None,
+        port_ids: list[str],
+    ) -> Firewall:
+        built = [build_rule(r, f"$.rules[{i}]") for i, r in enumerate(rules)]
+        return cls.start(
+            agg_id,
+            stamp(
+                FirewallCreated,
+                name=name,
+                rules=built,
+                default_action=default_action,
+                insertion=insertion,
+                network_id=network_id,
+                port_ids=port_ids,
+            ),
+        )
+
+    @property
+    def port_count(self) -> int:
+        return len(self.port_ids)
+
+    def _index(self, rule_id: str, field: str) -> int:
+        for i, r in enumerate(self.rules):
+            if r.id == rule_id:
+                return i
+        raise NotFoundError(f"rule {rule_id} not found", field)
+
+    def _position(self, before: str | None, after: str | None, ignore: str | None = None) -> int:
+        """Where a rule goes, counted in the list without `ignore` (the rule being moved)."""
+        if before and after:
+            raise InvalidError("give before or after, not both", "$.before")
+        rest = [r for r in self.rules if r.id != ignore]
+        ids = [r.id for r in rest]
+        if before:
+            if before not in ids:
+                raise NotFoundError(f"rule {before} not found", "$.before")
+            return ids.index(before)
+        if after:
+            if after not in ids:
+                raise NotFoundError(f"rule {after} not found", "$.after")
+            return ids.index(after) + 1
+        return len(rest)
+
+    def update(self, name: str | None, default_action: str | None) -> None:
+        self.emit(
+            stamp(
+                FirewallUpdated,
+                name=self.name if name is None else name,
+                default_action=self.default_action if default_action is None else default_action,
+            )
+        )
+
+    def insert_rule(self, rule: FirewallRuleIn, before: str | None, after: str | None) -> str:
+        if len(self.rules) >= 500:
+            raise InvalidError("a firewall holds at most 500 rules", "$.rule")
+        built = build_rule(rule, "$.rule")
+        self.emit(stamp(FirewallRuleInserted, rule=built, index=self._position(before, after)))
+        return built.id
+
+    def move_rule(self, rule_id: str, before: str | None, after: str | None) -> None:
+        self._index(rule_id, "$.rule_id")
+        if rule_id in (before, after):
+            raise InvalidError("a rule cannot move relative to itself", "$.rule_id")
+        self.emit(stamp(FirewallRuleMoved, rule_id=rule_id, index=self._position(before, after, rule_id)))
+
+    def remove_rule(self, rule_id: str) -> None:
+        self._index(rule_id, "$.rule_id")
+        self.emit(stamp(FirewallRuleRemoved, rule_id=rule_id))
+
+    def delete(self) -> None:
+        self.check_not_in_chain()
+        self.emit(stamp(FirewallDeleted))
+
+    def when_FirewallCreated(self, e: FirewallCreated) -> None:
+        self.name, self.rules, self.default_action = e.name, list(e.rules), e.default_action
+        self.insertion, self.network_id, self.port_ids = e.insertion, e.network_id, list(e.port_ids)
+        self.chains, self.host = set(), None
+
+    def when_FirewallUpdated(self, e: FirewallUpdated) -> None:
+        self.name, self.default_action = e.name, e.default_action
+
+    def when_FirewallRuleInserted(self, e: FirewallRuleInserted) -> None:
+        self.rules.insert(e.index, e.rule)
+
+    def when_FirewallRuleMoved(self, e: FirewallRuleMoved) -> None:
+        rule = next(r for r in self.rules if r.id == e.rule_id)
+        self.rules = [r for r in self.rules if r.id != e.rule_id]
+        self.rules.insert(e.index, rule)
+
+    def when_FirewallRuleRemoved(self, e: FirewallRuleRemoved) -> None:
+        self.rules = [r for r in self.rules if r.id != e.rule_id]
+
+    def when_FirewallDeleted(self, e: FirewallDeleted) -> None:
+        self.deleted = True
+
+
+class Nat(ServiceMixin, SpliceAggregate):
+    """Port forwarding (DNAT) on a router's external address."""
+
+    AGGREGATE = "nat"
+    KIND: ClassVar[str] = "nat"
+    port_count = 0
+
+    if TYPE_CHECKING:
+        name: str
+        insertion: InsertionState
+        forwards: list[PortForward]
+
+    @classmethod
+    def create(
+        cls, agg_id: str, name: str, insertion: InsertionState, forwards: list[PortForwardIn],
+        internal_networks: list[str],
+    ) -> Nat:
+        built: list[PortForward] = []
+        for i, f in enumerate(forwards):
+            built.append(cls._build(f, built, internal_networks, f"$.port_forwards[{i}]"))
+        return cls.start(agg_id, stamp(NatCreated, name=name, insertion=insertion, port_forwards=built))
+
+    @staticmethod
+    def _build(
+        f: PortForwardIn, existing: list[PortForward], networks: list[str], where: str
+    ) -> PortForward:
+        if any(x.protocol == f.protocol and x.external_port == f.external_port for x in existing):
+            raise InvalidError(f"{f.protocol}/{f.external_port} is forwarded already", f"{where}.external_port")
+        addr = ipaddress.IPv4Address(f.internal_address)
+        if not any(addr in ipaddress.IPv4Network(n) for n in networks):
+            raise InvalidError(
+                f"{f.internal_address} is not on a network the router is attached to",
+                f"{where}.internal_address",
+            )
+        return PortForward(id=new_id(), **{k: getattr(f, k) for k in PortForwardIn.__struct_fields__})
+
+    def add_forward(self, f: PortForwardIn, internal_networks: list[str]) -> str:
+        built = self._build(f, self.forwards, internal_networks, "$.forward")
+        self.emit(stamp(PortForwardAdded, forward=built))
+        return built.id
+
+    def remove_forward(self, forward_id: str) -> None:
+        if all(f.id != forward_id for f in self.forwards):
+            raise NotFoundError(f"port forward {forward_id} not found", "$.forward_id")
+        self.emit(stamp(PortForwardRemoved, forward_id=forward_id))
+
+    def delete(self) -> None:
+        self.check_not_in_chain()
+        self.emit(stamp(NatDeleted))
+
+    def when_NatCreated(self, e: NatCreated) -> None:
+        self.name, self.insertion, self.forwards = e.name, e.insertion, list(e.port_forwards)
+        self.chains = set()
+
+    def when_PortForwardAdded(self, e: PortForwardAdded) -> None:
+        self.forwards.append(e.forward)
+
+    def when_PortForwardRemoved(self, e: PortForwardRemoved) -> None:
+        self.forwards = [f for f in self.forwards if f.id != e.forward_id]
+
+    def when_NatDeleted(self, e: NatDeleted) -> None:
+        self.deleted = True
+
+
+class Tap(PlacedMixin, ServiceMixin, SpliceAggregate):
+    """A copy of a port's traffic delivered to a monitor port."""
+
+    AGGREGATE = "tap"
+    KIND: ClassVar[str] = "tap"
+    port_count = 1
+
+    if TYPE_CHECKING:
+        name: str
+        port_id: str
+        monitor_port_id: str
+        direction: str
+        insertion: InsertionState
+
+    @classmethod
+    def create(
+        cls, agg_id: str, name: str, port_id: str, monitor_port_id: str, direction: str,
+        insertion: InsertionState,
+    ) -> Tap:
+        if port_id == monitor_port_id:
+            raise InvalidError("a port cannot monitor itself", "$.monitor_port_id")
+        return cls.start(
+            agg_id,
+            stamp(TapCreated, name=name, port_id=port_id, monitor_port_id=monitor_port_id,
+                  direction=direction, insertion=insertion),
+        )
+
+    def delete(self) -> None:
+        self.check_not_in_chain()
+        self.emit(stamp(TapDeleted))
+
+    def when_TapCreated(self, e: TapCreated) -> None:
+        self.name, self.port_id, self.monitor_port_id = e.name, e.port_id, e.monitor_port_id
+        self.direction, self.insertion = e.direction, e.insertion
+        self.chains, self.host = set(), None
+
+    def when_TapDeleted(self, e: TapDeleted) -> None:
+        self.deleted = True
+
+
+# Which hop insertion suits which kind of service, and how many ports of its own it needs.
+HOP_RULES: dict[str, dict[str, int]] = {
+    "loadbalancer": {"l3": 1},
+    "firewall": {"l3": 0, "l2": 2, "bump_in_the_wire": 2},
+    "nat": {"l3": 0},
+    "tap": {"tap": 1},
+}
+
+
+def check_hop(kind: str, insertion: str, port_count: int, where: str) -> None:
+    allowed = HOP_RULES[kind]
+    if insertion not in allowed:
+        raise InvalidError(
+            f"a {kind} can be a hop as {', '.join(sorted(allowed))}, not {insertion}",
+            f"{where}.insertion",
+        )
+    if port_count < allowed[insertion]:
+        raise InvalidError(
+            f"{insertion} insertion needs a {kind} with {allowed[insertion]} port(s) of its own; "
+            f"this one has {port_count}",
+            f"{where}.insertion",
+        )
+
+
+class ServiceChain(SpliceAggregate):
+    AGGREGATE = "chain"
+
+    if TYPE_CHECKING:
+        name: str
+        classifier: Classifier
+        hops: list[Hop]
+
+    @classmethod
+    def create(cls, agg_id: str, name: str, classifier: Classifier, hops: list[Hop]) -> ServiceChain:
+        check_cidr(classifier.source_cidr, "$.classifier.source_cidr")
+        check_cidr(classifier.destination_cidr, "$.classifier.destination_cidr")
+        check_range(classifier.source_port, "$.classifier.source_port")
+        check_range(classifier.destination_port, "$.classifier.destination_port")
+        seen: set[str] = set()
+        for i, h in enumerate(hops):
+            if h.service_id in seen:
+                raise InvalidError("a service appears twice in the chain", f"$.hops[{i}].service_id")
+            seen.add(h.service_id)
+        return cls.start(agg_id, stamp(ServiceChainCreated, name=name, classifier=classifier, hops=hops))
+
+    def delete(self) -> None:
+        self.emit(stamp(ServiceChainDeleted))
+
+    def when_ServiceChainCreated(self, e: ServiceChainCreated) -> None:
+        self.name, self.classifier, self.hops = e.name, e.classifier, list(e.hops)
+
+    def when_ServiceChainDeleted(self, e: ServiceChainDeleted) -> None:
+        self.deleted = True
+
+
+def attach(service: ServiceMixin | SpliceAggregate, chain_id: str) -> None:
+    service.emit(stamp(ServiceChainAttached, chain_id=chain_id))  # type: ignore[union-attr]
+
+
+def detach(service: ServiceMixin | SpliceAggregate, chain_id: str) -> None:
+    if chain_id in service.chains:  # type: ignore[union-attr]
+        service.emit(stamp(ServiceChainDetached, chain_id=chain_id))  # type: ignore[union-attr]
+
+
+__all__ = ["HOP_RULES", "Firewall", "Nat", "ServiceChain", "Tap", "attach", "check_hop", "detach", "msgspec"]

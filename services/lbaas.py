@@ -1,0 +1,651 @@
+"""The LoadBalancer aggregate: Octavia's model, without Octavia's stuck states.
+
+The whole tree lives in one aggregate; every change is the next *generation*. Provisioning
+status follows from generations, not from locks:
+
+* a change is always accepted (unless the load balancer is being deleted) and moves it to
+  PENDING_UPDATE (PENDING_CREATE until it was first ACTIVE) — no 409 retry loops;
+* an agent reports the generation it converged: ACTIVE when that is the newest one, otherwise
+  still PENDING (the next generation is queued on the agent);
+* a PENDING that outlives its deadline becomes ERROR by an event (the watchdog's command);
+* delete works from any state: PENDING_DELETE, then DELETED when the agent has removed it (at
+  once when it was never placed on a host).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import msgspec
+
+from splice.events.contracts import (
+    HealthMonitor,
+    HealthMonitorDeleted,
+    HealthMonitorSet,
+    InsertionState,
+    L7Policy,
+    L7PolicyDeleted,
+    L7PolicyIn,
+    L7PolicySet,
+    L7Rule,
+    L7RuleIn,
+    Listener,
+    ListenerCreated,
+    ListenerDeleted,
+    ListenerIn,
+    ListenerUpdated,
+    LoadBalancerCreated,
+    LoadBalancerDeleted,
+    LoadBalancerDeleteRequested,
+    LoadBalancerOperatingStatusChanged,
+    LoadBalancerProvisioned,
+    LoadBalancerProvisioningFailed,
+    LoadBalancerProvisioningTimedOut,
+    LoadBalancerScheduled,
+    LoadBalancerUpdated,
+    Member,
+    MemberCreated,
+    MemberDeleted,
+    MemberIn,
+    MembersReplaced,
+    MemberUpdated,
+    Pool,
+    PoolCreated,
+    PoolDeleted,
+    PoolIn,
+    PoolUpdated,
+    ServiceChainAttached,
+    ServiceChainDetached,
+)
+
+from .domain import InUseError, InvalidError, NotFoundError, SpliceAggregate, stamp
+
+PENDING = ("PENDING_CREATE", "PENDING_UPDATE", "PENDING_DELETE")
+
+# Provisioning moves that may happen (the property-based test checks every event against it).
+LEGAL_MOVES: dict[str, set[str]] = {
+    "PENDING_CREATE": {"PENDING_CREATE", "ACTIVE", "ERROR", "PENDING_DELETE"},
+    "PENDING_UPDATE": {"PENDING_UPDATE", "ACTIVE", "ERROR", "PENDING_DELETE"},
+    "ACTIVE": {"PENDING_UPDATE", "PENDING_DELETE", "ACTIVE"},
+    "ERROR": {"PENDING_UPDATE", "PENDING_DELETE", "ERROR"},
+    "PENDING_DELETE": {"PENDING_DELETE", "DELETED", "ERROR"},
+    "DELETED": set(),
+}
+
+
+def new_id() -> str:
+    return str(uuid.uuid4())
+
+
+# -- building parts from inputs (decisions: ids are chosen here) ------------------------------
+
+_COMPATIBLE = {"TCP": {"TCP"}, "HTTP": {"HTTP"}, "HTTPS": {"HTTPS", "TCP"}}
+
+
+def build_members(members: list[MemberIn], where: str, keep: dict[tuple[str, int], str] | None = None) -> list[Member]:
+    seen: set[tuple[str, int]] = set()
+    out = []
+    for i, m in enumerate(members):
+        key = (m.address, m.protocol_port)
+        if key in seen:
+            raise InvalidError(f"member {m.address}:{m.protocol_port} is listed twice", f"{where}[{i}]")
+        seen.add(key)
+        out.append(
+            Member(
+                id=(keep or {}).get(key) or new_id(),
+                **{f: getattr(m, f) for f in MemberIn.__struct_fields__},
+            )
+        )
+    return out
+
+
+def build_pool(p: PoolIn, where: str) -> Pool:
+    sp = p.session_persistence
+    if sp is not None:
+        if sp.type in ("HTTP_COOKIE", "APP_COOKIE") and p.protocol != "HTTP":
+            raise InvalidError(f"{sp.type} persistence needs an HTTP pool", f"{where}.session_persistence")
+        if sp.type == "APP_COOKIE" and not sp.cookie_name:
+            raise InvalidError("APP_COOKIE persistence needs cookie_name", f"{where}.session_persistence.cookie_name")
+    return Pool(
+        id=new_id(),
+        name=p.name,
+        protocol=p.protocol,
+        lb_algorithm=p.lb_algorithm,
+        session_persistence=sp,
+        members=build_members(p.members, f"{where}.members"),
+        healthmonitor=p.healthmonitor,
+        admin_state_up=p.admin_state_up,
+    )
+
+
+def build_rule(r: L7RuleIn, where: str) -> L7Rule:
+    if r.type in ("HEADER", "COOKIE") and not r.key:
+        raise InvalidError(f"a {r.type} rule needs a key", f"{where}.key")
+    if r.compare_type == "REGEX":
+        try:
+            re.compile(r.value)
+        except re.error as e:
+            raise InvalidError(f"not a regular expression: {e}", f"{where}.value") from e
+    return L7Rule(id=new_id(), type=r.type, compare_type=r.compare_type, value=r.value, key=r.key, invert=r.invert)
+
+
+def build_policy(
+    p: L7PolicyIn, listener_protocol: str, pools: dict[str, Pool], where: str
+) -> L7Policy:
+    if listener_protocol != "HTTP":
+        raise InvalidError("L7 policies need an HTTP listener", where)
+    pool_id = p.redirect_pool_id
+    if p.redirect_pool is not None:
+        by_name = {pl.name: pl.id for pl in pools.values()}
+        if p.redirect_pool not in by_name:
+            raise InvalidError(f"no pool named {p.redirect_pool!r}", f"{where}.redirect_pool")
+        pool_id = by_name[p.redirect_pool]
+    if p.action == "REDIRECT_TO_POOL":
+        if pool_id is None or pool_id not in pools:
+            raise InvalidError("REDIRECT_TO_POOL needs a pool of this load balancer", f"{where}.redirect_pool_id")
+    elif p.action == "REDIRECT_TO_URL":
+        if not p.redirect_url:
+            raise InvalidError("REDIRECT_TO_URL needs redirect_url", f"{where}.redirect_url")
+        pool_id = None
+    else:
+        pool_id = None
+    return L7Policy(
+        id=new_id(),
+        action=p.action,
+        position=p.position,
+        name=p.name,
+        redirect_pool_id=pool_id,
+        redirect_url=p.redirect_url if p.action == "REDIRECT_TO_URL" else None,
+        rules=[build_rule(r, f"{where}.rules[{i}]") for i, r in enumerate(p.rules)],
+        admin_state_up=p.admin_state_up,
+    )
+
+
+def build_listener(
+    li: ListenerIn, pools: dict[str, Pool], listeners: dict[str, Listener], where: str
+) -> Listener:
+    if any(x.protocol_port == li.protocol_port for x in listeners.values()):
+        raise InvalidError(f"port {li.protocol_port} has a listener already", f"{where}.protocol_port")
+    if any(x.name == li.name for x in listeners.values()):
+        raise InvalidError(f"a listener named {li.name!r} exists", f"{where}.name")
+    pool_id = li.default_pool_id
+    if li.default_pool is not None:
+        by_name = {p.name: p.id for p in pools.values()}
+        if li.default_pool not in by_name:
+            raise InvalidError(f"no pool named {li.default_pool!r}", f"{where}.default_pool")
+        pool_id = by_name[li.default_pool]
+    if pool_id is not None:
+        check_pool_fits(pools, pool_id, li.protocol, f"{where}.default_pool_id")
+    policies = [
+        build_policy(p, li.protocol, pools, f"{where}.l7policies[{i}]")
+        for i, p in enumerate(li.l7policies)
+    ]
+    return Listener(
+        id=new_id(),
+        name=li.name,
+        protocol=li.protocol,
+        protocol_port=li.protocol_port,
+        connection_limit=li.connection_limit,
+        timeout_client_data=li.timeout_client_data,
+        timeout_member_connect=li.timeout_member_connect,
+        timeout_member_data=li.timeout_member_data,
+        default_pool_id=pool_id,
+        l7policies=sorted(policies, key=lambda p: p.position),
+        admin_state_up=li.admin_state_up,
+    )
+
+
+def check_pool_fits(pools: dict[str, Pool], pool_id: str, protocol: str, field: str) -> None:
+    pool = pools.get(pool_id)
+    if pool is None:
+        raise InvalidError(f"pool {pool_id} is not in this load balancer", field)
+    if pool.protocol not in _COMPATIBLE[protocol]:
+        raise InvalidError(f"a {protocol} listener cannot use a {pool.protocol} pool", field)
+
+
+class ServiceMixin:
+    """What every advanced service shares: the chains that use it."""
+
+    if TYPE_CHECKING:
+        chains: set[str]
+        deleted: bool
+
+    def when_ServiceChainAttached(self, e: ServiceChainAttached) -> None:
+        self.chains.add(e.chain_id)
+
+    def when_ServiceChainDetached(self, e: ServiceChainDetached) -> None:
+        self.chains.discard(e.chain_id)
+
+    def check_not_in_chain(self) -> None:
+        if self.chains:
+            raise InUseError(f"used by {len(self.chains)} service chain(s)", "$.id")
+
+
+class LoadBalancer(ServiceMixin, SpliceAggregate):
+    AGGREGATE = "loadbalancer"
+    KIND: ClassVar[str] = "loadbalancer"
+    port_count = 1  # the VIP port
+
+    if TYPE_CHECKING:
+        name: str
+        description: str
+        vip_network_id: str
+        vip_address: str
+        vip_port_id: str
+        insertion: InsertionState
+        admin_state_up: bool
+        listeners: dict[str, Listener]
+        pools: dict[str, Pool]
+        generation: int
+        converged: int
+        provisioning_status: str
+        operating_status: str
+        statuses: dict[str, str]  # child id -> operating status
+        host: str | None
+        error: str
+
+    # -- deciding --------------------------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        agg_id: str,
+        name: str,
+        description: str,
+        vip_network_id: str,
+        vip_address: str,
+        vip_port_id: str,
+        insertion: InsertionState,
+        admin_state_up: bool,
+        pools: list[PoolIn],
+        listeners: list[ListenerIn],
+    ) -> LoadBalancer:
+        built: dict[str, Pool] = {}
+        for i, p in enumerate(pools):
+            if any(x.name == p.name for x in built.values()):
+                raise InvalidError(f"two pools are named {p.name!r}", f"$.pools[{i}].name")
+            pool = build_pool(p, f"$.pools[{i}]")
+            built[pool.id] = pool
+        lst: dict[str, Listener] = {}
+        for i, li in enumerate(listeners):
+            listener = build_listener(li, built, lst, f"$.listeners[{i}]")
+            lst[listener.id] = listener
+        return cls.start(
+            agg_id,
+            stamp(
+                LoadBalancerCreated,
+                name=name,
+                description=description,
+                vip_network_id=vip_network_id,
+                vip_address=vip_address,
+                vip_port_id=vip_port_id,
+                insertion=insertion,
+                admin_state_up=admin_state_up,
+                pools=list(built.values()),
+                listeners=list(lst.values()),
+                generation=1,
+            ),
+        )
+
+    def _check_changeable(self) -> int:
+        if self.deleted or self.provisioning_status in ("PENDING_DELETE", "DELETED"):
+            raise NotFoundError("the load balancer is being deleted", "$.id")
+        return self.generation + 1
+
+    def _pool(self, pool_id: str, field: str = "$.pool_id") -> Pool:
+        if pool_id not in self.pools:
+            raise NotFoundError(f"pool {pool_id} not found", field)
+        return self.pools[pool_id]
+
+    def _listener(self, listener_id: str, field: str = "$.listener_id") -> Listener:
+        if listener_id not in self.listeners:
+            raise NotFoundError(f"listener {listener_id} not found", field)
+        return self.listeners[listener_id]
+
+    def update(self, name: str | None, description: str | None, admin_state_up: bool | None) -> None:
+        g = self._check_changeable()
+        self.emit(
+            stamp(
+                LoadBalancerUpdated,
+                name=self.name if name is None else name,
+                description=self.description if description is None else description,
+                admin_state_up=self.admin_state_up if admin_state_up is None else admin_state_up,
+                generation=g,
+            )
+        )
+
+    def add_listener(self, li: ListenerIn) -> str:
+        g = self._check_changeable()
+        listener = build_listener(li, self.pools, self.listeners, "$.listener")
+        self.emit(stamp(ListenerCreated, listener=listener, generation=g))
+        return listener.id
+
+    def update_listener(self, listener_id: str, changes: dict[str, Any]) -> None:
+        g = self._check_changeable()
+        current = self._listener(listener_id, "$.id")
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if "default_pool_id" in changes:
+            check_pool_fits(self.pools, changes["default_pool_id"], current.protocol, "$.default_pool_id")
+        if "name" in changes and any(
+            x.name == changes["name"] and x.id != listener_id for x in self.listeners.values()
+        ):
+            raise InvalidError(f"a listener named {changes['name']!r} exists", "$.name")
+        self.emit(stamp(ListenerUpdated, listener=msgspec.structs.replace(current, **changes), generation=g))
+
+    def delete_listener(self, listener_id: str) -> None:
+        g = self._check_changeable()
+        self._listener(listener_id, "$.id")
+        self.emit(stamp(ListenerDeleted, listener_id=listener_id, generation=g))
+
+    def add_pool(self, p: PoolIn) -> str:
+        g = self._check_changeable()
+        if any(x.name == p.name for x in self.pools.values()):
+            raise InvalidError(f"a pool named {p.name!r} exists", "$.pool.name")
+        pool = build_pool(p, "$.pool")
+        self.emit(stamp(PoolCreated, pool=pool, generation=g))
+        return pool.id
+
+    def update_pool(self, pool_id: str, changes: dict[str, Any], clear_persistence: bool) -> None:
+        g = self._check_changeable()
+        current = self._pool(pool_id, "$.id")
+        changes = {k: v for k, v in changes.items() if v is not None}
+        if clear_persistence:
+            changes["session_persistence"] = None
+        updated = msgspec.structs.replace(current, **changes)
+        build_pool(
+            PoolIn(name=updated.name, protocol=updated.protocol,
+                   session_persistence=updated.session_persistence),
+            "$",
+        )  # the same checks as on create
+        self.emit(stamp(PoolUpdated, pool=updated, generation=g))
+
+    def delete_pool(self, pool_id: str) -> None:
+        g = self._check_changeable()
+        self._pool(pool_id, "$.id")
+        for li in self.listeners.values():
+            if li.default_pool_id == pool_id or any(p.redirect_pool_id == pool_id for p in li.l7policies):
+                raise InUseError(f"listener {li.name} uses this pool", "$.id")
+        self.emit(stamp(PoolDeleted, pool_id=pool_id, generation=g))
+
+    def add_member(self, pool_id: str, m: MemberIn) -> str:
+        g = self._check_changeable()
+        pool = self._pool(pool_id)
+        if any((x.address, x.protocol_port) == (m.address, m.protocol_port) for x in pool.members):
+            raise InvalidError(f"{m.address}:{m.protocol_port} is a member already", "$.member")
+        member = build_members([m], "$.member")[0]
+        self.emit(stamp(MemberCreated, pool_id=pool_id, member=member, generation=g))
+        return member.id
+
+    def update_member(self, pool_id: str, member_id: str, changes: dict[str, Any]) -> None:
+        g = self._check_changeable()
+        pool = self._pool(pool_id)
+        current = next((m for m in pool.members if m.id == member_id), None)
+        if current is None:
+            raise NotFoundError(f"member {member_id} not found", "$.id")
+        changes = {k: v for k, v in changes.items() if v is not None}
+        self.emit(
+            stamp(MemberUpdated, pool_id=pool_id, member=msgspec.structs.replace(current, **changes), generation=g)
+        )
+
+    def delete_member(self, pool_id: str, member_id: str) -> None:
+        g = self._check_changeable()
+        pool = self._pool(pool_id)
+        if all(m.id != member_id for m in pool.members):
+            raise NotFoundError(f"member {member_id} not found", "$.id")
+        self.emit(stamp(MemberDeleted, pool_id=pool_id, member_id=member_id, generation=g))
+
+    def replace_members(self, pool_id: str, members: list[MemberIn]) -> None:
+        g = self._check_changeable()
+        pool = self._pool(pool_id)
+        keep = {(m.address, m.protocol_port): m.id for m in pool.members}
+        built = build_members(members, "$.members", keep)
+        self.emit(stamp(MembersReplaced, pool_id=pool_id, members=built, generation=g))
+
+    def set_healthmonitor(self, pool_id: str, hm: HealthMonitor) -> None:
+        g = self._check_changeable()
+        self._pool(pool_id)
+        if hm.timeout > hm.delay:
+            raise InvalidError("timeout must not exceed delay", "$.healthmonitor.timeout")
+        self.emit(stamp(HealthMonitorSet, pool_id=pool_id, healthmonitor=hm, generation=g))
+
+    def delete_healthmonitor(self, pool_id: str) -> None:
+        g = self._check_changeable()
+        if self._pool(pool_id).healthmonitor is None:
+            raise NotFoundError("the pool has no health monitor", "$.pool_id")
+        self.emit(stamp(HealthMonitorDeleted, pool_id=pool_id, generation=g))
+
+    def add_policy(self, listener_id: str, p: L7PolicyIn) -> str:
+        g = self._check_changeable()
+        listener = self._listener(listener_id)
+        policy = build_policy(p, listener.protocol, self.pools, "$.policy")
+        self.emit(stamp(L7PolicySet, listener_id=listener_id, policy=policy, generation=g))
+        return policy.id
+
+    def delete_policy(self, listener_id: str, policy_id: str) -> None:
+        g = self._check_changeable()
+        listener = self._listener(listener_id)
+        if all(p.id != policy_id for p in listener.l7policies):
+            raise NotFoundError(f"L7 policy {policy_id} not found", "$.id")
+        self.emit(stamp(L7PolicyDeleted, listener_id=listener_id, policy_id=policy_id, generation=g))
+
+    def _policy(self, listener_id: str, policy_id: str) -> L7Policy:
+        listener = self._listener(listener_id)
+        policy = next((p for p in listener.l7policies if p.id == policy_id), None)
+        if policy is None:
+            raise NotFoundError(f"L7 policy {policy_id} not found", "$.policy_id")
+        return policy
+
+    def add_rule(self, listener_id: str, policy_id: str, r: L7RuleIn) -> str:
+        g = self._check_changeable()
+        policy = self._policy(listener_id, policy_id)
+        rule = build_rule(r, "$.rule")
+        updated = msgspec.structs.replace(policy, rules=[*policy.rules, rule])
+        self.emit(stamp(L7PolicySet, listener_id=listener_id, policy=updated, generation=g))
+        return rule.id
+
+    def delete_rule(self, listener_id: str, policy_id: str, rule_id: str) -> None:
+        g = self._check_changeable()
+        policy = self._policy(listener_id, policy_id)
+        if all(r.id != rule_id for r in policy.rules):
+            raise NotFoundError(f"L7 rule {rule_id} not found", "$.id")
+        updated = msgspec.structs.replace(policy, rules=[r for r in policy.rules if r.id != rule_id])
+        self.emit(stamp(L7PolicySet, listener_id=listener_id, policy=updated, generation=g))
+
+    def schedule(self, host: str | None) -> None:
+        if host != self.host:
+            self.emit(stamp(LoadBalancerScheduled, host=host or "", previous_host=self.host))
+
+    def request_delete(self) -> bool:
+        """Start deleting; True when it is gone at once (never placed on a host)."""
+        if self.deleted:
+            raise NotFoundError("the load balancer is deleted", "$.id")
+        self.check_not_in_chain()
+        self.emit(stamp(LoadBalancerDeleteRequested, generation=self.generation + 1))
+        if not self.host:
+            self.emit(stamp(LoadBalancerDeleted))
+            return True
+        return False
+
+    def report(self, host: str, generation: int, status: str, reason: str) -> bool:
+        """An agent's report. True when the load balancer is now DELETED."""
+        if self.deleted:
+            return False
+        if status == "DELETED":
+            if self.provisioning_status != "PENDING_DELETE":
+                raise InvalidError("the load balancer is not being deleted", "$.status")
+            self.emit(stamp(LoadBalancerDeleted))
+            return True
+        if generation > self.generation:
+            raise InvalidError(f"generation {generation} does not exist yet", "$.generation")
+        if status == "ACTIVE":
+            self.emit(stamp(LoadBalancerProvisioned, host=host, generation=generation))
+        else:
+            self.emit(
+                stamp(LoadBalancerProvisioningFailed, host=host, generation=generation, reason=reason or "unknown")
+            )
+        return False
+
+    def report_status(self, loadbalancer: str | None, children: dict[str, str]) -> None:
+        """Record operating statuses that changed (transitions only)."""
+        if self.deleted:
+            return
+        lb = loadbalancer if loadbalancer not in (None, self.operating_status) else None
+        known = self._child_ids()
+        changed = {k: v for k, v in children.items() if k in known and self.statuses.get(k) != v}
+        if lb is None and not changed:
+            return
+        listeners = {k: v for k, v in changed.items() if k in self.listeners}
+        pools = {k: v for k, v in changed.items() if k in self.pools}
+        members = {k: v for k, v in changed.items() if k not in listeners and k not in pools}
+        self.emit(
+            stamp(
+                LoadBalancerOperatingStatusChanged,
+                loadbalancer=lb,
+                listeners=listeners,
+                pools=pools,
+                members=members,
+            )
+        )
+
+    def expire(self, generation: int, deadline_s: float) -> None:
+        if self.provisioning_status in PENDING and generation == self.generation:
+            self.emit(
+                stamp(
+                    LoadBalancerProvisioningTimedOut,
+                    generation=generation,
+                    reason=f"{self.provisioning_status} for more than {deadline_s:g}s",
+                )
+            )
+
+    def _child_ids(self) -> set[str]:
+        ids = set(self.listeners) | set(self.pools)
+        for p in self.pools.values():
+            ids.update(m.id for m in p.members)
+        return ids
+
+    # -- applying --------------------------------------------------------------------------
+
+    def _changed(self, generation: int) -> None:
+        self.generation = generation
+        if self.provisioning_status != "PENDING_CREATE":
+            self.provisioning_status = "PENDING_UPDATE"
+
+    def when_LoadBalancerCreated(self, e: LoadBalancerCreated) -> None:
+        self.name, self.description = e.name, e.description
+        self.vip_network_id, self.vip_address, self.vip_port_id = e.vip_network_id, e.vip_address, e.vip_port_id
+        self.insertion, self.admin_state_up = e.insertion, e.admin_state_up
+        self.pools = {p.id: p for p in e.pools}
+        self.listeners = {li.id: li for li in e.listeners}
+        self.generation, self.converged = e.generation, 0
+        self.provisioning_status, self.operating_status = "PENDING_CREATE", "OFFLINE"
+        self.statuses, self.host, self.error, self.chains = {}, None, "", set()
+
+    def when_LoadBalancerUpdated(self, e: LoadBalancerUpdated) -> None:
+        self.name, self.description, self.admin_state_up = e.name, e.description, e.admin_state_up
+        self._changed(e.generation)
+
+    def when_LoadBalancerScheduled(self, e: LoadBalancerScheduled) -> None:
+        self.host = e.host or None
+
+    def when_ListenerCreated(self, e: ListenerCreated) -> None:
+        self.listeners[e.listener.id] = e.listener
+        self._changed(e.generation)
+
+    def when_ListenerUpdated(self, e: ListenerUpdated) -> None:
+        self.listeners[e.listener.id] = e.listener
+        self._changed(e.generation)
+
+    def when_ListenerDeleted(self, e: ListenerDeleted) -> None:
+        self.listeners.pop(e.listener_id, None)
+        self.statuses.pop(e.listener_id, None)
+        self._changed(e.generation)
+
+    def when_PoolCreated(self, e: PoolCreated) -> None:
+        self.pools[e.pool.id] = e.pool
+        self._changed(e.generation)
+
+    def when_PoolUpdated(self, e: PoolUpdated) -> None:
+        self.pools[e.pool.id] = e.pool
+        self._changed(e.generation)
+
+    def when_PoolDeleted(self, e: PoolDeleted) -> None:
+        pool = self.pools.pop(e.pool_id, None)
+        self.statuses.pop(e.pool_id, None)
+        for m in pool.members if pool else []:
+            self.statuses.pop(m.id, None)
+        self._changed(e.generation)
+
+    def _set_members(self, pool_id: str, members: list[Member]) -> None:
+        self.pools[pool_id] = msgspec.structs.replace(self.pools[pool_id], members=members)
+
+    def when_MemberCreated(self, e: MemberCreated) -> None:
+        self._set_members(e.pool_id, [*self.pools[e.pool_id].members, e.member])
+        self._changed(e.generation)
+
+    def when_MemberUpdated(self, e: MemberUpdated) -> None:
+        self._set_members(e.pool_id, [e.member if m.id == e.member.id else m for m in self.pools[e.pool_id].members])
+        self._changed(e.generation)
+
+    def when_MemberDeleted(self, e: MemberDeleted) -> None:
+        self._set_members(e.pool_id, [m for m in self.pools[e.pool_id].members if m.id != e.member_id])
+        self.statuses.pop(e.member_id, None)
+        self._changed(e.generation)
+
+    def when_MembersReplaced(self, e: MembersReplaced) -> None:
+        kept = {m.id for m in e.members}
+        for m in self.pools[e.pool_id].members:
+            if m.id not in kept:
+                self.statuses.pop(m.id, None)
+        self._set_members(e.pool_id, list(e.members))
+        self._changed(e.generation)
+
+    def when_HealthMonitorSet(self, e: HealthMonitorSet) -> None:
+        self.pools[e.pool_id] = msgspec.structs.replace(self.pools[e.pool_id], healthmonitor=e.healthmonitor)
+        self._changed(e.generation)
+
+    def when_HealthMonitorDeleted(self, e: HealthMonitorDeleted) -> None:
+        self.pools[e.pool_id] = msgspec.structs.replace(self.pools[e.pool_id], healthmonitor=None)
+        self._changed(e.generation)
+
+    def when_L7PolicySet(self, e: L7PolicySet) -> None:
+        li = self.listeners[e.listener_id]
+        policies = [p for p in li.l7policies if p.id != e.policy.id] + [e.policy]
+        self.listeners[e.listener_id] = msgspec.structs.replace(
+            li, l7policies=sorted(policies, key=lambda p: p.position)
+        )
+        self._changed(e.generation)
+
+    def when_L7PolicyDeleted(self, e: L7PolicyDeleted) -> None:
+        li = self.listeners[e.listener_id]
+        self.listeners[e.listener_id] = msgspec.structs.replace(
+            li, l7policies=[p for p in li.l7policies if p.id != e.policy_id]
+        )
+        self._changed(e.generation)
+
+    def when_LoadBalancerDeleteRequested(self, e: LoadBalancerDeleteRequested) -> None:
+        self.generation = e.generation
+        self.provisioning_status = "PENDING_DELETE"
+
+    def when_LoadBalancerProvisioned(self, e: LoadBalancerProvisioned) -> None:
+        self.converged = max(self.converged, e.generation)
+        if e.generation == self.generation and self.provisioning_status != "PENDING_DELETE":
+            self.provisioning_status, self.error = "ACTIVE", ""
+
+    def when_LoadBalancerProvisioningFailed(self, e: LoadBalancerProvisioningFailed) -> None:
+        if e.generation == self.generation:
+            self.provisioning_status, self.error = "ERROR", e.reason
+
+    def when_LoadBalancerProvisioningTimedOut(self, e: LoadBalancerProvisioningTimedOut) -> None:
+        self.provisioning_status, self.error = "ERROR", e.reason
+
+    def when_LoadBalancerDeleted(self, e: LoadBalancerDeleted) -> None:
+        self.provisioning_status, self.operating_status = "DELETED", "OFFLINE"
+        self.deleted = True
+
+    def when_LoadBalancerOperatingStatusChanged(self, e: LoadBalancerOperatingStatusChanged) -> None:
+        if e.loadbalancer is not None:
+            self.operating_status = e.loadbalancer
+        for part in (e.listeners, e.pools, e.members):
+            self.statuses.update(part)

@@ -1,0 +1,187 @@
+"""compose.yaml, as docker-compose itself reads it: a 3-node NATS cluster that fsyncs before it
+acknowledges, and two command-service replicas on that cluster with R3 streams.
+
+The real tool validates the file (`docker-compose config` fails on an invalid one); the
+assertions run on its normalised output. `./dev` installs docker-compose (Debian package).
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from splice.natsserver import nats_server_binary
+
+ROOT = Path(__file__).resolve().parents[1]
+COMPOSE = ROOT / "compose.yaml"
+
+
+def compose_command() -> list[str]:
+    exe = shutil.which("docker-compose")
+    assert exe, "docker-compose is not installed: run ./dev setup (it installs the Debian package)"
+    return [exe]
+
+
+@pytest.fixture(scope="module")
+def config() -> dict[str, Any]:
+    res = subprocess.run(
+        [*compose_command(), "-f", str(COMPOSE), "config"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert res.returncode == 0, f"docker-compose rejects compose.yaml:\n{res.stderr}"
+    parsed = yaml.safe_load(res.stdout)
+    assert isinstance(parsed, dict) and parsed.get("services"), res.stdout
+    return parsed
+
+
+def mounts(service: dict[str, Any]) -> list[tuple[str, str]]:
+    """(source, target) of each volume, in the short (compose v1) or long (v2) syntax."""
+    out = []
+    for v in service.get("volumes", []):
+        if isinstance(v, str):
+            source, target = v.split(":")[:2]
+        else:
+            source, target = v.get("source", ""), v["target"]
+        out.append((source, target))
+    return out
+
+
+def flag(command: list[str], *names: str) -> str | None:
+    for i, arg in enumerate(command):
+        for n in names:
+            if arg == n and i + 1 < len(command):
+                return command[i + 1]
+            if arg.startswith(n + "="):
+                return arg.split("=", 1)[1]
+    return None
+
+
+def nats_services(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        name: s
+        for name, s in config["services"].items()
+        if str(s.get("image", "")).split(":")[0] in ("nats", "docker.io/library/nats")
+    }
+
+
+def command_services(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return {
+        name: s
+        for name, s in config["services"].items()
+        if list(s.get("command") or [])[:1] == ["serve"]
+    }
+
+
+def strip_comments(text: str) -> str:
+    return "\n".join(re.sub(r"(#|^\s*//).*$", "", line) for line in text.splitlines())
+
+
+def block(text: str, name: str) -> str:
+    """The body of a top-level `name { ... }` block of a nats-server config (no nesting needed)."""
+    m = re.search(rf"^\s*{name}\s*[:=]?\s*\{{(.*?)^\s*\}}", text, re.S | re.M)
+    assert m, f"no {name} block in the nats-server config"
+    return m.group(1)
+
+
+def test_three_nats_nodes_with_jetstream_and_fsync_always(config: dict[str, Any]) -> None:
+    nodes = nats_services(config)
+    assert len(nodes) == 3, sorted(config["services"])
+    declared = set((config.get("volumes") or {}).keys())
+    data_volumes = set()
+    server_names = set()
+    for name, s in nodes.items():
+        tag = s["image"].split(":")[1]
+        major, minor = (int(x) for x in re.findall(r"\d+", tag)[:2])
+        assert (major, minor) >= (2, 12), f"{name}: {s['image']} (atomic batches need >= 2.12)"
+        command = [str(a) for a in s["command"]]
+        conf_target = flag(command, "--config", "-c")
+        assert conf_target, f"{name} runs without a config file: {command}"
+        sources = {t: src for src, t in mounts(s)}
+        assert conf_target in sources, f"{name}: {conf_target} is not mounted"
+        conf = Path(sources[conf_target])
+        assert conf.is_file() and conf.resolve().is_relative_to(ROOT), conf
+        text = strip_comments(conf.read_text())
+        js = block(text, "jetstream")
+        assert re.search(r"^\s*sync_interval\s*[:=]\s*\"?always\"?\s*$", js, re.M), js
+        store = re.search(r"^\s*store_dir\s*[:=]\s*\"?([^\"\s]+)\"?", js, re.M)
+        assert store, f"{name}: no jetstream store_dir"
+        # the store lives on a named volume of this node's own
+        vol = [src for src, t in mounts(s) if Path(store.group(1)).is_relative_to(t)]
+        assert vol and vol[0] in declared, f"{name}: store {store.group(1)} not on a named volume"
+        data_volumes.add(vol[0])
+        cluster = block(text, "cluster")
+        for other in nodes:
+            assert re.search(rf"//{re.escape(other)}:\d+", cluster), f"no route to {other}"
+        server_names.add(flag(command, "--name", "-n", "--server_name"))
+        assert s.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
+        # the real server parses the file
+        res = subprocess.run(
+            [nats_server_binary(), "-c", str(conf), "-t"], capture_output=True, text=True
+        )
+        assert res.returncode == 0, res.stdout + res.stderr
+    assert len(data_volumes) == 3, f"nodes must not share a store: {data_volumes}"
+    assert server_names == set(nodes), f"server names {server_names} must be the service names"
+
+
+def test_two_command_service_replicas_on_the_cluster_with_r3(config: dict[str, Any]) -> None:
+    nodes = nats_services(config)
+    replicas = command_services(config)
+    assert len(replicas) == 2, sorted(config["services"])
+    cluster_urls = {f"nats://{n}:4222" for n in nodes}
+    for name, s in replicas.items():
+        build = s.get("build") or {}
+        assert Path(build.get("context", "")).resolve() == ROOT, f"{name}: {build}"
+        assert (ROOT / build.get("dockerfile", "Dockerfile")).is_file()
+        url = flag([str(a) for a in s["command"]], "--nats-url")
+        assert url and set(url.split(",")) == cluster_urls, f"{name}: --nats-url {url}"
+        assert str((s.get("environment") or {}).get("JETSTREAM_REPLICAS")) == "3", name
+        deps = s.get("depends_on") or {}
+        for n in nodes:
+            assert n in deps, f"{name} does not wait for {n}"
+            if isinstance(deps, dict):
+                assert deps[n].get("condition") == "service_healthy", (name, n, deps[n])
+
+
+def test_postgres_for_read_models(config: dict[str, Any]) -> None:
+    pg = [s for s in config["services"].values() if str(s.get("image", "")).startswith("postgres:")]
+    assert len(pg) == 1
+    assert pg[0]["image"].startswith("postgres:16")
+    assert any(src in (config.get("volumes") or {}) for src, _ in mounts(pg[0]))
+    assert pg[0].get("healthcheck", {}).get("test")
+
+
+def test_dockerfile_installs_the_project_with_splice_as_entrypoint() -> None:
+    lines = [
+        ln.strip()
+        for ln in (ROOT / "Dockerfile").read_text().splitlines()
+        if ln.strip() and not ln.lstrip().startswith("#")
+    ]
+    assert lines[0].split() == ["FROM", "python:3.11-slim"], lines[0]
+    assert 'ENTRYPOINT ["splice"]' in lines
+    assert any(ln.startswith("RUN pip install .") for ln in lines)
+    copied = {
+        Path(src).as_posix().rstrip("/")
+        for ln in lines
+        if ln.startswith("COPY ")
+        for src in ln.split()[1:-1]
+    }
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    needed = {"pyproject.toml", *pyproject["tool"]["setuptools"]["package-dir"].values()}
+    assert needed <= copied, f"the image misses {needed - copied}"
+    ignored = {
+        ln.strip().rstrip("/")
+        for ln in (ROOT / ".dockerignore").read_text().splitlines()
+        if ln.strip() and not ln.startswith("#")
+    }
+    assert not needed & ignored, f".dockerignore drops {needed & ignored}"
+    assert {".git", ".venv"} <= ignored
