@@ -77,11 +77,9 @@ class PlacedMixin:
     if TYPE_CHECKING:
         host: str | None
 
-    def emit(self, payload: object) -> None: ...  # provided by SpliceAggregate
-
     def schedule(self, host: str | None) -> None:
         if host != self.host:
-            self.emit(stamp(ServiceScheduled, host=host or "", previous_host=self.host))
+            self.emit(stamp(ServiceScheduled, host=host or "", previous_host=self.host))  # type: ignore[attr-defined]
 
     def when_ServiceScheduled(self, e: ServiceScheduled) -> None:
         self.host = e.host or None

@@ -172,6 +172,8 @@ class SpliceAggregate(BaseAggregate[str]):
     """Base class of Splice's aggregates: events are wire Structs applied by `when_<Type>`."""
 
     AGGREGATE: ClassVar[str] = ""  # the subject token and the stable aggregate name
+    # (A Created event is applied like any other, by `when`: the library calls the generated
+    # no-argument __init__, then the event's `apply`.)
 
     @staticmethod
     def create_id(*_: Any, **__: Any) -> str:  # pragma: no cover - ids are always given
@@ -191,9 +193,7 @@ class SpliceAggregate(BaseAggregate[str]):
     class Created(CanInitAggregate[str], Event):
         originator_topic: str
 
-    def __init__(self, payload: Any) -> None:
-        self.deleted = False
-        self.when(payload)
+    deleted: ClassVar[bool] = False  # an instance attribute once a Deleted event is applied
 
     # deciding
     @classmethod

@@ -10,9 +10,9 @@ import os
 import signal
 import sys
 import uuid
+from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from collections.abc import Callable
 from typing import Annotated, Any
 
 import msgspec
@@ -398,9 +398,10 @@ def schema(
 
 
 def main() -> None:
-    from splice import readcli
+    from splice import cmdcli, readcli
 
     readcli.register(app)
+    cmdcli.register(app)
     app()
 
 
