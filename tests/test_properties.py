@@ -248,7 +248,7 @@ def check_invariants(events: list[dict[str, Any]], tenant: str, app: SpliceAppli
         for stored in app.recorder.select_events(lb_id):
             agg = app.mapper.to_domain_event(stored).mutate(agg)
             statuses.append(agg.provisioning_status)  # type: ignore[union-attr]
-        for before, after in zip(statuses, statuses[1:], strict=False):
+        for before, after in itertools.pairwise(statuses):
             assert after in LEGAL_MOVES[before] | {before}, f"{before} -> {after}"
         assert public_id(lb_id)
 
