@@ -19,6 +19,7 @@ Run with `--hypothesis-show-statistics` to see how many examples ran (`./dev tes
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import threading
 import uuid
