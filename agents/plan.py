@@ -1,0 +1,275 @@
+"""Pure planning: ``plan(desired, observed) -> list[Op]``.
+
+No I/O, no clock: given what should exist and what was seen, return the steps that close the
+gap, in order. Every step is idempotent, so re-planning after a partial failure is always safe
+(level-triggered). Only objects whose names carry the host's prefix are ever planned for
+deletion; the observer never even reports the others.
+
+The reconciler runs the same pieces (:func:`plan_bridges`, :func:`plan_lb`,
+:func:`plan_orphan`, :func:`plan_bridge_cleanup`) per key under per-key locks; :func:`plan`
+composes them for the whole host and is what the table tests pin down.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+from splice.agents.haproxy import LbPaths, digest, render
+from splice.agents.model import HostLayout, LoadBalancerSpec
+from splice.agents.netns import NamespaceLinks, VipLeg
+
+# --------------------------------------------------------------------------- observed
+
+
+@dataclass(frozen=True, slots=True)
+class ObservedLB:
+    """One LB slot on the host, found by its namespace or its state directory."""
+
+    short: str
+    namespace_exists: bool = False
+    links: NamespaceLinks | None = None  # inside the namespace
+    host_veth: bool = False
+    host_veth_master: str | None = None
+    haproxy_pid: int | None = None  # master alive, in this namespace
+    stray_netns_inode: int | None = None  # our master alive in some *other* namespace
+    applied_digest: str | None = None  # config the running haproxy loaded
+    rejected_digest: str | None = None  # last config `haproxy -c` refused
+    rejected_reason: str = ""
+    state_dir: bool = False
+    lb_id: str | None = None  # recorded in the state dir
+
+
+@dataclass(frozen=True, slots=True)
+class Observed:
+    """What the host holds with our prefix, plus where our things live (the layout)."""
+
+    layout: HostLayout
+    bridges: frozenset[str] = frozenset()
+    bridge_ports: Mapping[str, int] = field(default_factory=dict)
+    lbs: Mapping[str, ObservedLB] = field(default_factory=dict)  # by short id
+
+
+# --------------------------------------------------------------------------- ops
+
+
+@dataclass(frozen=True, slots=True)
+class Op:
+    """A step; ``key`` serialises steps on the same object (``lb:<short>``, ``bridge:<name>``)."""
+
+    @property
+    def key(self) -> str:
+        raise NotImplementedError
+
+
+@dataclass(frozen=True, slots=True)
+class EnsureBridge(Op):
+    name: str
+
+    @property
+    def key(self) -> str:
+        return f"bridge:{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteBridge(Op):
+    name: str
+
+    @property
+    def key(self) -> str:
+        return f"bridge:{self.name}"
+
+
+@dataclass(frozen=True, slots=True)
+class LbOp(Op):
+    short: str
+
+    @property
+    def key(self) -> str:
+        return f"lb:{self.short}"
+
+
+@dataclass(frozen=True, slots=True)
+class KillStrayHaproxy(LbOp):
+    """Our haproxy survives in a namespace that lost its name (deleted by hand): kill it so the
+    anonymous namespace, its veth and the VIP die with it."""
+
+    netns_inode: int
+
+
+@dataclass(frozen=True, slots=True)
+class EnsureNamespace(LbOp):
+    namespace: str
+
+
+@dataclass(frozen=True, slots=True)
+class EnsureVipLeg(LbOp):
+    leg: VipLeg
+
+
+@dataclass(frozen=True, slots=True)
+class StartHaproxy(LbOp):
+    """Write (and check) the configuration, then start haproxy in the namespace."""
+
+    lb_id: str
+    namespace: str
+    dir: str
+    config: str
+
+
+@dataclass(frozen=True, slots=True)
+class WriteConfigAndReload(LbOp):
+    lb_id: str
+    dir: str
+    config: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteLoadBalancer(LbOp):
+    """Stop haproxy, kill what is left in the namespace, delete it, its veth and its files."""
+
+    lb_id: str | None
+    namespace: str
+    host_veth: str
+    dir: str
+
+
+@dataclass(frozen=True, slots=True)
+class RemoveOrphanNamespace(LbOp):
+    """A prefixed namespace no desired LB explains and no state directory describes."""
+
+    namespace: str
+    host_veth: str
+
+
+@dataclass(frozen=True, slots=True)
+class ReportError(LbOp):
+    """Nothing to do but to say why (e.g. the same config was already refused)."""
+
+    lb_id: str
+    reason: str
+
+
+# --------------------------------------------------------------------------- planning
+
+
+def plan(desired: Mapping[str, LoadBalancerSpec], observed: Observed) -> list[Op]:
+    """All steps for the host: bridges first, then each LB, orphans, unused bridges last."""
+    layout = observed.layout
+    accepted, clashes = split_short_id_clashes(desired, layout)
+    ops: list[Op] = list(plan_bridges(accepted, observed))
+    ops += [ReportError(layout.short_id(i), i, reason) for i, reason in clashes.items()]
+    for lb_id in sorted(accepted):
+        spec = accepted[lb_id]
+        short = layout.short_id(lb_id)
+        ops += plan_lb(spec, observed.lbs.get(short, ObservedLB(short)), layout)
+    wanted = {layout.short_id(i) for i in desired}
+    for short in sorted(set(observed.lbs) - wanted):
+        ops += plan_orphan(observed.lbs[short], layout)
+    ops += plan_bridge_cleanup(accepted, observed)
+    return ops
+
+
+def split_short_id_clashes(
+    desired: Mapping[str, LoadBalancerSpec], layout: HostLayout
+) -> tuple[dict[str, LoadBalancerSpec], dict[str, str]]:
+    """Two LBs whose ids share the first 8 hex digits would share a namespace: the one with
+    the smaller id wins (stable), the other is reported in ERROR."""
+    by_short: dict[str, str] = {}
+    clashes: dict[str, str] = {}
+    for lb_id in sorted(desired):
+        short = layout.short_id(lb_id)
+        if short in by_short:
+            clashes[lb_id] = f"short id {short} already used by {by_short[short]} on this host"
+        else:
+            by_short[short] = lb_id
+    return {i: desired[i] for i in by_short.values()}, clashes
+
+
+def plan_bridges(desired: Mapping[str, LoadBalancerSpec], observed: Observed) -> list[Op]:
+    needed = sorted({observed.layout.bridge(s.network) for s in desired.values()})
+    return [EnsureBridge(b) for b in needed if b not in observed.bridges]
+
+
+def plan_bridge_cleanup(desired: Mapping[str, LoadBalancerSpec], observed: Observed) -> list[Op]:
+    """Unneeded bridges of ours go once nothing else is plugged in (members, routers...):
+    ports that belong to LBs being deleted in this same plan do not count."""
+    layout = observed.layout
+    needed = {layout.bridge(s.network) for s in desired.values()}
+    wanted = {layout.short_id(i) for i in desired}
+    leaving: dict[str, int] = {}
+    for short, lb in observed.lbs.items():
+        if short not in wanted and lb.host_veth and lb.host_veth_master:
+            leaving[lb.host_veth_master] = leaving.get(lb.host_veth_master, 0) + 1
+    return [
+        DeleteBridge(b)
+        for b in sorted(observed.bridges - needed)
+        if observed.bridge_ports.get(b, 0) <= leaving.get(b, 0)
+    ]
+
+
+def desired_leg(spec: LoadBalancerSpec, layout: HostLayout) -> VipLeg:
+    return VipLeg(
+        namespace=layout.namespace(spec.id),
+        host_ifname=layout.host_veth(spec.id),
+        ns_ifname=layout.ns_vip_ifname,
+        bridge=layout.bridge(spec.network),
+        address=spec.vip_address,
+        prefixlen=spec.network.prefixlen,
+        gateway=spec.network.gateway,
+        mac=spec.vip_port_mac,
+    )
+
+
+def leg_ok(leg: VipLeg, lb: ObservedLB) -> bool:
+    """The VIP leg exactly as wanted: one address, up, right gateway, MAC, bridge."""
+    links = lb.links
+    return (
+        links is not None
+        and lb.host_veth
+        and lb.host_veth_master == leg.bridge
+        and links.vip_if_up
+        and links.addresses == frozenset({f"{leg.address}/{leg.prefixlen}"})
+        and links.default_gateway == leg.gateway
+        and (leg.mac is None or links.mac == leg.mac)
+    )
+
+
+def plan_lb(spec: LoadBalancerSpec, lb: ObservedLB, layout: HostLayout) -> list[Op]:
+    """Steps for one desired LB, in dependency order."""
+    short = layout.short_id(spec.id)
+    namespace = layout.namespace(spec.id)
+    ops: list[Op] = []
+    if lb.stray_netns_inode is not None:
+        ops.append(KillStrayHaproxy(short, lb.stray_netns_inode))
+    if not lb.namespace_exists:
+        ops.append(EnsureNamespace(short, namespace))
+    leg = desired_leg(spec, layout)
+    if not lb.namespace_exists or not leg_ok(leg, lb):
+        ops.append(EnsureVipLeg(short, leg))
+    paths = LbPaths(layout.lb_dir(short))
+    config = render(spec, paths)
+    wanted = digest(config)
+    if wanted == lb.rejected_digest:
+        return [*ops, ReportError(short, spec.id, lb.rejected_reason or "config refused")]
+    running = lb.namespace_exists and lb.haproxy_pid is not None
+    if not running:
+        ops.append(StartHaproxy(short, spec.id, namespace, paths.dir, config))
+    elif lb.applied_digest != wanted:
+        ops.append(WriteConfigAndReload(short, spec.id, paths.dir, config))
+    return ops
+
+
+def plan_orphan(lb: ObservedLB, layout: HostLayout) -> list[Op]:
+    """An LB slot nobody wants: removed whole if we know it, else just its namespace."""
+    namespace = f"{layout.lb_namespace_prefix}{lb.short}"
+    veth = f"{layout.veth_prefix}{lb.short}"
+    if lb.state_dir or lb.stray_netns_inode is not None:
+        ops: list[Op] = []
+        if lb.stray_netns_inode is not None:
+            ops.append(KillStrayHaproxy(lb.short, lb.stray_netns_inode))
+        ops.append(DeleteLoadBalancer(lb.short, lb.lb_id, namespace, veth, layout.lb_dir(lb.short)))
+        return ops
+    if lb.namespace_exists or lb.host_veth:
+        return [RemoveOrphanNamespace(lb.short, namespace, veth)]
+    return []

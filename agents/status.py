@@ -1,0 +1,115 @@
+"""Operating status from haproxy's ``show stat`` rows, rolled up like Octavia does (pure).
+
+member: UP → ONLINE, DOWN → ERROR, MAINT → OFFLINE, DRAIN/NOLB or weight 0 → DRAINING,
+"no check" → NO_MONITOR. pool: OFFLINE if disabled or empty, ERROR if every enabled member is in
+ERROR, DEGRADED if some are, else ONLINE. listener: OPEN → ONLINE, FULL → DEGRADED, disabled →
+OFFLINE. LB: OFFLINE if disabled, ERROR if haproxy does not answer, DEGRADED if any enabled
+listener or pool is not ONLINE, else ONLINE.
+"""
+
+from __future__ import annotations
+
+import enum
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from splice.agents.haproxy import backend_name, frontend_name, server_name
+from splice.agents.model import LoadBalancerSpec, MemberSpec, PoolSpec
+
+
+class Operating(enum.StrEnum):
+    ONLINE = "ONLINE"
+    OFFLINE = "OFFLINE"
+    DEGRADED = "DEGRADED"
+    ERROR = "ERROR"
+    NO_MONITOR = "NO_MONITOR"
+    DRAINING = "DRAINING"
+
+
+@dataclass(frozen=True, slots=True)
+class OperatingStatus:
+    loadbalancer: Operating
+    listeners: Mapping[str, Operating] = field(default_factory=dict)
+    pools: Mapping[str, Operating] = field(default_factory=dict)
+    members: Mapping[str, Operating] = field(default_factory=dict)
+
+    def flat(self) -> dict[tuple[str, str], str]:
+        """(kind, id) → status, the shape transitions are computed on."""
+        out: dict[tuple[str, str], str] = {}
+        for kind, table in (("listener", self.listeners), ("pool", self.pools),
+                            ("member", self.members)):
+            out.update({(kind, k): str(v) for k, v in table.items()})
+        return out
+
+
+def member_status(member: MemberSpec, row: Mapping[str, str] | None) -> Operating:
+    if not member.admin_state_up:
+        return Operating.OFFLINE
+    if row is None:
+        return Operating.ERROR
+    state = row.get("status", "").split(" ")[0]
+    if state == "no":  # "no check"
+        return Operating.DRAINING if member.weight == 0 else Operating.NO_MONITOR
+    if state == "UP":
+        return Operating.DRAINING if member.weight == 0 else Operating.ONLINE
+    if state in ("DRAIN", "NOLB"):
+        return Operating.DRAINING
+    if state.startswith("MAINT"):
+        return Operating.OFFLINE
+    return Operating.ERROR
+
+
+def pool_status(pool: PoolSpec, members: Mapping[str, Operating]) -> Operating:
+    if not pool.admin_state_up:
+        return Operating.OFFLINE
+    enabled = [members[m.id] for m in pool.members if m.admin_state_up]
+    if not enabled:
+        return Operating.OFFLINE
+    errors = sum(1 for s in enabled if s is Operating.ERROR)
+    if errors == len(enabled):
+        return Operating.ERROR
+    return Operating.DEGRADED if errors else Operating.ONLINE
+
+
+def listener_status(enabled: bool, row: Mapping[str, str] | None) -> Operating:
+    if not enabled:
+        return Operating.OFFLINE
+    if row is None:
+        return Operating.ERROR
+    return {"OPEN": Operating.ONLINE, "FULL": Operating.DEGRADED}.get(
+        row.get("status", ""), Operating.OFFLINE
+    )
+
+
+def rollup(spec: LoadBalancerSpec, rows: Iterable[Mapping[str, str]] | None) -> OperatingStatus:
+    """``rows`` is None when haproxy does not answer: everything enabled is then in ERROR."""
+    index = {(r.get("pxname", ""), r.get("svname", "")): r for r in rows or ()}
+    members: dict[str, Operating] = {}
+    pools: dict[str, Operating] = {}
+    for pool in spec.pools:
+        for m in pool.members:
+            members[m.id] = member_status(m, index.get((backend_name(pool.id), server_name(m.id))))
+        pools[pool.id] = pool_status(pool, members)
+    listeners = {
+        lst.id: listener_status(
+            lst.admin_state_up and spec.admin_state_up,
+            index.get((frontend_name(lst.id), "FRONTEND")),
+        )
+        for lst in spec.listeners
+    }
+    return OperatingStatus(_lb_status(spec, rows is not None, listeners, pools),
+                           listeners, pools, members)
+
+
+def _lb_status(
+    spec: LoadBalancerSpec, answering: bool,
+    listeners: Mapping[str, Operating], pools: Mapping[str, Operating],
+) -> Operating:
+    if not spec.admin_state_up:
+        return Operating.OFFLINE
+    if not answering:
+        return Operating.ERROR
+    enabled = [listeners[x.id] for x in spec.listeners if x.admin_state_up]
+    enabled += [pools[p.id] for p in spec.pools if p.admin_state_up and p.members]
+    ok = (Operating.ONLINE, Operating.NO_MONITOR, Operating.DRAINING)
+    return Operating.ONLINE if all(s in ok for s in enabled) else Operating.DEGRADED

@@ -1,0 +1,244 @@
+"""Time from ``converge()`` with a new LB to the first HTTP response through its VIP, against a
+bash script that builds the same namespace, veth, address, route and haproxy by hand.
+
+Both run in the same process on the same fabric (a bridge, a client namespace and one member
+namespace running a tiny HTTP server, all named ``splb-``, inside 10.77.0.0/16 — only in
+namespaces and on a bridge this benchmark makes), and both are timed the same way: from the
+start of the work until a request from the client namespace through the VIP succeeds.
+The script's haproxy config is the one Splice renders for the same spec (with the script's
+paths), and it is checked with ``haproxy -c`` too, so both do the same work. Everything is
+removed at the end, also on failure. Human-readable figures first; the last line is JSON:
+``{"splice_s": .., "script_s": .., "ratio": ..}``.
+
+    .venv/bin/python bench/time_to_serve.py --runs 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import http.client
+import json
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from pyroute2 import IPRoute, netns
+
+from splice.agents import netns as agent_netns
+from splice.agents.converge import ACTIVE, Reconciler
+from splice.agents.haproxy import LbPaths, render
+from splice.agents.model import (
+    ListenerSpec,
+    LoadBalancerSpec,
+    MemberSpec,
+    NetworkSpec,
+    PoolSpec,
+)
+
+PREFIX = "splb-"
+NET = "10.77"
+MEMBER = f"{NET}.0.20"
+MEMBER_SERVER = (
+    "import http.server as h\n"
+    "class H(h.BaseHTTPRequestHandler):\n"
+    "    def do_GET(self):\n"
+    "        self.send_response(200); self.send_header('Content-Length','2'); self.end_headers()\n"
+    "        self.wfile.write(b'ok')\n"
+    "    def log_message(self, *a): pass\n"
+    "h.ThreadingHTTPServer(('0.0.0.0', 8080), H).serve_forever()\n"
+)
+
+
+class BenchFabric:
+    """Bridge + client namespace + one member namespace; torn down by :meth:`close`."""
+
+    def __init__(self) -> None:
+        self.network = NetworkSpec(str(uuid.uuid4()), f"{NET}.0.0/16", f"{NET}.0.1")
+        self.bridge = self.network.bridge_name(PREFIX)
+        self.client_ns = f"{PREFIX}bench-client"
+        self.member_ns = f"{PREFIX}bench-member"
+        self.veths = [f"{PREFIX}tclient", f"{PREFIX}tmember"]
+        self.member: subprocess.Popen[bytes] | None = None
+        self.client: ThreadPoolExecutor | None = None
+
+    def build(self) -> None:
+        agent_netns.ensure_bridge(self.bridge)
+        self._plug(self.client_ns, self.veths[0], f"{NET}.0.2")
+        self._plug(self.member_ns, self.veths[1], MEMBER)
+        self.member = subprocess.Popen(
+            ["ip", "netns", "exec", self.member_ns, sys.executable, "-c", MEMBER_SERVER])
+        self.client = ThreadPoolExecutor(
+            max_workers=32, initializer=netns.setns, initargs=(self.client_ns, 0, None, False))
+        self.wait_serving(MEMBER, 8080, 15)
+
+    def _plug(self, namespace: str, host_if: str, address: str) -> None:
+        netns.create(namespace)
+        with IPRoute() as ipr:
+            ipr.link("add", ifname=host_if, kind="veth",
+                     peer={"ifname": "eth0", "net_ns_fd": namespace})
+            ipr.link("set", index=ipr.link_lookup(ifname=host_if)[0],
+                     master=ipr.link_lookup(ifname=self.bridge)[0], state="up")
+        with IPRoute(netns=namespace, flags=0) as ns:
+            eth = ns.link_lookup(ifname="eth0")[0]
+            ns.addr("add", index=eth, address=address, prefixlen=16)
+            ns.link("set", index=eth, state="up")
+            ns.link("set", index=ns.link_lookup(ifname="lo")[0], state="up")
+
+    def close(self) -> None:
+        if self.member is not None:
+            self.member.kill()
+            self.member.wait()
+        if self.client is not None:
+            self.client.shutdown(wait=False, cancel_futures=True)
+        sweep()
+        for ns in (self.client_ns, self.member_ns):
+            with contextlib.suppress(Exception):
+                agent_netns.kill_namespace_processes(ns)
+                agent_netns.delete_namespace(ns)
+        for link in [*self.veths, self.bridge]:
+            with contextlib.suppress(Exception):
+                agent_netns.delete_link(link)
+
+    def wait_serving(self, host: str, port: int, deadline_s: float) -> float:
+        """Poll from the client namespace until a GET succeeds; return the monotonic time."""
+        assert self.client is not None
+        return self.client.submit(_wait_http, host, port, deadline_s).result()
+
+
+def _wait_http(host: str, port: int, deadline_s: float) -> float:
+    end = time.monotonic() + deadline_s
+    while time.monotonic() < end:
+        conn = http.client.HTTPConnection(host, port, timeout=0.5)
+        try:
+            conn.request("GET", "/")
+            if conn.getresponse().status == 200:
+                return time.monotonic()
+        except OSError:
+            time.sleep(0.002)
+        finally:
+            conn.close()
+    raise TimeoutError(f"{host}:{port} did not serve within {deadline_s}s")
+
+
+def sweep() -> None:
+    """Remove every ``splb-`` LB namespace (ours and the script's), VIP veth and process."""
+    for ns in agent_netns.list_namespaces(f"{PREFIX}lb-") | agent_netns.list_namespaces(
+            f"{PREFIX}sc-"):
+        agent_netns.kill_namespace_processes(ns)
+        agent_netns.delete_namespace(ns)
+    for veth in agent_netns.observe_host(PREFIX).veth_master:
+        if veth.startswith((f"{PREFIX}v", f"{PREFIX}s")):
+            agent_netns.delete_link(veth)
+
+
+def lb_spec(fab: BenchFabric, index: int) -> LoadBalancerSpec:
+    """One HTTP listener on :80, one pool with the member (index picks the VIP)."""
+    pool = str(uuid.uuid4())
+    return LoadBalancerSpec(
+        id=str(uuid.uuid4()), generation=1, network=fab.network,
+        vip_address=vip(1, index),
+        listeners=(ListenerSpec(id=str(uuid.uuid4()), protocol="HTTP", port=80,
+                                default_pool_id=pool),),
+        pools=(PoolSpec(id=pool, protocol="HTTP",
+                        members=(MemberSpec(str(uuid.uuid4()), MEMBER, 8080),)),),
+    )
+
+
+def vip(block: int, index: int) -> str:
+    return f"{NET}.{block + index // 250}.{index % 250 + 2}"
+
+
+def script_for(fab: BenchFabric, specs: list[LoadBalancerSpec], state_dir: str) -> str:
+    """The bash a careful operator would write: same objects, same config, same check."""
+    lines = ["#!/bin/bash", "set -euo pipefail"]
+    for i, spec in enumerate(specs):
+        ns, veth = f"{PREFIX}sc-{i}", f"{PREFIX}s{i}"
+        d = f"{state_dir}/s{i}"
+        config = render(spec, LbPaths(d))
+        lines += [
+            f"ip netns add {ns}",
+            f"ip link add {veth} type veth peer name eth0 netns {ns}",
+            f"ip link set {veth} master {fab.bridge} up",
+            f"ip -n {ns} link set lo up",
+            f"ip -n {ns} addr add {spec.vip_address}/16 dev eth0",
+            f"ip -n {ns} link set eth0 up",
+            f"ip -n {ns} route add default via {fab.network.gateway}",
+            f"mkdir -p {d}",
+            f"cat > {d}/haproxy.cfg <<'EOF'\n{config}EOF",
+            f"haproxy -c -q -f {d}/haproxy.cfg",
+            f"ip netns exec {ns} haproxy -f {d}/haproxy.cfg -S {d}/master.sock",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def run_script(text: str) -> None:
+    with tempfile.NamedTemporaryFile("w", suffix=".sh", delete=False) as f:
+        f.write(text)
+    try:
+        subprocess.run(["bash", f.name], check=True, capture_output=True)
+    finally:
+        Path(f.name).unlink()
+
+
+async def splice_once(fab: BenchFabric, state_dir: str, index: int) -> float:
+    rec = Reconciler("bench", state_dir, prefix=PREFIX)
+    spec = lb_spec(fab, index)
+    try:
+        start = time.monotonic()
+        result = (await rec.converge({spec.id: spec}))[spec.id]
+        if result.provisioning_status != ACTIVE:
+            raise RuntimeError(result.reason)
+        served = await asyncio.to_thread(fab.wait_serving, spec.vip_address, 80, 10)
+        return served - start
+    finally:
+        await rec.converge({})
+        rec.close()
+
+
+def script_once(fab: BenchFabric, state_dir: str, index: int) -> float:
+    """A fresh VIP each run: the script sends no gratuitous ARP, so a reused VIP would meet the
+    client's stale neighbour entry and measure the ARP timeout instead of the script."""
+    spec = lb_spec(fab, index)
+    text = script_for(fab, [spec], state_dir)
+    try:
+        start = time.monotonic()
+        run_script(text)
+        return fab.wait_serving(spec.vip_address, 80, 10) - start
+    finally:
+        sweep()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    fab = BenchFabric()
+    state_dir = tempfile.mkdtemp(prefix="splb", dir="/tmp")
+    try:
+        fab.build()
+        splice_s, script_s = [], []
+        for run in range(args.runs):
+            splice_s.append(asyncio.run(splice_once(fab, f"{state_dir}/splice", 2 * run)))
+            script_s.append(script_once(fab, f"{state_dir}/script", 2 * run + 1))
+    finally:
+        fab.close()
+        shutil.rmtree(state_dir, ignore_errors=True)
+    med_splice, med_script = statistics.median(splice_s), statistics.median(script_s)
+    print(f"splice  converge→first response: median {med_splice * 1000:.1f} ms "
+          f"(runs: {', '.join(f'{x * 1000:.0f}' for x in splice_s)})")
+    print(f"script  bash→first response:     median {med_script * 1000:.1f} ms "
+          f"(runs: {', '.join(f'{x * 1000:.0f}' for x in script_s)})")
+    print(json.dumps({"splice_s": round(med_splice, 4), "script_s": round(med_script, 4),
+                      "ratio": round(med_splice / med_script, 3)}))
+
+
+if __name__ == "__main__":
+    main()
