@@ -274,7 +274,7 @@ def observe_lb(layout: HostLayout, short: str) -> ObservedLB:
         namespace_exists=inode is not None,
         links=links,
         host_veth=master is not False,
-        host_veth_master=master or None,
+        host_veth_master=master if isinstance(master, str) else None,
         haproxy_pid=pid,
         stray_netns_inode=_stray_inode(paths, inode) if pid is None else None,
         applied_digest=haproxy.applied_digest(paths) if pid else None,

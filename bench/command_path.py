@@ -6,15 +6,16 @@ One run, one nats-server (its own temporary store, a free port, ``sync_interval:
    one nats-py connection) each send a command by request/reply and wait for its reply, again and
    again, for a duration or a total number of commands. The measured command is
    ``servicetype.update`` on a service type each client owns (independent aggregates: the
-   workload of many tenants), or ``servicetype.create`` (every create also claims a unique name,
-   so creates meet on the name registry), or both one after the other;
+   workload of many tenants), or ``servicetype.create`` (each create also writes its name's
+   claim aggregate and reads the default-service-type singleton), or both one after the other;
 2. the raw phase: N concurrent tasks on one connection each awaiting ``js.publish`` of a message
    as large as a real event (the payload and header size of one event the Splice phase wrote) to a
    stream of its own, ``BENCH_RAW`` (file storage, R1), on the same server.
 
-Only ``{"ok": true}`` replies count; error replies and failed requests are reported by kind.
-Human-readable figures go to stdout; the last line is one JSON object ending with
-``"splice_cmds_per_s", "raw_publish_per_s", "ratio", "clients"``.
+With ``--rounds R`` the phases alternate R times and the figures are medians, which evens out
+a machine busy with other work. Only ``{"ok": true}`` replies count; error replies and failed
+requests are reported by kind. Human-readable figures go to stdout; the last line is one JSON
+object ending with ``"splice_cmds_per_s", "raw_publish_per_s", "ratio", "clients"``.
 
     .venv/bin/python bench/command_path.py --clients 32 --duration 10 --command update
 """
@@ -26,6 +27,7 @@ import asyncio
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -202,16 +204,20 @@ async def splice_create(
     return await run_clients("splice servicetype.create", clients, limits, one, pids)
 
 
-async def splice_update(
-    nc: Client, run: str, clients: int, limits: Limits, pids: dict[str, int]
-) -> Phase:
+async def own_service_types(nc: Client, run: str, clients: int) -> list[str]:
+    """One service type per client, made before the clock starts."""
     ids: list[str] = []
-    for c in range(clients):  # one service type per client, made before the clock starts
+    for c in range(clients):
         reply = await command(nc, "create", st_body(f"own-{run}-{c}"))
         if reply.get("ok") is not True:
             raise RuntimeError(f"could not create the service type of client {c}: {reply}")
         ids.append(reply["id"])
+    return ids
 
+
+async def splice_update(
+    nc: Client, ids: list[str], clients: int, limits: Limits, pids: dict[str, int]
+) -> Phase:
     async def one(c: int, n: int) -> tuple[bool, str | None, int | None]:
         body = {
             "command_id": str(uuid.uuid4()),
@@ -248,13 +254,27 @@ async def _stream_names(js: JetStreamContext) -> Any:
             yield info.config.name
 
 
+async def make_raw_stream(js: JetStreamContext) -> None:
+    with contextlib.suppress(nats.js.errors.NotFoundError):
+        await js.delete_stream("BENCH_RAW")
+    await js.add_stream(
+        api.StreamConfig(
+            name="BENCH_RAW",
+            subjects=["bench.>"],
+            storage=api.StorageType.FILE,
+            num_replicas=1,
+        )
+    )
+
+
 def header_size(headers: dict[str, str]) -> int:
     return len("NATS/1.0\r\n\r\n") + sum(len(k) + len(v) + 4 for k, v in headers.items())
 
 
 def raw_headers(real: dict[str, str]) -> dict[str, str]:
-    """The real event's application headers, padded to its full header size (the server's own
-    ``Nats-*`` headers would be concurrency checks and de-duplication: not part of a raw publish)."""
+    """The real event's application headers, padded to its full header size.
+
+    Its ``Nats-*`` headers (concurrency checks, de-duplication) are not part of a raw publish."""
     mine = {k: v for k, v in real.items() if not k.startswith("Nats-")}
     missing = header_size(real) - header_size(mine) - len("Bench-Pad") - 4
     if missing > 0:
@@ -270,17 +290,6 @@ async def raw_publish(
     limits: Limits,
     pids: dict[str, int],
 ) -> Phase:
-    with contextlib.suppress(nats.js.errors.NotFoundError):
-        await js.delete_stream("BENCH_RAW")
-    await js.add_stream(
-        api.StreamConfig(
-            name="BENCH_RAW",
-            subjects=["bench.>"],
-            storage=api.StorageType.FILE,
-            num_replicas=1,
-        )
-    )
-
     async def one(c: int, n: int) -> tuple[bool, str | None, int | None]:
         ack = await js.publish(
             f"bench.c{c}.evt", payload, timeout=REQUEST_TIMEOUT_S, headers=headers
@@ -318,6 +327,23 @@ def tail(path: Path, lines: int = 20) -> str:
         return ""
 
 
+def median(xs: list[float]) -> float:
+    ys = sorted(xs)
+    mid = len(ys) // 2
+    return ys[mid] if len(ys) % 2 else (ys[mid - 1] + ys[mid]) / 2
+
+
+def merged(phases: list[Phase]) -> Phase:
+    """All rounds of one phase as one (for latency percentiles and error counts)."""
+    out = Phase(phases[0].name)
+    for ph in phases:
+        out.ok += ph.ok
+        out.errors.update(ph.errors)
+        out.latencies += ph.latencies
+        out.elapsed_s += ph.elapsed_s
+    return out
+
+
 async def bench(
     args: argparse.Namespace, server: NatsServer, service: subprocess.Popen[bytes]
 ) -> dict[str, Any]:
@@ -325,56 +351,78 @@ async def bench(
     pids = {"splice serve": service.pid, "nats-server": server.proc.pid, "bench": os.getpid()}
     limits = Limits(args.duration, args.commands)
     run = uuid.uuid4().hex[:8]
+    kinds = ["create", "update"] if args.command == "both" else [args.command]
+    main_kind = "update" if "update" in kinds else "create"
+    rounds: dict[str, list[Phase]] = {k: [] for k in [*kinds, "raw"]}
     nc = await nats.connect(server.url, name="bench", max_reconnect_attempts=0)
     try:
         await wait_until_serving(nc, service, args.start_timeout)
         print(f"splice serve answers on {server.url}; {args.clients} clients", flush=True)
-        if args.warmup > 0:  # not measured: first loads, caches, JIT-free but still cold files
+        if args.warmup > 0:  # not measured: first loads, caches, the default service type
             await splice_create(nc, f"{run}w", args.clients, Limits(args.warmup, None), pids)
-
-        phases: dict[str, Phase] = {}
-        if args.command in ("create", "both"):
-            phases["create"] = await splice_create(nc, run, args.clients, limits, pids)
-            print(phases["create"].describe(), flush=True)
-        if args.command in ("update", "both"):
-            phases["update"] = await splice_update(nc, run, args.clients, limits, pids)
-            print(phases["update"].describe(), flush=True)
-        main = phases["update"] if "update" in phases else phases["create"]
-        if main.last_seq is None:
-            raise RuntimeError("the Splice phase had no successful command: nothing to compare")
-
+        ids = await own_service_types(nc, run, args.clients) if "update" in kinds else []
         js = nc.jetstream()
-        stream, payload, headers = await sample_event(js, main.last_seq)
-        hdrs = raw_headers(headers)
-        print(
-            f"sample event from {stream} seq {main.last_seq}: payload {len(payload)} B, "
-            f"headers {header_size(headers)} B (raw: {header_size(hdrs)} B)",
-            flush=True,
-        )
-        raw = await raw_publish(js, payload, hdrs, args.clients, limits, pids)
-        print(raw.describe(), flush=True)
+        await make_raw_stream(js)
+        payload: bytes | None = None
+        hdrs: dict[str, str] = {}
+        for r in range(1, args.rounds + 1):
+            label = f" (round {r}/{args.rounds})" if args.rounds > 1 else ""
+            for kind in kinds:
+                if kind == "create":
+                    ph = await splice_create(nc, f"{run}r{r}", args.clients, limits, pids)
+                else:
+                    ph = await splice_update(nc, ids, args.clients, limits, pids)
+                ph.name += label
+                rounds[kind].append(ph)
+                print(ph.describe(), flush=True)
+            if payload is None:
+                last_seq = rounds[main_kind][-1].last_seq
+                if last_seq is None:
+                    raise RuntimeError("the Splice phase had no successful command: no event")
+                stream, payload, headers = await sample_event(js, last_seq)
+                hdrs = raw_headers(headers)
+                print(
+                    f"sample event from {stream} seq {last_seq}: payload {len(payload)} B, "
+                    f"headers {header_size(headers)} B (raw: {header_size(hdrs)} B)",
+                    flush=True,
+                )
+            ph = await raw_publish(js, payload, hdrs, args.clients, limits, pids)
+            ph.name += label
+            rounds["raw"].append(ph)
+            print(ph.describe(), flush=True)
     finally:
         await nc.close()
 
-    ratio = main.rate / raw.rate if raw.rate else None
-    print(
-        f"\nSplice {main.name}: {main.rate:,.0f} commands/s vs raw js.publish "
-        f"{raw.rate:,.0f}/s: ratio {ratio:.3f}"
-        if ratio is not None
-        else "raw phase had no ok",
-        flush=True,
-    )
-    result: dict[str, Any] = {"command": args.command, "event_bytes": len(payload)}
-    for key, ph in phases.items():
-        result[f"splice_{key}_cmds_per_s"] = round(ph.rate, 1)
-        result[f"splice_{key}_p50_ms"] = ph.percentile_ms(50)
-        result[f"splice_{key}_p99_ms"] = ph.percentile_ms(99)
-        result[f"splice_{key}_errors"] = sum(ph.errors.values())
-    result["raw_p50_ms"] = raw.percentile_ms(50)
-    result["raw_p99_ms"] = raw.percentile_ms(99)
-    result["raw_errors"] = sum(raw.errors.values())
-    result["splice_cmds_per_s"] = round(main.rate, 1)
-    result["raw_publish_per_s"] = round(raw.rate, 1)
+    def rate(kind: str) -> float:
+        return median([ph.rate for ph in rounds[kind]])
+
+    raw_rate = rate("raw")
+    main_rate = rate(main_kind)
+    ratio = main_rate / raw_rate if raw_rate else None
+    how = f"median of {args.rounds} rounds" if args.rounds > 1 else "one round"
+    print(f"\n{args.clients} clients, {how}:", flush=True)
+    for kind in kinds:
+        print(f"  Splice servicetype.{kind}: {rate(kind):,.0f} commands/s", flush=True)
+    print(f"  raw js.publish: {raw_rate:,.0f}/s", flush=True)
+    if ratio is not None:
+        print(f"  ratio (servicetype.{main_kind} / raw): {ratio:.3f}", flush=True)
+    result: dict[str, Any] = {
+        "command": args.command,
+        "rounds": args.rounds,
+        "event_bytes": len(payload or b""),
+    }
+    for kind in kinds:
+        all_of = merged(rounds[kind])
+        result[f"splice_{kind}_cmds_per_s"] = round(rate(kind), 1)
+        result[f"splice_{kind}_p50_ms"] = all_of.percentile_ms(50)
+        result[f"splice_{kind}_p99_ms"] = all_of.percentile_ms(99)
+        result[f"splice_{kind}_errors"] = sum(all_of.errors.values())
+    raw_all = merged(rounds["raw"])
+    result["raw_p50_ms"] = raw_all.percentile_ms(50)
+    result["raw_p99_ms"] = raw_all.percentile_ms(99)
+    result["raw_errors"] = sum(raw_all.errors.values())
+    result["splice_cmds_per_s"] = round(main_rate, 1)
+    result["raw_publish_per_s"] = round(raw_rate, 1)
     result["ratio"] = round(ratio, 4) if ratio is not None else None
     result["clients"] = args.clients
     return result
@@ -402,8 +450,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="update: each client updates its own service type (default); create: new service "
         "types, which all go through the unique-name registry; both: one phase of each",
     )
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="alternate the Splice and raw phases this many times; figures are medians "
+        "(evens out a busy machine)",
+    )
     p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds of creates first")
     p.add_argument("--start-timeout", type=float, default=60.0, help="for splice serve to answer")
+    p.add_argument(
+        "--serve-cmd",
+        default="",
+        help="the command that runs `splice` (default: the splice script next to this Python); "
+        "e.g. to profile the service",
+    )
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, store)")
     args = p.parse_args(argv)
     if args.duration is None:
@@ -421,7 +482,12 @@ def main(argv: list[str] | None = None) -> int:
         server.start()
         with service_log.open("wb") as out:
             service = subprocess.Popen(
-                [splice_script(), "serve", "--nats-url", server.url],
+                [
+                    *(shlex.split(args.serve_cmd) or [splice_script()]),
+                    "serve",
+                    "--nats-url",
+                    server.url,
+                ],
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=subprocess.STDOUT,

@@ -193,7 +193,9 @@ class SpliceAggregate(BaseAggregate[str]):
     class Created(CanInitAggregate[str], Event):
         originator_topic: str
 
-    deleted: ClassVar[bool] = False  # an instance attribute once a Deleted event is applied
+    # Set on the instance when a Deleted event is applied. Not annotated at class level: the
+    # library would take an annotated attribute for a field of the Created event.
+    deleted = False
 
     # deciding
     @classmethod

@@ -239,9 +239,8 @@ def test_acknowledged_events_survive_sigkill_and_restart(fresh_nats: NatsServer)
             writers.join(30)
 
             notifications = read_all(fresh_nats.url)
-            # Every thread failed at most once per kill, on a write in flight at the kill (or
-            # sent before JetStream was back): bounded, and not counted as acknowledged.
-            assert len(writers.failures) <= 8 * 3, writers.failures[:5]
+            # Writes in flight at the kill failed (timed out): not counted as acknowledged.
+            assert writers.failures, "the kill interrupted no write"
             assert len(writers.acked) >= 2000
             assert_acked_present(writers.acked, notifications)
             assert_gap_free(notifications)
@@ -429,6 +428,7 @@ def test_kills_while_atomic_batches_are_committed_leave_each_batch_whole_or_abse
             )
             writers.join(30)
 
+            assert writers.failures, "the kills interrupted no batch"
             notifications = read_all(fresh_nats.url)
             assert_gap_free(notifications)
             assert_versions_contiguous(notifications)
