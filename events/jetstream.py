@@ -39,6 +39,7 @@ from typing import Any
 from urllib.parse import unquote
 from uuid import UUID
 
+import nats.errors
 from eventsourcing.persistence import (
     AggregateRecorder,
     ApplicationRecorder,
@@ -56,7 +57,7 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.utils import Environment, resolve_topic, strtobool
 
-from .natsio import JetStreamAPIError, NatsThread, OutMsg, StoredMsg
+from .natsio import GroupCommitter, JetStreamAPIError, NatsThread, OutMsg, StoredMsg
 
 # Header names written on every event message.
 H_VERSION = "Splice-Version"
@@ -150,8 +151,10 @@ class JetStreamDatastore:
         self.timeout = settings.timeout
         self._own_conn = conn is None
         self.conn = conn or NatsThread(settings.url, name=f"splice-store-{settings.stream}")
-        # originator id -> (version, stream seq) of the newest event this process has seen.
-        self._last: OrderedDict[UUID | str, tuple[int, int]] = OrderedDict()
+        self.committer = GroupCommitter(self.conn, max_msgs=MAX_BATCH, timeout=settings.timeout)
+        # originator id -> {version: stream seq} of the newest events this process has seen
+        # (a few per aggregate: a fast-forward asks for events after a version it held).
+        self._last: OrderedDict[UUID | str, dict[int, int]] = OrderedDict()
         self._last_lock = threading.Lock()
 
     def ensure_stream(self) -> None:
@@ -172,12 +175,14 @@ class JetStreamDatastore:
     def call(self, coro: Any) -> Any:
         try:
             return self.conn.call(coro, timeout=self.timeout + 5)
-        except JetStreamAPIError:
+        except JetStreamAPIError as e:
+            if e.code == 503:  # no JetStream (or no quorum) behind the API right now
+                raise OperationalError(str(e)) from e
             raise
         except TimeoutError as e:
             raise OperationalError(f"JetStream did not answer in time: {e}") from e
-        except (OSError, ConnectionError) as e:
-            raise OperationalError(str(e)) from e
+        except (OSError, ConnectionError, nats.errors.Error) as e:
+            raise OperationalError(f"{type(e).__name__}: {e}") from e
 
     # subjects
     def event_subject(self, originator_id: UUID | str, topic: str) -> str:
@@ -197,16 +202,30 @@ class JetStreamDatastore:
     # cache of newest known (version, seq) per aggregate
     def remember(self, originator_id: UUID | str, version: int, seq: int) -> None:
         with self._last_lock:
-            cur = self._last.get(originator_id)
-            if cur is None or cur[1] < seq:
-                self._last[originator_id] = (version, seq)
-                self._last.move_to_end(originator_id)
-                if len(self._last) > 100_000:
-                    self._last.popitem(last=False)
+            known = self._last.get(originator_id)
+            if known is None:
+                known = self._last[originator_id] = {}
+            known[version] = seq
+            if len(known) > 8:
+                del known[min(known)]
+            self._last.move_to_end(originator_id)
+            if len(self._last) > 100_000:
+                self._last.popitem(last=False)
 
     def recall(self, originator_id: UUID | str) -> tuple[int, int] | None:
+        """The newest (version, seq) known for the aggregate."""
         with self._last_lock:
-            return self._last.get(originator_id)
+            known = self._last.get(originator_id)
+            if not known:
+                return None
+            v = max(known)
+            return v, known[v]
+
+    def seq_of(self, originator_id: UUID | str, version: int) -> int | None:
+        """The stream sequence of the aggregate's event `version`, if this process knows it."""
+        with self._last_lock:
+            known = self._last.get(originator_id)
+            return None if not known else known.get(version)
 
     def forget(self, originator_id: UUID | str) -> None:
         with self._last_lock:
@@ -343,7 +362,7 @@ class JetStreamAggregateRecorder(AggregateRecorder):
         if len(msgs) > MAX_BATCH:
             raise DataError(f"one write may hold at most {MAX_BATCH} messages, not {len(msgs)}")
         try:
-            last_seq, count = ds.call(ds.conn.publish(msgs, timeout=ds.timeout))
+            last_seq, count = ds.call(ds.committer.submit(msgs))
         except JetStreamAPIError as e:
             for ev in stored_events:
                 ds.forget(ev.originator_id)
@@ -396,9 +415,10 @@ class JetStreamAggregateRecorder(AggregateRecorder):
             ds.remember(originator_id, ev.originator_version, seq)
             return [ev] if gt is None or ev.originator_version > gt else []
         start = 1
-        known = ds.recall(originator_id)
-        if gt is not None and known is not None and known[0] <= gt:
-            start = known[1] + 1  # nothing at or below `gt` is wanted
+        if gt is not None:
+            seq = ds.seq_of(originator_id, gt)
+            if seq is not None:
+                start = seq + 1  # nothing at or below `gt` is wanted: read only what follows
         events: list[StoredEvent] = []
         newest: tuple[int, int] | None = None
         for m in self._read_subject(subject, start, None):
@@ -520,7 +540,7 @@ class JetStreamTrackingRecorder(TrackingRecorder):
         ds = self.datastore
         msg = JetStreamAggregateRecorder._tracking_msg(self, tracking)  # type: ignore[arg-type]
         try:
-            ds.call(ds.conn.publish([msg], timeout=ds.timeout))
+            ds.call(ds.committer.submit([msg]))
         except JetStreamAPIError as e:
             if e.err_code in _CONFLICT_CODES:
                 raise IntegrityError(e.description) from e

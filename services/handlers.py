@@ -739,6 +739,8 @@ def create_chain(app: SpliceApplication, tenant: str, cmd: c.CreateServiceChain)
     for i, h in enumerate(cmd.hops):
         where = f"$.hops[{i}]"
         svc = app.get_live(svc_id(tenant, h.kind, h.service_id), h.kind, f"{where}.service_id")
+        if getattr(svc, "provisioning_status", "") == "PENDING_DELETE":
+            raise NotFoundError(f"{h.kind} {h.service_id} is being deleted", f"{where}.service_id")
         check_hop(h.kind, h.insertion, svc.port_count, where)
         hops.append(c.Hop(service_id=h.service_id, kind=h.kind, insertion=h.insertion))
         services.append(svc)

@@ -10,10 +10,14 @@ number of times. Every reply is structured; no traceback goes on the wire.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import re
+import threading
 import time
 import uuid
+import weakref
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -60,7 +64,9 @@ def app_env(nats_url: str, **extra: str) -> dict[str, str]:
         "NATS_URL": nats_url,
         "MAPPER_TOPIC": "splice.services.codec:SpliceMapper",
         "AGGREGATE_CACHE_MAXSIZE": "10000",
-        "AGGREGATE_CACHE_FASTFORWARD": "y",
+        # Not fast-forwarded on every read: the cache follows this process's own writes, and
+        # the server's concurrency check (then an eviction) catches what other replicas wrote.
+        "AGGREGATE_CACHE_FASTFORWARD": "n",
     }
     env.update(extra)
     return env
@@ -144,6 +150,8 @@ class CommandService:
         self._nc: Any = None
         self._sem = asyncio.Semaphore(workers * 4)
         self._tasks: set[asyncio.Task[None]] = set()
+        self._locks: weakref.WeakValueDictionary[str, threading.Lock] = weakref.WeakValueDictionary()
+        self._locks_guard = threading.Lock()
         self.handled = 0
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -160,8 +168,19 @@ class CommandService:
         await self._nc.subscribe(COMMAND_SUBJECTS, queue=self.queue, cb=self._on_msg)
         await self._nc.flush()
         log.info("command service ready", subjects=COMMAND_SUBJECTS, queue=self.queue)
+        # -- monitors (services/monitors.py): they send their commands over NATS, like clients --
+        from .monitors import start_monitors
+
+        self._monitors = await start_monitors(self.nats_url, self.app.env)
+        # -- end monitors --
 
     async def stop(self) -> None:
+        # -- monitors (services/monitors.py): stopped first, while the service still answers --
+        from .monitors import stop_monitors
+
+        await stop_monitors(getattr(self, "_monitors", None))
+        self._monitors = None
+        # -- end monitors --
         if self._nc is not None:
             try:
                 await self._nc.drain()
@@ -286,7 +305,53 @@ class CommandService:
             command_id=command_id,
         )
 
+    def _evict(self, agg_ids: Iterable[str]) -> None:
+        cache = self.app.repository.cache if self.app is not None else None
+        if cache is None:
+            return
+        for agg_id in agg_ids:
+            with contextlib.suppress(KeyError):
+                cache.get(agg_id, evict=True)
+
+    def _serialised(self, parsed: Parsed) -> list[threading.Lock]:
+        """In-process locks for the aggregates this command will most likely contend on.
+
+        Commands on one load balancer (or network, or the scheduler's registry) queue behind
+        each other here instead of racing, failing the server's check and retrying: a herd of
+        concurrent changes to one resource becomes a queue. Only a speed-up: correctness is
+        the server's concurrency check, which still guards against other replicas.
+        """
+        t, agg, verb, cmd = parsed.tenant, parsed.aggregate, parsed.verb, parsed.command
+        keys = set()
+        for field in ("loadbalancer_id", "network_id", "vip_network_id", "router_id"):
+            value = getattr(cmd, field, None)
+            if isinstance(value, str):
+                keys.add(f"{t}.{field}.{value}")
+        if isinstance(getattr(cmd, "id", None), str):
+            keys.add(f"{t}.{agg}.{cmd.id}")  # type: ignore[attr-defined]
+        if verb == "create":
+            keys.add(f"{t}.quota")
+        if agg in ("loadbalancer", "firewall", "tap", "host") and verb in ("create", "delete",
+                                                                             "register", "lost"):
+            keys.add("hosts")
+        if agg == "servicetype" and verb != "update":
+            keys.add("servicetype-default")
+        with self._locks_guard:
+            return [self._locks.setdefault(k, threading.Lock()) for k in sorted(keys)]
+
     def _execute(self, subject: str, parsed: Parsed, command_id: str) -> tuple[Ok | Failed, int]:
+        locks = self._serialised(parsed)
+        for lock in locks:
+            lock.acquire()
+        try:
+            return self._execute_locked(subject, parsed, command_id)
+        finally:
+            for lock in reversed(locks):
+                lock.release()
+
+    def _execute_locked(
+        self, subject: str, parsed: Parsed, command_id: str
+    ) -> tuple[Ok | Failed, int]:
         cmd = parsed.command
         meta = Meta(
             actor=cmd.actor,
@@ -298,7 +363,10 @@ class CommandService:
             while True:
                 attempt += 1
                 try:
-                    reply = self._attempt(subject, parsed, meta)
+                    # The stored result of an earlier send is looked up only when this send
+                    # may be a repeat that the write alone would not reveal: after a conflict
+                    # (the claim's subject was taken), or when there is nothing to write.
+                    reply = self._attempt(subject, parsed, meta, check_claim=attempt > 1)
                 except IntegrityError:
                     if attempt >= self.max_attempts:
                         return failed(
@@ -307,7 +375,8 @@ class CommandService:
                             None,
                             command_id,
                         ), attempt
-                    time.sleep(random.uniform(0, 0.002 * attempt))  # noqa: S311 - jitter
+                    # back off with jitter: another replica is writing the same aggregates
+                    time.sleep(random.uniform(0, min(0.05, 0.001 * 2**attempt)))  # noqa: S311
                     continue
                 except OperationalError as e:
                     return failed(
@@ -323,12 +392,19 @@ class CommandService:
                     return failed(e.code, e.message, e.field, command_id), attempt
                 return reply, attempt
 
-    def _attempt(self, subject: str, parsed: Parsed, meta: Meta) -> Ok | Failed:
-        """Decide on fresh state and save. Raises IntegrityError on a concurrency conflict."""
+    def _attempt(
+        self, subject: str, parsed: Parsed, meta: Meta, *, check_claim: bool
+    ) -> Ok | Failed:
+        """Decide and save. Raises IntegrityError on a concurrency conflict.
+
+        Aggregates come from this process's cache (kept current by its own writes); a write
+        based on a stale one is refused by the server's check, and then the aggregates of the
+        decision are evicted so the next attempt reads them afresh.
+        """
         app = self.app
         assert app is not None
         cmd, command_id = parsed.command, meta.command_id
-        if cmd.command_id is not None:
+        if check_claim and cmd.command_id is not None:
             previous = self._previous(subject, parsed.tenant, command_id)
             if previous is not None:
                 return previous
@@ -336,6 +412,10 @@ class CommandService:
         target = decision.subject
         result_id = decision.result_id or public_id(target.id)
         if not decision.save:
+            if cmd.command_id is not None and not check_claim:
+                previous = self._previous(subject, parsed.tenant, command_id)
+                if previous is not None:
+                    return previous
             return Ok(id=result_id, version=target.version, seq=None, command_id=command_id)
         # The reply's seq is the stream sequence of the target's newest event. The claim is
         # the batch's last message, so that event sits `back` messages before it.
@@ -347,15 +427,19 @@ class CommandService:
             if agg_id == target.id and n:
                 back = total - upto + 1
         claim_body = {"subject": subject, "id": result_id, "version": target.version, "back": back}
-        recordings = app.save(
-            *decision.save,
-            claim=(self._claim_suffix(parsed.tenant, command_id), msgspec.json.encode(claim_body)),
-            headers={
-                "Splice-Actor": meta.actor,
-                "Splice-Command-Id": meta.command_id,
-                "Splice-Correlation-Id": meta.correlation_id,
-            },
-        )
+        try:
+            recordings = app.save(
+                *decision.save,
+                claim=(self._claim_suffix(parsed.tenant, command_id), msgspec.json.encode(claim_body)),
+                headers={
+                    "Splice-Actor": meta.actor,
+                    "Splice-Command-Id": meta.command_id,
+                    "Splice-Correlation-Id": meta.correlation_id,
+                },
+            )
+        except (IntegrityError, OperationalError):
+            self._evict(agg.id for agg in decision.save)
+            raise
         seqs = [r.notification.id for r in recordings if r.domain_event.originator_id == target.id]
         return Ok(
             id=result_id,

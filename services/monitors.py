@@ -1,0 +1,489 @@
+"""Background monitors of the command service: the PENDING watchdog and the host monitor.
+
+Every command-service replica runs both (`CommandService.start()` starts them after the service
+subscribes; `stop()` stops them first). They decide nothing themselves: they watch, and send
+ordinary commands over NATS request/reply, exactly as a client would. Several replicas send the
+*same* command with the same deterministic `command_id`, so the service's idempotency gives one
+effect however many replicas notice the same thing (and the handlers decide again on fresh
+state, so a stale observation changes nothing).
+
+PendingWatchdog
+    Follows ``splice.evt.*.loadbalancer.>`` in the stream (an ordered consumer, from the start,
+    filtered on the server). A load balancer is pending from the event that starts a generation
+    (`LoadBalancerCreated`, or any event carrying a newer ``generation``: updates of the tree,
+    `LoadBalancerDeleteRequested`) until `LoadBalancerProvisioned` (not while deleting),
+    `LoadBalancerProvisioningFailed` or `LoadBalancerProvisioningTimedOut` of that generation;
+    `LoadBalancerDeleted` forgets it. When a generation has been pending for longer than
+    ``SPLICE_PENDING_TIMEOUT`` seconds (default 300; measured from the event's ``timestamp``)
+    it sends ``splice.cmd.<tenant>.loadbalancer.expire_pending`` with
+    ``command_id = "expire-<lb id>-<generation>"``; the load balancer becomes ERROR by a
+    `LoadBalancerProvisioningTimedOut` event. It checks every ``min(5, timeout / 4)`` seconds.
+
+HostMonitor
+    **Heartbeat contract for agents**: an agent publishes a core-NATS message (not a JetStream
+    event; any payload, empty is fine) on ``splice.hb.<host>`` every ``HEARTBEAT_INTERVAL``
+    (2 s), from the moment it sends ``splice.cmd._host.host.register``. A registered, live host
+    whose heartbeat has not been seen for ``SPLICE_HOST_TIMEOUT`` seconds (default 10, i.e.
+    several missed beats) is declared lost with ``splice.cmd._admin.host.lost``,
+    ``command_id = "lost-<host>-<stream seq of its last HostRegistered event>"``; its services
+    move to other live hosts. Heartbeats do not revive a lost host: its agent registers again.
+    The monitor learns which hosts are registered and alive from ``splice.evt._admin.hosts.>``
+    (`HostRegistered`, `HostLost`). A registration counts as a heartbeat, so a host is never
+    lost sooner than the timeout after the monitor learns of it; in particular a monitor that
+    (re)starts treats every registered host as just seen (a grace period), instead of
+    declaring everyone lost.
+
+Both act only once they have read the stream up to its end at start (a monitor replaying
+history must not act on a state that later events already changed). ``SPLICE_MONITORS=off``
+disables them in a replica. Errors are logged (structlog) and retried on the next tick; a lost
+subscription is re-made from the last sequence read; nothing here can crash the service.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import os
+import re
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import msgspec
+import nats
+import structlog
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+log = structlog.get_logger("splice.monitors")
+
+HEARTBEAT_INTERVAL = 2.0  # seconds between an agent's heartbeats (the agents' contract)
+HEARTBEAT_SUBJECTS = "splice.hb.*"
+LB_EVENTS = "splice.evt.*.loadbalancer.>"
+HOST_EVENTS = "splice.evt._admin.hosts.>"
+DEFAULT_PENDING_TIMEOUT = 300.0
+DEFAULT_HOST_TIMEOUT = 10.0
+MAX_COMMANDS_PER_TICK = 200
+REQUEST_TIMEOUT = 5.0
+_HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
+_MAX_TOKEN = 64  # the longest command_id the contracts accept
+
+
+class _Payload(msgspec.Struct):
+    """The two fields of an event payload the monitors read (the rest is ignored)."""
+
+    generation: int | None = None
+    timestamp: datetime | None = None
+    host: str | None = None
+
+
+_payload = msgspec.json.Decoder(_Payload)
+
+
+def _seconds(env: Mapping[str, str], key: str, default: float) -> float:
+    raw = env.get(key) or os.environ.get(key)
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not value > 0:
+        log.warning("bad setting, using the default", key=key, value=raw, default=default)
+        return default
+    return value
+
+
+# -- pure state (no I/O; the tests drive these directly too) -------------------------------------
+
+
+@dataclass
+class PendingLb:
+    tenant: str
+    generation: int
+    since: float  # epoch seconds: timestamp of the event that started this generation
+    deleting: bool = False
+    expired: int = 0  # the generation an expire command was accepted for
+
+
+class PendingTracker:
+    """The load balancers whose current generation is pending (only those are kept)."""
+
+    def __init__(self) -> None:
+        self.pending: dict[str, PendingLb] = {}  # lb uuid -> state
+
+    def apply(self, subject: str, topic: str, data: bytes) -> None:
+        tokens = subject.split(".")  # splice.evt.<tenant>.loadbalancer.<uuid>.<EventType>
+        if len(tokens) != 6 or tokens[3] != "loadbalancer":
+            return
+        tenant, lb = tokens[2], tokens[4]
+        if topic == "LoadBalancerDeleted":
+            self.pending.pop(lb, None)
+            return
+        ev = _payload.decode(data) if data else _Payload()
+        if ev.generation is None:
+            return  # scheduling, operating status, chains: no generation involved
+        current = self.pending.get(lb)
+        if topic in (
+            "LoadBalancerProvisioned",
+            "LoadBalancerProvisioningFailed",
+            "LoadBalancerProvisioningTimedOut",
+        ):
+            if current is not None and ev.generation == current.generation:
+                if topic != "LoadBalancerProvisioned" or not current.deleting:
+                    del self.pending[lb]
+            return
+        if topic == "LoadBalancerCreated" or current is None or ev.generation > current.generation:
+            since = ev.timestamp.timestamp() if ev.timestamp is not None else time.time()
+            self.pending[lb] = PendingLb(
+                tenant, ev.generation, since, deleting=topic == "LoadBalancerDeleteRequested"
+            )
+
+    def overdue(self, now: float, timeout: float) -> list[tuple[str, PendingLb]]:
+        """Pending longer than `timeout` and not yet expired, oldest first."""
+        due = [
+            (lb, st)
+            for lb, st in self.pending.items()
+            if now - st.since >= timeout and st.expired != st.generation
+        ]
+        return sorted(due, key=lambda x: x[1].since)
+
+
+@dataclass
+class HostState:
+    seq: int  # stream sequence of its last HostRegistered event
+    alive: bool = True
+    declared: int = 0  # the registration (seq) a lost command was accepted for
+    retry_at: float = 0.0  # after a refused lost command: not before then (monotonic)
+    retries: int = 0
+
+
+class HostTracker:
+    """Registered hosts (from events) and when each was last heard of (monotonic clock)."""
+
+    def __init__(self) -> None:
+        self.hosts: dict[str, HostState] = {}
+        self.heard: dict[str, float] = {}
+
+    def apply(self, topic: str, seq: int, data: bytes, now: float) -> None:
+        ev = _payload.decode(data) if data else _Payload()
+        if not ev.host:
+            return
+        if topic == "HostRegistered":
+            self.hosts[ev.host] = HostState(seq=seq)
+            self.heard[ev.host] = max(self.heard.get(ev.host, now), now)  # grace
+        elif topic == "HostLost" and ev.host in self.hosts:
+            self.hosts[ev.host].alive = False
+
+    def heartbeat(self, host: str, now: float) -> None:
+        self.heard[host] = now
+
+    def overdue(self, now: float, timeout: float) -> list[tuple[str, int]]:
+        """(host, seq of its registration) of live hosts not heard of for `timeout`."""
+        return sorted(
+            (name, h.seq)
+            for name, h in self.hosts.items()
+            if h.alive and h.declared != h.seq and now >= h.retry_at
+            and now - self.heard.get(name, now) > timeout
+        )
+
+    def prune(self, now: float, keep: float) -> None:
+        """Forget heartbeats of hosts that are not registered and silent for `keep` seconds."""
+        for name in [n for n, t in self.heard.items() if n not in self.hosts and now - t > keep]:
+            del self.heard[name]
+
+
+def lost_command_id(host: str, seq: int) -> str:
+    cid = f"lost-{host}-{seq}"
+    if len(cid) <= _MAX_TOKEN:
+        return cid
+    digest = hashlib.sha256(host.encode()).hexdigest()[:24]  # long names: still deterministic
+    return f"lost-{digest}-{seq}"
+
+
+# -- the running monitors -------------------------------------------------------------------------
+
+
+class _Monitor:
+    """Follows one filtered part of the stream and checks on a timer; subclasses say what to do."""
+
+    NAME = "monitor"
+    FILTER = ""
+    STALL_CHECK = 5.0  # seconds without events after which the subscription is checked
+
+    def __init__(self, stream: str, interval: float) -> None:
+        self.stream = stream
+        self.interval = interval
+        self.last_seq = 0
+        self.caught_up = False
+        self.sent = 0  # commands answered ok (for tests and logs)
+        self._nc: Any = None
+        self._stop = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self, nc: Any) -> None:
+        self._nc = nc
+        self._tasks = [
+            asyncio.create_task(self._follow(), name=f"{self.NAME}-follow"),
+            asyncio.create_task(self._ticks(), name=f"{self.NAME}-tick"),
+        ]
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if not self._tasks:
+            return
+        _, running = await asyncio.wait(self._tasks, timeout=2)
+        for task in running:
+            task.cancel()
+        if running:
+            await asyncio.wait(running, timeout=2)
+        self._tasks = []
+
+    def apply(self, msg: Any) -> None:
+        raise NotImplementedError
+
+    async def check(self) -> None:
+        raise NotImplementedError
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stop.wait(), seconds)
+
+    async def _follow(self) -> None:
+        backoff = 0.25
+        while not self._stop.is_set():
+            try:
+                await self._consume()
+                backoff = 0.25
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                log.warning("event subscription failed; retrying", monitor=self.NAME,
+                            error=repr(e), from_seq=self.last_seq + 1)
+            await self._pause(backoff)
+            backoff = min(backoff * 2, 5.0)
+
+    async def _consume(self) -> None:
+        js = self._nc.jetstream()
+        if self.last_seq:
+            cfg = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
+                                 opt_start_seq=self.last_seq + 1)
+        else:
+            cfg = ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
+        sub = await js.subscribe(self.FILTER, stream=self.stream, ordered_consumer=True, config=cfg)
+        try:
+            if not self.caught_up:
+                with contextlib.suppress(Exception):
+                    info = await sub.consumer_info()
+                    if info.num_pending == 0 and sub.delivered == 0:
+                        self._reached_end()
+            idle = 0.0
+            while not self._stop.is_set():
+                try:
+                    msg = await sub.next_msg(timeout=0.5)
+                except (TimeoutError, nats.errors.TimeoutError):
+                    if not self.caught_up:
+                        self._reached_end()  # nothing more to read for now
+                    idle += 0.5
+                    if idle >= self.STALL_CHECK:
+                        # nats-py does not notice that its ordered consumer is gone (a server
+                        # restart): ask; an error re-subscribes from the last sequence read
+                        idle = 0.0
+                        await asyncio.wait_for(sub.consumer_info(), REQUEST_TIMEOUT)
+                    continue
+                idle = 0.0
+                md = msg.metadata
+                seq = md.sequence.stream
+                if seq <= self.last_seq:
+                    continue
+                self.last_seq = seq
+                try:
+                    self.apply(msg)
+                except Exception:
+                    log.exception("event not understood; skipped", monitor=self.NAME,
+                                  seq=seq, subject=msg.subject)
+                if not self.caught_up and md.num_pending == 0:
+                    self._reached_end()
+        finally:
+            with contextlib.suppress(Exception):
+                await sub.unsubscribe()
+
+    def _reached_end(self) -> None:
+        self.caught_up = True
+        log.info("monitor caught up with the stream", monitor=self.NAME, seq=self.last_seq)
+
+    async def _ticks(self) -> None:
+        while not self._stop.is_set():
+            await self._pause(self.interval)
+            if self._stop.is_set() or not self.caught_up:
+                continue
+            try:
+                await self.check()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("monitor check failed", monitor=self.NAME)
+
+    async def _command(self, subject: str, body: dict[str, Any]) -> dict[str, Any] | None:
+        """Send one command; its reply, or None when there was none (logged)."""
+        try:
+            msg = await self._nc.request(subject, json.dumps(body).encode(), timeout=REQUEST_TIMEOUT)
+            reply: dict[str, Any] = json.loads(msg.data)
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            log.warning("monitor command got no reply; will retry", monitor=self.NAME,
+                        subject=subject, command_id=body.get("command_id"), error=repr(e))
+            return None
+        if reply.get("ok"):
+            self.sent += 1
+            log.info("monitor command", monitor=self.NAME, subject=subject,
+                     command_id=body.get("command_id"), seq=reply.get("seq"))
+        else:
+            log.warning("monitor command refused", monitor=self.NAME, subject=subject,
+                        command_id=body.get("command_id"), error=reply.get("error"))
+        return reply
+
+
+class PendingWatchdog(_Monitor):
+    NAME = "pending-watchdog"
+    FILTER = LB_EVENTS
+
+    def __init__(self, stream: str, timeout: float) -> None:
+        super().__init__(stream, min(5.0, timeout / 4))
+        self.timeout = timeout
+        self.state = PendingTracker()
+
+    def apply(self, msg: Any) -> None:
+        topic = (msg.headers or {}).get("Splice-Topic") or msg.subject.rsplit(".", 1)[-1]
+        self.state.apply(msg.subject, topic, msg.data)
+
+    async def check(self) -> None:
+        due = self.state.overdue(time.time(), self.timeout)[:MAX_COMMANDS_PER_TICK]
+        for lb, st in due:
+            if self._stop.is_set():
+                return
+            gen = st.generation
+            reply = await self._command(
+                f"splice.cmd.{st.tenant}.loadbalancer.expire_pending",
+                {"id": lb, "generation": gen, "command_id": f"expire-{lb}-{gen}",
+                 "actor": "watchdog"},
+            )
+            if reply is None:
+                continue
+            current = self.state.pending.get(lb)
+            if reply.get("ok") and current is st:
+                st.expired = gen  # the event follows; until then, do not send it again
+            elif (reply.get("error") or {}).get("code") == "not_found" and current is st:
+                del self.state.pending[lb]  # gone meanwhile
+
+
+class HostMonitor(_Monitor):
+    NAME = "host-monitor"
+    FILTER = HOST_EVENTS
+
+    def __init__(self, stream: str, timeout: float) -> None:
+        super().__init__(stream, min(1.0, timeout / 4))
+        self.timeout = timeout
+        self.state = HostTracker()
+        self._hb: Any = None
+
+    async def start(self, nc: Any) -> None:
+        self._hb = await nc.subscribe(HEARTBEAT_SUBJECTS, cb=self._on_heartbeat)
+        await nc.flush()
+        await super().start(nc)
+
+    async def stop(self) -> None:
+        if self._hb is not None:
+            with contextlib.suppress(Exception):
+                await self._hb.unsubscribe()
+            self._hb = None
+        await super().stop()
+
+    async def _on_heartbeat(self, msg: Any) -> None:
+        host = msg.subject[len("splice.hb."):]
+        if _HOST_RE.match(host):
+            self.state.heartbeat(host, time.monotonic())
+
+    def apply(self, msg: Any) -> None:
+        topic = (msg.headers or {}).get("Splice-Topic") or msg.subject.rsplit(".", 1)[-1]
+        self.state.apply(topic, msg.metadata.sequence.stream, msg.data, time.monotonic())
+
+    async def check(self) -> None:
+        now = time.monotonic()
+        self.state.prune(now, keep=10 * self.timeout)
+        for host, seq in self.state.overdue(now, self.timeout)[:MAX_COMMANDS_PER_TICK]:
+            if self._stop.is_set():
+                return
+            reply = await self._command(
+                "splice.cmd._admin.host.lost",
+                {"host": host, "command_id": lost_command_id(host, seq), "actor": "host-monitor"},
+            )
+            h = self.state.hosts.get(host)
+            if reply is None or h is None or h.seq != seq:
+                continue
+            if reply.get("ok"):
+                h.declared = seq  # the event follows; until then, do not send it again
+            else:  # the service's view disagrees (for now): try again, less and less often
+                h.retries += 1
+                h.retry_at = now + min(self.interval * 2**h.retries, 60.0)
+
+
+class Monitors:
+    """Both monitors of one replica, on a NATS connection of their own."""
+
+    def __init__(self, nats_url: str, env: Mapping[str, str]) -> None:
+        self.nats_url = nats_url
+        stream = env.get("JETSTREAM_STREAM") or "SPLICE_EVENTS"
+        self.watchdog = PendingWatchdog(
+            stream, _seconds(env, "SPLICE_PENDING_TIMEOUT", DEFAULT_PENDING_TIMEOUT)
+        )
+        self.hosts = HostMonitor(stream, _seconds(env, "SPLICE_HOST_TIMEOUT", DEFAULT_HOST_TIMEOUT))
+        self._nc: Any = None
+
+    async def start(self) -> None:
+        self._nc = await nats.connect(
+            self.nats_url.split(","),
+            name="splice-monitors",
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.25,
+        )
+        await self.hosts.start(self._nc)
+        await self.watchdog.start(self._nc)
+        log.info("monitors started", pending_timeout=self.watchdog.timeout,
+                 host_timeout=self.hosts.timeout, heartbeat_interval=HEARTBEAT_INTERVAL)
+
+    async def stop(self) -> None:
+        await asyncio.gather(self.watchdog.stop(), self.hosts.stop(), return_exceptions=True)
+        if self._nc is not None:
+            with contextlib.suppress(Exception):
+                await self._nc.close()
+            self._nc = None
+
+
+async def start_monitors(nats_url: str, env: Mapping[str, str]) -> Monitors | None:
+    """Start the monitors of a replica; None when disabled or when they could not start."""
+    if (env.get("SPLICE_MONITORS") or os.environ.get("SPLICE_MONITORS") or "on").lower() in (
+        "0", "off", "false", "no",
+    ):
+        return None
+    monitors = Monitors(nats_url, env)
+    try:
+        await monitors.start()
+    except Exception:
+        log.exception("monitors did not start; the service runs without them")
+        await monitors.stop()
+        return None
+    return monitors
+
+
+async def stop_monitors(monitors: Monitors | None) -> None:
+    if monitors is None:
+        return
+    try:
+        await monitors.stop()
+    except Exception:  # pragma: no cover - best effort
+        log.exception("monitors did not stop cleanly")
