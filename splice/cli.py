@@ -8,6 +8,7 @@ import getpass
 import json
 import os
 import signal
+import socket
 import sys
 import uuid
 from collections.abc import Callable
@@ -112,6 +113,35 @@ def serve(
     logs.configure(log_level)
     url = resolve_url(nats_url)
     asyncio.run(_serve(url, replicas))
+
+
+@app.command()
+def agent(
+    host: Annotated[str, typer.Option(help="This host's name (default: the machine's).")] = "",
+    nats_url: NatsUrlOpt = None,
+    state_dir: Annotated[Path | None, typer.Option(help="Where the agent keeps its state.")] = None,
+    provider: Annotated[list[str] | None, typer.Option("--provider", help="Providers offered.")] = None,
+    prefix: Annotated[str, typer.Option(help="Name prefix of everything the agent owns.")] = "spl-",
+    resync: Annotated[float, typer.Option(help="Seconds between drift repairs.")] = 30.0,
+    log_level: Annotated[str, typer.Option(envvar="SPLICE_LOG_LEVEL")] = "INFO",
+) -> None:
+    """Run the host agent: converge this host's load balancers to the event stream."""
+    logs.configure(log_level)
+    url = resolve_url(nats_url)
+    name = host or socket.gethostname().split(".")[0]
+    asyncio.run(_agent(url, name, state_dir or default_state_dir() / "agent", provider or ["haproxy"],
+                       prefix, resync))
+
+
+async def _agent(url: str, host: str, state_dir: Path, providers: list[str], prefix: str,
+                 resync: float) -> None:
+    from splice.agents.runtime import Agent
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await Agent(url, host, state_dir, providers=providers, prefix=prefix, resync_s=resync).run(stop)
 
 
 @app.command()
