@@ -7,6 +7,7 @@ import contextlib
 import getpass
 import json
 import os
+import shutil
 import signal
 import socket
 import sys
@@ -17,6 +18,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import msgspec
+import nats
 import typer
 from rich.console import Console
 
@@ -189,7 +191,7 @@ def up(
     )
     try:
         # The state file appears once commands are served: the CLI finds a ready Splice.
-        asyncio.run(_up(url, demo, lambda: state_file.write_text(json.dumps(info))))
+        asyncio.run(_up(url, demo, lambda: state_file.write_text(json.dumps(info)), state_dir))
     finally:
         with contextlib.suppress(FileNotFoundError):
             state_file.unlink()
@@ -198,17 +200,49 @@ def up(
         out.print("Splice stopped.")
 
 
-async def _up(url: str, demo: bool, ready: Callable[[], object]) -> None:
+async def _up(url: str, demo: bool, ready: Callable[[], object], state_dir: Path) -> None:
     from splice.services.service import CommandService
 
+    stop = asyncio.Event()  # Ctrl-C
+    agents_stop = asyncio.Event()  # the agent stops last: it removes the demo's load balancer
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
     async with CommandService(url):
         ready()
+        tasks = []
+        agent_ok = os.geteuid() == 0 and shutil.which("haproxy") is not None
+        if agent_ok:
+            from splice.agents.runtime import Agent
+
+            host = socket.gethostname().split(".")[0]
+            agent = Agent(url, host, state_dir / "agent", providers=["haproxy"], prefix="spl-")
+            tasks.append(asyncio.create_task(agent.run(agents_stop)))
+            out.print(f"  local agent: host [bold]{host}[/], provider haproxy")
+        else:
+            out.print("  [yellow]no local agent[/] (needs root and haproxy): commands only")
+        lb_demo = None
         if demo:
             from splice.demo import run_demo
 
-            await run_demo(url, out)
+            gold = await run_demo(url, out)
+            if agent_ok:
+                from splice.demo_lb import LoadBalancerDemo
+
+                nc = await nats.connect(url)
+                lb_demo = LoadBalancerDemo(nc, out)
+                try:
+                    await lb_demo.run(gold)
+                except Exception as e:  # the demo must never take Splice down
+                    out.print(f"[red]load-balancer demo failed:[/] {e}")
         out.print("[dim]Serving commands on splice.cmd.> — Ctrl-C to stop.[/]")
-        await _wait_for_signal()
+        await stop.wait()
+        if lb_demo is not None:
+            out.print("cleaning up the demo ...")
+            await lb_demo.cleanup()
+            await lb_demo.nc.close()
+        agents_stop.set()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 # -- commands ---------------------------------------------------------------------------------

@@ -47,8 +47,10 @@ DEMO_COMMANDS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
-async def run_demo(url: str, out: Console) -> None:
+async def run_demo(url: str, out: Console) -> str | None:
+    """Send the demo's commands; returns the id of the haproxy service type (`gold`)."""
     nc = await nats.connect(url)
+    gold_id = None
     try:
         out.rule("demo: commands over NATS request/reply")
         silver_id = None
@@ -60,6 +62,8 @@ async def run_demo(url: str, out: Console) -> None:
             out.print(f"[bold]<[/] {json.dumps(reply)}", highlight=False)
             if body.get("name") == "silver" and reply.get("ok"):
                 silver_id = reply["id"]
+            if body.get("name") == "gold" and reply.get("ok"):
+                gold_id = reply["id"]
         if silver_id:
             subject = "splice.cmd._admin.servicetype.set_default"
             body = {"command_id": "demo-default-silver", "actor": "demo", "id": silver_id}
@@ -82,3 +86,4 @@ async def run_demo(url: str, out: Console) -> None:
 
     await read_events(url, show)
     out.rule()
+    return gold_id
