@@ -1,0 +1,226 @@
+"""Replay benchmark: rebuild the read models from a long stream, against the raw read rate.
+
+    .venv/bin/python bench/replay.py [--events 100000] [--backend sqlite|postgres|both]
+                                     [--pg-url postgresql://postgres@127.0.0.1:5432/postgres]
+
+Starts its own nats-server (free port, temporary store, fsync always as Splice runs it), fills
+SPLICE_EVENTS with realistic service-type events (create, then updates that change description
+and providers, every 10th type deleted) through the JetStream recorder in atomic batches of
+1000, then in the same run:
+
+1. raw: how fast nats-py reads the stream — an ordered consumer with a callback that only counts;
+2. replay: a full rebuild of every read model (audit log, resources, service types) into a
+   fresh database — the projector exactly as `splice projections rebuild` runs it.
+
+The last line is JSON: ``replay_events_per_s``, ``raw_read_per_s`` and ``ratio`` (for SQLite;
+with ``--backend both`` also ``postgres_replay_events_per_s`` and ``postgres_ratio``), and
+``backend``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import tempfile
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import nats
+from eventsourcing.persistence import StoredEvent
+from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from splice.events.jetstream import JetStreamFactory
+from splice.natsserver import NatsServer
+from splice.projections.projector import Projector, last_event_seq, run_projection
+from splice.projections.store import open_store, with_database
+
+_encode = msgspec.json.Encoder().encode
+
+
+def generate(n_events: int, per_type: int = 10) -> list[StoredEvent]:
+    """`n_events` service-type events: each type created, then updated `per_type - 1` times."""
+    n_types = max(1, n_events // per_type)
+    ids = [str(uuid.uuid4()) for _ in range(n_types)]
+    now = datetime.now(UTC).isoformat()
+    out: list[StoredEvent] = []
+    for version in range(1, per_type + 1):
+        for n, i in enumerate(ids):
+            if len(out) >= n_events:
+                return out
+            cmd = str(uuid.uuid4())
+            payload: dict[str, Any] = {
+                "timestamp": now,
+                "actor": f"operator-{n % 7}",
+                "command_id": cmd,
+                "correlation_id": cmd,
+                "schema": 1,
+            }
+            if version == 1:
+                topic = "ServiceTypeCreated"
+                payload["aggregate"] = "servicetype"
+            elif version == per_type and n % 10 == 0:
+                topic = "ServiceTypeDeleted"
+            else:
+                topic = "ServiceTypeUpdated"
+            if topic != "ServiceTypeDeleted":
+                payload |= {
+                    "name": f"type-{n}",
+                    "description": f"generated service type {n}, revision {version}",
+                    "providers": {"loadbalancer": "haproxy", "firewall": "nftables"}
+                    if (n + version) % 3 == 0
+                    else {"loadbalancer": "nftables-l4"},
+                }
+            out.append(
+                StoredEvent(
+                    originator_id=f"_admin.servicetype.{i}",
+                    originator_version=version,
+                    topic=topic,
+                    state=_encode(payload),
+                )
+            )
+    return out
+
+
+def fill(url: str, n_events: int) -> float:
+    """Append the events in atomic batches of 1000; returns the append rate."""
+    events = generate(n_events)
+    factory = JetStreamFactory({"NATS_URL": url})
+    recorder = factory.application_recorder()
+    t0 = time.perf_counter()
+    headers = {"Splice-Actor": "bench", "Splice-Command-Id": "bench", "Splice-Correlation-Id": "b"}
+    for i in range(0, len(events), 1000):
+        recorder.insert_events(events[i : i + 1000], headers=headers)
+    elapsed = time.perf_counter() - t0
+    factory.close()
+    return len(events) / elapsed
+
+
+async def raw_read(url: str, n: int) -> float:
+    """Events per second an ordered consumer with a counting callback receives."""
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    done = asyncio.Event()
+    count = 0
+
+    async def cb(msg: Any) -> None:
+        nonlocal count
+        count += 1
+        if count >= n:
+            done.set()
+
+    t0 = time.perf_counter()
+    sub = await js.subscribe(
+        "splice.evt.>",
+        stream="SPLICE_EVENTS",
+        ordered_consumer=True,
+        cb=cb,
+        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
+        pending_msgs_limit=n * 2,
+    )
+    await asyncio.wait_for(done.wait(), 600)
+    elapsed = time.perf_counter() - t0
+    await sub.unsubscribe()
+    await nc.close()
+    return n / elapsed
+
+
+async def replay(url: str, db_url: str, batch: int) -> tuple[float, int]:
+    """Rebuild every view from the start into `db_url`; returns (events/s, events)."""
+    nc = await nats.connect(url)
+    js = nc.jetstream()
+    end = await last_event_seq(js)
+    t0 = time.perf_counter()
+    store = open_store(db_url)
+    projector = Projector(store)
+    await run_projection(js, projector, asyncio.Event(), until=end, batch_size=batch)
+    elapsed = time.perf_counter() - t0
+    store.close()
+    await nc.close()
+    return end / elapsed, end
+
+
+def scratch_pg(base_url: str) -> tuple[str, Any]:
+    """A fresh PostgreSQL database for the run, and how to drop it afterwards."""
+    import psycopg
+
+    name = f"splice_bench_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(base_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+
+    def drop() -> None:
+        with psycopg.connect(base_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+    return with_database(base_url, name), drop
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory(prefix="splice-replay-") as tmp:
+        server = NatsServer(store_dir=Path(tmp) / "nats")
+        server.start()
+        try:
+            append_rate = fill(server.url, args.events)
+            print(f"appended {args.events} events at {append_rate:,.0f}/s", file=sys.stderr)
+            raws = [await raw_read(server.url, args.events) for _ in range(args.rounds)]
+            raw = max(raws)
+            print(f"raw read (ordered consumer, callback): {raw:,.0f} events/s", file=sys.stderr)
+            result["raw_read_per_s"] = round(raw)
+            if args.backend in ("sqlite", "both"):
+                rate = await _best(
+                    server.url, args, lambda i: (str(Path(tmp) / f"rm{i}.sqlite"), None)
+                )
+                print(f"replay into SQLite: {rate:,.0f} events/s", file=sys.stderr)
+                result["replay_events_per_s"] = round(rate)
+                result["ratio"] = round(rate / raw, 3)
+            if args.backend in ("postgres", "both"):
+                rate = await _best(server.url, args, lambda i: scratch_pg(args.pg_url))
+                print(f"replay into PostgreSQL: {rate:,.0f} events/s", file=sys.stderr)
+                key = (
+                    "replay_events_per_s"
+                    if args.backend == "postgres"
+                    else "postgres_replay_events_per_s"
+                )
+                result[key] = round(rate)
+                result["ratio" if args.backend == "postgres" else "postgres_ratio"] = round(
+                    rate / raw, 3
+                )
+        finally:
+            server.stop()
+    result["backend"] = args.backend
+    result["events"] = args.events
+    return result
+
+
+async def _best(url: str, args: argparse.Namespace, make_db: Any) -> float:
+    best = 0.0
+    for i in range(args.rounds):
+        db_url, drop = make_db(i)
+        try:
+            rate, _ = await replay(url, db_url, args.batch)
+        finally:
+            if drop is not None:
+                drop()
+        best = max(best, rate)
+    return best
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="Replay benchmark (see the module docstring).")
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="sqlite")
+    parser.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
+    parser.add_argument("--batch", type=int, default=10_000, help="events per transaction")
+    parser.add_argument("--rounds", type=int, default=1, help="best of N runs of each measure")
+    args = parser.parse_args()
+    print(json.dumps(asyncio.run(run(args))))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,141 @@
+"""One stored event as the read side sees it: where it sits in the log, what it says.
+
+The read side never builds the command side's aggregate classes: it reads the payload as a
+plain JSON object (msgspec's decoder, fast and allocation-light) and the facts the stream adds
+(stream sequence, store time). Parsing is done once per message, here, so that every view and
+the audit log share it; a projector reads a few hundred thousand of these per second.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import msgspec
+
+from splice.events.jetstream import H_TOPIC, H_VERSION
+
+from .upcasting import upcast
+
+# Keys every payload carries besides the event's own fields (events/wire.EventMeta; "type" is
+# the tag msgspec writes for the tagged Struct).
+META_KEYS = frozenset(
+    {"type", "timestamp", "actor", "command_id", "correlation_id", "schema", "aggregate"}
+)
+
+_decode = msgspec.json.Decoder(dict[str, Any]).decode
+
+
+@dataclass(slots=True)
+class Event:
+    """A stored event: stream position and time, the aggregate it belongs to, its payload."""
+
+    seq: int
+    time_ns: int  # when the stream stored it (nanoseconds since the epoch, UTC)
+    tenant: str
+    aggregate: str
+    aggregate_id: str  # the public id (the uuid part of the subject)
+    type: str
+    version: int
+    payload: dict[str, Any]
+
+    @property
+    def actor(self) -> str:
+        return str(self.payload.get("actor", ""))
+
+    @property
+    def command_id(self) -> str:
+        return str(self.payload.get("command_id", ""))
+
+    @property
+    def correlation_id(self) -> str:
+        return str(self.payload.get("correlation_id", ""))
+
+    @property
+    def key(self) -> str:
+        """The aggregate's full key, unique across tenants and kinds."""
+        return f"{self.tenant}.{self.aggregate}.{self.aggregate_id}"
+
+    def fields(self) -> dict[str, Any]:
+        """The event's own fields, without the metadata every event carries."""
+        return {k: v for k, v in self.payload.items() if k not in META_KEYS}
+
+
+def decode_payload(topic: str, data: bytes) -> dict[str, Any]:
+    """The payload as a dict, upcast to the newest schema the read side knows.
+
+    An undecodable payload does not stop the projector: it becomes ``{"_raw": ...}`` and still
+    gets its audit row (the log is the truth; the read side reports what it could not read).
+    """
+    try:
+        payload = _decode(data) if data else {}
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return {"_raw": data.decode(errors="replace")}
+    return upcast(topic, payload)
+
+
+def from_parts(
+    seq: int, time_ns: int, subject: str, headers: dict[str, str] | None, data: bytes
+) -> Event:
+    """Build an Event from what a consumer or a direct get delivers."""
+    tokens = subject.split(".")
+    # splice.evt.<tenant>.<aggregate>.<id>.<Type>: the last four tokens are ours.
+    tenant, aggregate, ident, type_token = tokens[-4], tokens[-3], tokens[-2], tokens[-1]
+    hdrs = headers or {}
+    topic = hdrs.get(H_TOPIC) or type_token
+    return Event(
+        seq=seq,
+        time_ns=time_ns,
+        tenant=tenant,
+        aggregate=aggregate,
+        aggregate_id=ident,
+        type=topic,
+        version=int(hdrs.get(H_VERSION) or 0),
+        payload=decode_payload(topic, data),
+    )
+
+
+def ack_position(reply: str) -> tuple[int, int]:
+    """(stream sequence, store time ns) from a JetStream delivery's reply subject.
+
+    `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>` (9 tokens) or the
+    v2 form with domain and account hash after `$JS.ACK` (12 or more tokens). Cheaper than
+    nats-py's `msg.metadata`, which builds several objects per message.
+    """
+    t = reply.split(".")
+    if len(t) == 9:
+        return int(t[5]), int(t[7])
+    return int(t[7]), int(t[9])
+
+
+def from_msg(msg: Any) -> Event:
+    """An Event from a nats-py message delivered by a (push / ordered) consumer."""
+    seq, ts = ack_position(msg.reply)
+    return from_parts(seq, ts, msg.subject, msg.headers, msg.data)
+
+
+def parse_rfc3339_ns(value: str) -> int:
+    """Nanoseconds since the epoch from an RFC 3339 time with up to 9 fractional digits."""
+    text = value.strip().replace("Z", "+00:00")
+    frac_ns = 0
+    if "." in text:
+        head, rest = text.split(".", 1)
+        digits = ""
+        i = 0
+        while i < len(rest) and rest[i].isdigit():
+            digits += rest[i]
+            i += 1
+        frac_ns = int((digits + "000000000")[:9])
+        text = head + rest[i:]
+    dt = datetime.fromisoformat(text)
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=UTC)
+    return int(dt.timestamp()) * 1_000_000_000 + frac_ns
+
+
+def format_ns(ns: int) -> str:
+    """RFC 3339 UTC with nanoseconds and a `Z`: exact (it parses back to the same instant, so a
+    time copied from an answer is a precise `--at`), fixed width (text order is time order)."""
+    dt = datetime.fromtimestamp(ns // 1_000_000_000, UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S") + f".{ns % 1_000_000_000:09d}Z"
