@@ -64,9 +64,9 @@ def app_env(nats_url: str, **extra: str) -> dict[str, str]:
         "NATS_URL": nats_url,
         "MAPPER_TOPIC": "splice.services.codec:SpliceMapper",
         "AGGREGATE_CACHE_MAXSIZE": "10000",
-        # Not fast-forwarded on every read: the cache follows this process's own writes, and
-        # the server's concurrency check (then an eviction) catches what other replicas wrote.
-        "AGGREGATE_CACHE_FASTFORWARD": "n",
+        # Every read of a cached aggregate fetches what was appended since (one direct get):
+        # a decision, a refusal or a no-op is never based on what another replica changed.
+        "AGGREGATE_CACHE_FASTFORWARD": "y",
     }
     env.update(extra)
     return env
@@ -395,12 +395,8 @@ class CommandService:
     def _attempt(
         self, subject: str, parsed: Parsed, meta: Meta, *, check_claim: bool
     ) -> Ok | Failed:
-        """Decide and save. Raises IntegrityError on a concurrency conflict.
-
-        Aggregates come from this process's cache (kept current by its own writes); a write
-        based on a stale one is refused by the server's check, and then the aggregates of the
-        decision are evicted so the next attempt reads them afresh.
-        """
+        """Decide and save. Raises IntegrityError on a concurrency conflict (after evicting the
+        decision's aggregates from the cache, so the next attempt reads them afresh)."""
         app = self.app
         assert app is not None
         cmd, command_id = parsed.command, meta.command_id

@@ -206,11 +206,20 @@ async def _up(url: str, demo: bool, ready: Callable[[], object], state_dir: Path
     stop = asyncio.Event()  # Ctrl-C
     agents_stop = asyncio.Event()  # the agent stops last: it removes the demo's load balancer
     loop = asyncio.get_running_loop()
+
+    def on_signal(sig: signal.Signals) -> None:
+        out.print(f"[dim]{sig.name}: stopping[/]")
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_signal, sig)
     async with CommandService(url):
         ready()
-        tasks = []
+        from splice.projections.runner import run_projector
+
+        db = str(state_dir / "readmodels.sqlite")
+        tasks = [asyncio.create_task(run_projector(url, db, agents_stop))]
+        out.print(f"  read models: {db} (queries on splice.qry.<tenant>.<view>)")
         agent_ok = os.geteuid() == 0 and shutil.which("haproxy") is not None
         if agent_ok:
             from splice.agents.runtime import Agent

@@ -140,6 +140,14 @@ class LoadBalancerDemo:
         return r.stdout.strip() if r.returncode == 0 and r.stdout.startswith("hello from") else None
 
     def curl(self, n: int) -> list[str]:
+        """Show `n` requests, once every member has answered through the VIP."""
+        answered: set[str] = set()
+        end = time.monotonic() + 20
+        while len(answered) < len(MEMBERS) and time.monotonic() < end:
+            answer = self._get()
+            if answer:
+                answered.add(answer.split()[-1])
+            time.sleep(0.1)
         seen: list[str] = []
         for _ in range(n):
             answer = self._get()
