@@ -206,7 +206,10 @@ class Agent:
 
     def save_snapshot(self) -> None:
         lbs = {
-            lb_id: LBState(**{f: getattr(v, f, None) for f in LBState.__struct_fields__})
+            lb_id: msgspec.convert(
+                {f: getattr(v, f, None) for f in LBState.__struct_fields__}, LBState,
+                from_attributes=True,
+            )
             for lb_id, v in self.views.items()
             if not v.deleted
         }

@@ -416,9 +416,9 @@ class JetStreamAggregateRecorder(AggregateRecorder):
             return [ev] if gt is None or ev.originator_version > gt else []
         start = 1
         if gt is not None:
-            seq = ds.seq_of(originator_id, gt)
-            if seq is not None:
-                start = seq + 1  # nothing at or below `gt` is wanted: read only what follows
+            known_seq = ds.seq_of(originator_id, gt)
+            if known_seq is not None:
+                start = known_seq + 1  # nothing at or below `gt` is wanted: read only what follows
         events: list[StoredEvent] = []
         newest: tuple[int, int] | None = None
         for m in self._read_subject(subject, start, None):

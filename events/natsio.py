@@ -309,7 +309,9 @@ class GroupCommitter:
         self._start()
 
     def _take(self) -> list[tuple[Sequence[OutMsg], set[str], asyncio.Future[tuple[int, int]]]]:
-        group, rest, size = [], [], 0
+        group: list[tuple[Sequence[OutMsg], set[str], asyncio.Future[tuple[int, int]]]] = []
+        rest: list[tuple[Sequence[OutMsg], set[str], asyncio.Future[tuple[int, int]]]] = []
+        size = 0
         taken: set[str] = set()
         for item in self._queue:
             msgs, checked, _ = item

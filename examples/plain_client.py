@@ -30,7 +30,11 @@ async def main(url: str) -> None:
     print("reply:", json.dumps(reply))
 
     js = nc.jetstream()
-    stored = await js.get_msg("SPLICE_EVENTS", reply["seq"], direct=True)
+    # the resource's newest event is at reply["seq"]; its creation is on its own subject
+    newest = await js.get_msg("SPLICE_EVENTS", reply["seq"], direct=True)
+    print("newest:", newest.subject)
+    subject = f"splice.evt._admin.servicetype.{reply['id']}.ServiceTypeCreated"
+    stored = await js.get_last_msg("SPLICE_EVENTS", subject, direct=True)
     print("event:", stored.subject, stored.headers["Splice-Topic"], stored.data.decode())
 
     msg = await nc.request("splice.cmd._admin.servicetype.create", b'{"name": 42}', timeout=10)

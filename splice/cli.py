@@ -88,11 +88,31 @@ def resolve_url(nats_url: str | None, state_dir: Path | None = None) -> str:
 # -- running Splice ---------------------------------------------------------------------------
 
 
+def on_stop_signals(stop: asyncio.Event, say: Callable[[str], object] | None = None) -> None:
+    """SIGINT and SIGTERM set `stop`.
+
+    Not asyncio's add_signal_handler: it routes signals through a wake-up socket that processes
+    forked by pyroute2 (for work inside namespaces) inherit, so a signal sent to such a child
+    would reach this process's loop and stop Splice. A plain handler stays per process; in a
+    forked child it just ends the child, as the default action would.
+    """
+    loop = asyncio.get_running_loop()
+    me = os.getpid()
+
+    def handler(signum: int, _frame: object) -> None:
+        if os.getpid() != me:
+            os._exit(0)
+        if say is not None:
+            loop.call_soon_threadsafe(say, f"{signal.Signals(signum).name}: stopping")
+        loop.call_soon_threadsafe(stop.set)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, handler)
+
+
 async def _wait_for_signal() -> None:
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    on_stop_signals(stop)
     await stop.wait()
 
 
@@ -140,9 +160,7 @@ async def _agent(url: str, host: str, state_dir: Path, providers: list[str], pre
     from splice.agents.runtime import Agent
 
     stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    on_stop_signals(stop)
     await Agent(url, host, state_dir, providers=providers, prefix=prefix, resync_s=resync).run(stop)
 
 
@@ -205,14 +223,7 @@ async def _up(url: str, demo: bool, ready: Callable[[], object], state_dir: Path
 
     stop = asyncio.Event()  # Ctrl-C
     agents_stop = asyncio.Event()  # the agent stops last: it removes the demo's load balancer
-    loop = asyncio.get_running_loop()
-
-    def on_signal(sig: signal.Signals) -> None:
-        out.print(f"[dim]{sig.name}: stopping[/]")
-        stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, on_signal, sig)
+    on_stop_signals(stop, lambda text: out.print(f"[dim]{text}[/]"))
     async with CommandService(url):
         ready()
         from splice.projections.runner import run_projector
@@ -230,23 +241,31 @@ async def _up(url: str, demo: bool, ready: Callable[[], object], state_dir: Path
             out.print(f"  local agent: host [bold]{host}[/], provider haproxy")
         else:
             out.print("  [yellow]no local agent[/] (needs root and haproxy): commands only")
-        lb_demo = None
-        if demo:
+        demos: list[Any] = []
+
+        async def run_demos() -> None:
             from splice.demo import run_demo
 
             gold = await run_demo(url, out)
             if agent_ok:
                 from splice.demo_lb import LoadBalancerDemo
 
-                nc = await nats.connect(url)
-                lb_demo = LoadBalancerDemo(nc, out)
+                lb_demo = LoadBalancerDemo(await nats.connect(url), out)
+                demos.append(lb_demo)
                 try:
                     await lb_demo.run(gold)
                 except Exception as e:  # the demo must never take Splice down
                     out.print(f"[red]load-balancer demo failed:[/] {e}")
-        out.print("[dim]Serving commands on splice.cmd.> — Ctrl-C to stop.[/]")
+            out.print("[dim]Serving commands on splice.cmd.> — Ctrl-C to stop.[/]")
+
+        demo_task = asyncio.create_task(run_demos()) if demo else None
+        if not demo:
+            out.print("[dim]Serving commands on splice.cmd.> — Ctrl-C to stop.[/]")
         await stop.wait()
-        if lb_demo is not None:
+        if demo_task is not None and not demo_task.done():
+            demo_task.cancel()
+            await asyncio.gather(demo_task, return_exceptions=True)
+        for lb_demo in demos:
             out.print("cleaning up the demo ...")
             await lb_demo.cleanup()
             await lb_demo.nc.close()
@@ -464,6 +483,20 @@ def schema(
     from splice.events.contracts import json_schema
 
     text = msgspec.json.format(msgspec.json.encode(json_schema()), indent=2).decode()
+    if out_file:
+        out_file.write_text(text + "\n")
+    else:
+        sys.stdout.write(text + "\n")
+
+
+@app.command()
+def asyncapi(
+    out_file: Annotated[Path | None, typer.Option("--out", help="Write to this file (default stdout).")] = None,
+) -> None:
+    """Write the AsyncAPI 3.0 document of the whole message API (commands, replies, events)."""
+    from splice.events.contracts import asyncapi as document
+
+    text = msgspec.json.format(msgspec.json.encode(document()), indent=2).decode()
     if out_file:
         out_file.write_text(text + "\n")
     else:

@@ -151,6 +151,7 @@ def test_a_plain_nats_client_script_gets_the_documented_reply_and_finds_the_even
     }
     reply = json.loads(lines["reply"])
     assert reply["ok"] is True and reply["version"] >= 1 and reply["seq"] >= 1
+    assert lines["newest"].startswith(f"splice.evt._admin.servicetype.{reply['id']}.")
     subject, topic, payload = lines["event"].split(" ", 2)
     assert subject.startswith(f"splice.evt._admin.servicetype.{reply['id']}.")
     assert topic == "ServiceTypeCreated"
@@ -158,3 +159,18 @@ def test_a_plain_nats_client_script_gets_the_documented_reply_and_finds_the_even
     error = json.loads(lines["error"])
     assert error["ok"] is False and error["error"]["code"] == "invalid"
     assert error["error"]["field"] == "$.name"
+
+
+def test_asyncapi_document_covers_every_command_and_event(tmp_path: Path) -> None:
+    from splice.events.contracts import COMMANDS, EVENT_TYPES
+
+    out = tmp_path / "asyncapi.json"
+    res = run(["asyncapi", "--out", str(out)], dict(os.environ))
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(out.read_text())
+    assert doc["asyncapi"].startswith("3.")
+    for agg, verb in COMMANDS:
+        assert f"send_{agg}_{verb}" in doc["operations"]
+        assert doc["channels"][f"cmd_{agg}_{verb}"]["address"].endswith(f".{agg}.{verb}")
+    assert set(EVENT_TYPES) <= set(doc["components"]["messages"])
+    assert set(EVENT_TYPES) <= set(doc["components"]["schemas"])
