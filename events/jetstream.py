@@ -116,6 +116,8 @@ class _Settings:
         self.prefix = env.get("JETSTREAM_SUBJECT_PREFIX") or "splice"
         self.create = strtobool(env.get("CREATE_TABLE") or "yes")
         self.timeout = float(env.get("JETSTREAM_TIMEOUT") or 10)
+        # commits in flight at once (each an atomic batch of the writes that queued meanwhile)
+        self.inflight = int(env.get("JETSTREAM_COMMIT_INFLIGHT") or 1)
 
 
 def stream_config(
@@ -151,7 +153,9 @@ class JetStreamDatastore:
         self.timeout = settings.timeout
         self._own_conn = conn is None
         self.conn = conn or NatsThread(settings.url, name=f"splice-store-{settings.stream}")
-        self.committer = GroupCommitter(self.conn, max_msgs=MAX_BATCH, timeout=settings.timeout)
+        self.committer = GroupCommitter(
+            self.conn, max_msgs=MAX_BATCH, timeout=settings.timeout, inflight=settings.inflight
+        )
         # originator id -> {version: stream seq} of the newest events this process has seen
         # (a few per aggregate: a fast-forward asks for events after a version it held).
         self._last: OrderedDict[UUID | str, dict[int, int]] = OrderedDict()
