@@ -228,24 +228,7 @@ class LoadBalancer(ServiceMixin, LoadBalancerFold, SpliceAggregate):
     AGGREGATE = "loadbalancer"
     KIND: ClassVar[str] = "loadbalancer"
     port_count = 1  # the VIP port
-
-    if TYPE_CHECKING:
-        name: str
-        description: str
-        vip_network_id: str
-        vip_address: str
-        vip_port_id: str
-        insertion: InsertionState
-        admin_state_up: bool
-        listeners: dict[str, Listener]
-        pools: dict[str, Pool]
-        generation: int
-        converged: int
-        provisioning_status: str
-        operating_status: str
-        statuses: dict[str, str]  # child id -> operating status
-        host: str | None
-        error: str
+    # (its state's attributes are declared, and applied, by LoadBalancerFold)
 
     # -- deciding --------------------------------------------------------------------------
 

@@ -473,34 +473,31 @@ def events(
         )
 
 
+def _write_json(doc: object, out_file: Path | None) -> None:
+    text = msgspec.json.format(msgspec.json.encode(doc), indent=2).decode()
+    if out_file:
+        out_file.write_text(text + "\n")
+    else:
+        sys.stdout.write(text + "\n")
+
+
+OutFileOpt = Annotated[Path | None, typer.Option("--out", help="Write to this file (default stdout).")]
+
+
 @app.command()
-def schema(
-    out_file: Annotated[
-        Path | None, typer.Option("--out", help="Write to this file (default stdout).")
-    ] = None,
-) -> None:
+def schema(out_file: OutFileOpt = None) -> None:
     """Write the JSON Schema of every command, reply and event."""
     from splice.events.contracts import json_schema
 
-    text = msgspec.json.format(msgspec.json.encode(json_schema()), indent=2).decode()
-    if out_file:
-        out_file.write_text(text + "\n")
-    else:
-        sys.stdout.write(text + "\n")
+    _write_json(json_schema(), out_file)
 
 
 @app.command()
-def asyncapi(
-    out_file: Annotated[Path | None, typer.Option("--out", help="Write to this file (default stdout).")] = None,
-) -> None:
+def asyncapi(out_file: OutFileOpt = None) -> None:
     """Write the AsyncAPI 3.0 document of the whole message API (commands, replies, events)."""
     from splice.events.contracts import asyncapi as document
 
-    text = msgspec.json.format(msgspec.json.encode(document()), indent=2).decode()
-    if out_file:
-        out_file.write_text(text + "\n")
-    else:
-        sys.stdout.write(text + "\n")
+    _write_json(document(), out_file)
 
 
 def main() -> None:
