@@ -174,3 +174,36 @@ def test_asyncapi_document_covers_every_command_and_event(tmp_path: Path) -> Non
         assert doc["channels"][f"cmd_{agg}_{verb}"]["address"].endswith(f".{agg}.{verb}")
     assert set(EVENT_TYPES) <= set(doc["components"]["messages"])
     assert set(EVENT_TYPES) <= set(doc["components"]["schemas"])
+
+
+def test_generated_cli_verbs_send_every_family_of_commands(
+    splice_up: tuple[subprocess.Popen[str], dict[str, str], Path],
+) -> None:
+    _, env, _ = splice_up
+    env = dict(env, SPLICE_TENANT="clitest")
+
+    def ok(*args: str) -> dict[str, str]:
+        res = run([*args, "-o", "json"], env)
+        assert res.returncode == 0, (args, res.stdout, res.stderr)
+        return dict(json.loads(res.stdout))
+
+    net = ok("network", "create", "--name", "n1", "--cidr", "10.88.0.0/24")
+    port = ok("port", "create", "--network-id", net["id"], "--ip-address", "10.88.0.7")
+    st = ok("servicetype", "create", "clitest-full", "-p", "loadbalancer=haproxy", "-p",
+            "firewall=nftables")
+    router = ok("router", "create", "--name", "r1", "--service-type-id", st["id"])
+    ok("router", "add-interface", router["id"], "--network-id", net["id"])
+    lb = ok("loadbalancer", "create", "--name", "lb1", "--vip-network-id", net["id"],
+            "--pools", '[{"name": "web", "protocol": "HTTP"}]',
+            "--listeners", '[{"name": "http", "protocol": "HTTP", "protocol_port": 80, "default_pool": "web"}]')
+    pool = ok("pool", "create", "--loadbalancer-id", lb["id"], "--pool", '{"name": "tcp", "protocol": "TCP"}')
+    ok("member", "create", "--loadbalancer-id", lb["id"], "--pool-id", pool["id"],
+       "--member", '{"address": "10.88.0.20", "protocol_port": 9000}')
+    fw = ok("firewall", "create", "--name", "fw", "--router-id", router["id"],
+            "--rules", '[{"action": "allow", "protocol": "tcp", "destination_port": "80"}]')
+    ok("firewall", "insert-rule", fw["id"], "--rule", '{"action": "deny"}')
+    ok("chain", "create", "--name", "c1", "--classifier", '{"protocol": "tcp"}',
+       "--hops", json.dumps([{"service_id": lb["id"], "kind": "loadbalancer", "insertion": "l3"}]))
+    bad = run(["port", "create", "--network-id", net["id"], "--ip-address", "10.88.0.7", "-o", "json"], env)
+    assert bad.returncode == 1 and json.loads(bad.stdout)["error"]["code"] == "address_in_use"
+    assert port["id"]
