@@ -16,13 +16,13 @@ from typing import Any
 
 import nats
 import pytest
-from tests.dataplane.fabric import PREFIX, Fabric, sweep
 
 from splice.agents import netns as agent_netns
 from splice.agents.model import NetworkSpec
 from splice.agents.runtime import Agent
 from splice.natsserver import NatsServer
 from splice.services.service import CommandService
+from tests.dataplane.fabric import PREFIX, Fabric, sweep
 
 T = "e2e"
 
