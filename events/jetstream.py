@@ -485,6 +485,18 @@ class JetStreamApplicationRecorder(JetStreamAggregateRecorder, ApplicationRecord
                 break
         return out
 
+    def seq_of_version(self, originator_id: UUID | str, version: int) -> int | None:
+        """The stream sequence of one stored event of an aggregate."""
+        ds = self.datastore
+        known = ds.seq_of(originator_id, version)
+        if known is not None:
+            return known
+        for m in self._read_subject(ds.aggregate_filter(originator_id), 1, None):
+            if int(m.headers[H_VERSION]) == version:
+                ds.remember(originator_id, version, m.seq)
+                return m.seq
+        return None
+
     def get_claim(self, suffix: str) -> tuple[int, bytes] | None:
         """The claim stored on ``<prefix>.idem.<suffix>`` by an earlier write: (seq, payload)."""
         ds = self.datastore

@@ -32,8 +32,12 @@ UPCASTERS: dict[str, dict[int, Callable[[dict[str, Any]], None]]] = {}
 CURRENT_SCHEMA: dict[str, int] = {}
 
 
+_NAMES: dict[type[EventMeta], str] = {cls: name for name, cls in EVENT_TYPES.items()}
+
+
 def type_name(payload: EventMeta) -> str:
-    return str(msgspec.inspect.type_info(type(payload)).tag)  # type: ignore[attr-defined]
+    """The stable type name of an event payload (its Struct's tag)."""
+    return _NAMES[type(payload)]
 
 
 class _Unused(Transcoder):

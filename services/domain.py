@@ -188,6 +188,7 @@ class SpliceAggregate(BaseAggregate[str]):
 
         def apply(self, aggregate: Any) -> None:
             aggregate.when(self.payload)
+            aggregate.remember_command(self.payload.command_id, self.originator_version)
 
     @dataclass(frozen=True)
     class Created(CanInitAggregate[str], Event):
@@ -209,3 +210,23 @@ class SpliceAggregate(BaseAggregate[str]):
     # applying
     def when(self, payload: EventMeta) -> None:
         getattr(self, f"when_{type(payload).__name__}")(payload)
+
+    # the commands that changed this aggregate lately (idempotency without a separate claim)
+    RECENT_COMMANDS: ClassVar[int] = 256
+
+    def remember_command(self, command_id: str, version: int) -> None:
+        recent: dict[str, int] | None = self.__dict__.get("_recent_commands")
+        if recent is None:
+            recent = self.__dict__["_recent_commands"] = {}
+        recent[command_id] = version
+        if len(recent) > self.RECENT_COMMANDS:
+            del recent[next(iter(recent))]
+
+    def applied_version(self, command_id: str) -> int | None:
+        """The version at which a stored event of `command_id` left this aggregate, if any.
+
+        Only events already stored count (not the ones this decision is adding).
+        """
+        version = self.__dict__.get("_recent_commands", {}).get(command_id)
+        stored = self.version - len(self.pending_events)
+        return version if version is not None and version <= stored else None

@@ -10,6 +10,7 @@ simply not found.
 
 from __future__ import annotations
 
+import contextvars
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, cast
@@ -58,6 +59,9 @@ class SpliceApplication(Application[str]):
         self.pending_timeout = float(self.env.get("SPLICE_PENDING_TIMEOUT") or 300)
 
     def get_or_none(self, agg_id: str) -> Any:
+        loaded = _LOADED.get()
+        if loaded is not None:
+            loaded.add(agg_id)
         try:
             return self.repository.get(agg_id)
         except AggregateNotFoundError:
@@ -71,6 +75,16 @@ class SpliceApplication(Application[str]):
 
 
 Handler = Callable[[SpliceApplication, str, Any], Decision]
+
+# The ids of the aggregates one decision read (so a refusal can be re-checked on fresh state).
+_LOADED: contextvars.ContextVar[set[str] | None] = contextvars.ContextVar("splice_loaded", default=None)
+
+
+def tracking_loads() -> set[str]:
+    """Start recording the aggregates loaded in this context; returns the set that fills."""
+    loaded: set[str] = set()
+    _LOADED.set(loaded)
+    return loaded
 
 
 class Touched:

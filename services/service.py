@@ -41,7 +41,8 @@ from splice.events.contracts import (
 from splice.events.jetstream import JetStreamApplicationRecorder
 
 from .domain import DomainError, Meta, acting, public_id
-from .handlers import COMMAND_HANDLERS, SpliceApplication
+from .handlers import COMMAND_HANDLERS, SpliceApplication, tracking_loads
+from .registry import AGGREGATES
 
 log = structlog.get_logger("splice.cmd")
 
@@ -64,9 +65,11 @@ def app_env(nats_url: str, **extra: str) -> dict[str, str]:
         "NATS_URL": nats_url,
         "MAPPER_TOPIC": "splice.services.codec:SpliceMapper",
         "AGGREGATE_CACHE_MAXSIZE": "10000",
-        # Every read of a cached aggregate fetches what was appended since (one direct get):
-        # a decision, a refusal or a no-op is never based on what another replica changed.
-        "AGGREGATE_CACHE_FASTFORWARD": "y",
+        # The cache follows this process's own writes; what other replicas wrote is caught by
+        # the server's concurrency check on every write (then the decision's aggregates are
+        # evicted and it is decided again), and a refusal or a no-op decided on cached state
+        # is decided again on fresh state before it is answered.
+        "AGGREGATE_CACHE_FASTFORWARD": "n",
     }
     env.update(extra)
     return env
@@ -113,6 +116,10 @@ def parse(subject: str, data: bytes, max_payload: int = MAX_PAYLOAD) -> Parsed |
     except msgspec.DecodeError as e:
         return failed("invalid", str(e), "$")
     return Parsed(tenant, aggregate, verb, cmd)
+
+
+class Unverified(Exception):
+    """A decision with no write was made on cached state: decide again on fresh state."""
 
 
 def _describe(e: msgspec.ValidationError) -> tuple[str, str]:
@@ -305,6 +312,30 @@ class CommandService:
             command_id=command_id,
         )
 
+    @staticmethod
+    def _probe_id(parsed: Parsed) -> str | None:
+        """The aggregate a command names as its own (by `id`, or its load balancer's)."""
+        cmd = parsed.command
+        lb = getattr(cmd, "loadbalancer_id", None)
+        if isinstance(lb, str):
+            return f"{parsed.tenant}.loadbalancer.{lb}"
+        ident = getattr(cmd, "id", None)
+        if isinstance(ident, str) and parsed.aggregate in AGGREGATES:
+            return f"{parsed.tenant}.{parsed.aggregate}.{ident}"
+        return None
+
+    def _remembered(self, agg_id: str, version: int, command_id: str) -> Ok:
+        seq = self._recorder().seq_of_version(agg_id, version)
+        return Ok(id=public_id(agg_id), version=version, seq=seq, command_id=command_id)
+
+    def _remembered_by_probe(self, parsed: Parsed, command_id: str) -> Ok | None:
+        probe = self._probe_id(parsed)
+        if probe is None or self.app is None:
+            return None
+        agg = self.app.get_or_none(probe)
+        done = agg.applied_version(command_id) if agg is not None else None
+        return None if done is None else self._remembered(probe, done, command_id)
+
     def _evict(self, agg_ids: Iterable[str]) -> None:
         cache = self.app.repository.cache if self.app is not None else None
         if cache is None:
@@ -359,15 +390,25 @@ class CommandService:
             correlation_id=cmd.correlation_id or command_id,
         )
         attempt = 0
+        fresh = False  # whether this attempt's aggregates were read from the stream
         with acting(meta):
             while True:
                 attempt += 1
+                loaded = tracking_loads()
                 try:
                     # The stored result of an earlier send is looked up only when this send
                     # may be a repeat that the write alone would not reveal: after a conflict
                     # (the claim's subject was taken), or when there is nothing to write.
-                    reply = self._attempt(subject, parsed, meta, check_claim=attempt > 1)
+                    reply = self._attempt(
+                        subject, parsed, meta, check_claim=attempt > 1, verified=fresh
+                    )
+                except Unverified:
+                    # refused, or nothing to do, on cached state: decide once more afresh
+                    self._evict(loaded)
+                    fresh = True
+                    continue
                 except IntegrityError:
+                    fresh = True  # the conflict evicted what the decision read
                     if attempt >= self.max_attempts:
                         return failed(
                             "conflict",
@@ -383,17 +424,23 @@ class CommandService:
                         "unavailable", f"event store unavailable: {e}", None, command_id
                     ), attempt
                 except DomainError as e:
+                    if not fresh:
+                        self._evict(loaded)
+                        fresh = True
+                        continue
                     # A duplicate of this command may have committed meanwhile, and its effect
                     # is what refused this one: then the answer is the duplicate's.
                     if cmd.command_id is not None:
                         previous = self._previous(subject, parsed.tenant, command_id)
+                        if previous is None:
+                            previous = self._remembered_by_probe(parsed, command_id)
                         if previous is not None:
                             return previous, attempt
                     return failed(e.code, e.message, e.field, command_id), attempt
                 return reply, attempt
 
     def _attempt(
-        self, subject: str, parsed: Parsed, meta: Meta, *, check_claim: bool
+        self, subject: str, parsed: Parsed, meta: Meta, *, check_claim: bool, verified: bool
     ) -> Ok | Failed:
         """Decide and save. Raises IntegrityError on a concurrency conflict (after evicting the
         decision's aggregates from the cache, so the next attempt reads them afresh)."""
@@ -407,7 +454,15 @@ class CommandService:
         decision = COMMAND_HANDLERS[type(cmd)](app, parsed.tenant, cmd)
         target = decision.subject
         result_id = decision.result_id or public_id(target.id)
+        if cmd.command_id is not None and decision.result_id is None:
+            done = target.applied_version(command_id)
+            if done is not None:  # this command changed the target already: same answer
+                if not verified:
+                    raise Unverified
+                return self._remembered(target.id, done, command_id)
         if not decision.save:
+            if not verified:
+                raise Unverified
             if cmd.command_id is not None and not check_claim:
                 previous = self._previous(subject, parsed.tenant, command_id)
                 if previous is not None:
@@ -422,17 +477,29 @@ class CommandService:
             upto += n
             if agg_id == target.id and n:
                 back = total - upto + 1
+        headers = {
+            "Splice-Actor": meta.actor,
+            "Splice-Command-Id": meta.command_id,
+            "Splice-Correlation-Id": meta.correlation_id,
+        }
+        # One event on an existing aggregate that is also the reply's subject: one message,
+        # no claim. A repeat is recognised by the aggregate itself (its recent command ids), so
+        # the write needs no atomic batch — a batch costs several times a single publish.
+        single = (
+            decision.result_id is None
+            and len(decision.save) == 1
+            and decision.save[0] is target
+            and len(target.pending_events) == 1
+            and target.version > 1
+            and self._probe_id(parsed) == target.id
+        )
         claim_body = {"subject": subject, "id": result_id, "version": target.version, "back": back}
+        claim = (self._claim_suffix(parsed.tenant, command_id), msgspec.json.encode(claim_body))
         try:
-            recordings = app.save(
-                *decision.save,
-                claim=(self._claim_suffix(parsed.tenant, command_id), msgspec.json.encode(claim_body)),
-                headers={
-                    "Splice-Actor": meta.actor,
-                    "Splice-Command-Id": meta.command_id,
-                    "Splice-Correlation-Id": meta.correlation_id,
-                },
-            )
+            if single:
+                recordings = app.save(target, headers=headers)
+            else:
+                recordings = app.save(*decision.save, claim=claim, headers=headers)
         except (IntegrityError, OperationalError):
             self._evict(agg.id for agg in decision.save)
             raise
