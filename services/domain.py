@@ -50,6 +50,14 @@ class DomainError(Exception):
         self.field = field
 
 
+class AlreadyAppliedError(Exception):
+    """This command was applied to this aggregate before (a repeat): not a refusal."""
+
+    def __init__(self, agg_id: str, version: int) -> None:
+        super().__init__(f"{agg_id} already has this command's events (version {version})")
+        self.agg_id, self.version = agg_id, version
+
+
 class InvalidError(DomainError):
     code = "invalid"
 
@@ -205,6 +213,9 @@ class SpliceAggregate(BaseAggregate[str]):
         return cls._create(cls.Created, id=agg_id, payload=payload, timestamp=payload.timestamp)
 
     def emit(self, payload: EventMeta) -> None:
+        done = self.applied_version(payload.command_id)
+        if done is not None:
+            raise AlreadyAppliedError(self.id, done)
         self.trigger_event(self.Event, payload=payload, timestamp=payload.timestamp)
 
     # applying

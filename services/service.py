@@ -40,7 +40,7 @@ from splice.events.contracts import (
 )
 from splice.events.jetstream import JetStreamApplicationRecorder
 
-from .domain import DomainError, Meta, acting, public_id
+from .domain import AlreadyAppliedError, DomainError, Meta, acting, public_id
 from .handlers import COMMAND_HANDLERS, SpliceApplication, tracking_loads
 from .registry import AGGREGATES
 
@@ -402,6 +402,14 @@ class CommandService:
                     reply = self._attempt(
                         subject, parsed, meta, check_claim=attempt > 1, verified=fresh
                     )
+                except AlreadyAppliedError as e:
+                    # a repeat: the first answer again (found on fresh state, to be sure)
+                    if not fresh:
+                        self._evict(loaded)
+                        fresh = True
+                        continue
+                    previous = self._previous(subject, parsed.tenant, command_id)
+                    return previous or self._remembered(e.agg_id, e.version, command_id), attempt
                 except Unverified:
                     # refused, or nothing to do, on cached state: decide once more afresh
                     self._evict(loaded)
@@ -454,12 +462,6 @@ class CommandService:
         decision = COMMAND_HANDLERS[type(cmd)](app, parsed.tenant, cmd)
         target = decision.subject
         result_id = decision.result_id or public_id(target.id)
-        if cmd.command_id is not None and decision.result_id is None:
-            done = target.applied_version(command_id)
-            if done is not None:  # this command changed the target already: same answer
-                if not verified:
-                    raise Unverified
-                return self._remembered(target.id, done, command_id)
         if not decision.save:
             if not verified:
                 raise Unverified

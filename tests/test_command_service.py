@@ -348,3 +348,36 @@ async def test_two_replicas_in_the_queue_group_share_the_load(
     assert all(r["ok"] for r in replies)
     assert s1.handled > 0 and s2.handled > 0
     assert s1.handled + s2.handled == 60
+
+
+async def test_a_repeated_one_event_change_has_one_effect_and_the_same_reply_also_after_restart(
+    fresh_nats: NatsServer, nc: Any
+) -> None:
+    """One-event changes skip the claim message: the aggregate itself remembers the command."""
+    svc = CommandService(fresh_nats.url)
+    await svc.start()
+    try:
+        created = await request(nc, CREATE, st("mem"))
+        body = {"command_id": str(uuid.uuid4()), "id": created["id"], "description": "once"}
+        first = await request(nc, UPDATE, body)
+        again = await asyncio.gather(*[request(nc, UPDATE, body) for _ in range(6)])
+        # another change in between: the repeat still answers as the first time
+        await request(nc, UPDATE, {"command_id": str(uuid.uuid4()), "id": created["id"],
+                                   "description": "later"})
+        later = await request(nc, UPDATE, body)
+    finally:
+        await svc.stop()
+    svc2 = CommandService(fresh_nats.url)
+    await svc2.start()
+    try:
+        after_restart = await request(nc, UPDATE, body)
+    finally:
+        await svc2.stop()
+    assert first["ok"]
+    for r in [*again, later, after_restart]:
+        assert r == first, (r, first)
+    updates = [m for m in await event_messages(fresh_nats.url)
+               if m["headers"]["Splice-Topic"] == "ServiceTypeUpdated"]
+    assert [m["payload"]["description"] for m in updates] == ["once", "later"]
+    assert not [m for m in await stream_messages(fresh_nats.url)
+                if m["subject"] == f"splice.idem._admin.{body['command_id']}"]
