@@ -16,6 +16,7 @@ event payload made by `stamp()` during that command carries it, with the decisio
 from __future__ import annotations
 
 import contextvars
+import copy
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -223,7 +224,18 @@ class SpliceAggregate(BaseAggregate[str]):
         getattr(self, f"when_{type(payload).__name__}")(payload)
 
     # the commands that changed this aggregate lately (idempotency without a separate claim)
-    RECENT_COMMANDS: ClassVar[int] = 256
+    RECENT_COMMANDS: ClassVar[int] = 128
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Self:
+        """The repository hands out copies of cached aggregates: the command ids (strings to
+        ints) need no deep copy, the rest of the state does."""
+        new = object.__new__(type(self))
+        for key, value in self.__dict__.items():
+            if key == "_recent_commands":
+                new.__dict__[key] = dict(value)
+            else:
+                new.__dict__[key] = copy.deepcopy(value, memo)
+        return new
 
     def remember_command(self, command_id: str, version: int) -> None:
         recent: dict[str, int] | None = self.__dict__.get("_recent_commands")
