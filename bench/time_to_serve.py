@@ -1,5 +1,9 @@
-"""Time from ``converge()`` with a new LB to the first HTTP response through its VIP, against a
-bash script that builds the same namespace, veth, address, route and haproxy by hand.
+"""Time from the ``loadbalancer.create`` command to the first HTTP response through its VIP,
+against a bash script that builds the same namespace, veth, address, route and haproxy by hand.
+
+``splice_s`` covers the whole path: the command over NATS, the command service, the event in
+JetStream (fsync always), the agent consuming it, converging, and haproxy answering.
+``splice_converge_s`` times the agent's converge alone (from the desired state in memory).
 
 Both run in the same process on the same fabric (a bridge, a client namespace and one member
 namespace running a tiny HTTP server, all named ``splb-``, inside 10.77.0.0/16 — only in
@@ -30,6 +34,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import nats
 from pyroute2 import IPRoute, netns
 
 from splice.agents import netns as agent_netns
@@ -42,6 +47,9 @@ from splice.agents.model import (
     NetworkSpec,
     PoolSpec,
 )
+from splice.agents.runtime import Agent
+from splice.natsserver import NatsServer
+from splice.services.service import CommandService
 
 PREFIX = "splb-"
 NET = "10.77"
@@ -216,27 +224,117 @@ def script_once(fab: BenchFabric, state_dir: str, index: int) -> float:
         sweep()
 
 
+class CommandPath:
+    """A nats-server, the command service and an agent (prefix ``splb-``) for the bench."""
+
+    def __init__(self, state_dir: str) -> None:
+        self.state_dir = state_dir
+        self.server = NatsServer(store_dir=Path(state_dir) / "nats")
+
+    async def start(self) -> str:
+        """Start everything; returns the id of the network the bench's fabric must use."""
+        await asyncio.to_thread(self.server.start)
+        self.service = CommandService(self.server.url, env={"SPLICE_MONITORS": "off"})
+        await self.service.start()
+        self.nc = await nats.connect(self.server.url)
+        self.stop = asyncio.Event()
+        self.task: asyncio.Task[None] | None = None
+        st = await self.cmd("_admin.servicetype.create",
+                            {"name": "bench", "providers": {"loadbalancer": "haproxy"}})
+        net = await self.cmd("bench.network.create", {"name": "bench", "cidr": f"{NET}.0.0/16",
+                                                      "gateway": f"{NET}.0.1"})
+        self.service_type = st["id"]
+        return str(net["id"])
+
+    def start_agent(self) -> None:
+        """After the fabric is plugged in: the agent removes empty bridges of its prefix."""
+        self.agent = Agent(self.server.url, "bench", f"{self.state_dir}/agent",
+                           providers=["haproxy"], prefix=PREFIX, resync_s=60)
+        self.task = asyncio.create_task(self.agent.run(self.stop))
+
+    async def cmd(self, subject: str, body: dict[str, object]) -> dict[str, object]:
+        msg = await self.nc.request(f"splice.cmd.{subject}", json.dumps(body).encode(), timeout=15)
+        reply = json.loads(msg.data)
+        if not reply["ok"]:
+            raise RuntimeError(f"{subject}: {reply}")
+        return dict(reply)
+
+    async def once(self, fab: BenchFabric, net_id: str, index: int) -> float:
+        body = {"name": f"lb{index}", "vip_network_id": net_id, "vip_address": vip(1, index),
+                "service_type_id": self.service_type,
+                "pools": [{"name": "p", "protocol": "HTTP",
+                           "members": [{"address": MEMBER, "protocol_port": 8080}]}],
+                "listeners": [{"name": "l", "protocol": "HTTP", "protocol_port": 80,
+                               "default_pool": "p"}]}
+        start = time.monotonic()
+        lb = await self.cmd("bench.loadbalancer.create", body)
+        served = await asyncio.to_thread(fab.wait_serving, vip(1, index), 80, 15)
+        await self.cmd("bench.loadbalancer.delete", {"id": lb["id"]})
+        deadline = time.monotonic() + 15
+        while agent_netns.list_namespaces(f"{PREFIX}lb-") and time.monotonic() < deadline:  # noqa: ASYNC110
+            await asyncio.sleep(0.05)  # the agent removes it: poll the kernel
+        return served - start
+
+    async def close(self) -> None:
+        if self.stop.is_set():
+            return
+        self.stop.set()
+        if self.task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.task, 20)
+        with contextlib.suppress(Exception):
+            await self.nc.close()
+        with contextlib.suppress(Exception):
+            await self.service.stop()
+        await asyncio.to_thread(self.server.stop)
+
+
+async def run_all(runs: int, state_dir: str) -> tuple[list[float], list[float], list[float]]:
+    path = CommandPath(f"{state_dir}/path")
+    fab = BenchFabric()
+    try:
+        net_id = await path.start()
+        fab.network = NetworkSpec(net_id, f"{NET}.0.0/16", f"{NET}.0.1")
+        fab.bridge = fab.network.bridge_name(PREFIX)
+        await asyncio.to_thread(fab.build)
+        path.start_agent()
+        via_command, converge_only, script_s = [], [], []
+        for run in range(runs):
+            via_command.append(await path.once(fab, net_id, 3 * run))
+        await path.close()  # one owner of the prefix at a time: the agent stops first
+        for run in range(runs):
+            converge_only.append(await splice_once(fab, f"{state_dir}/splice", 3 * run + 1))
+            script_s.append(await asyncio.to_thread(script_once, fab, f"{state_dir}/script",
+                                                    3 * run + 2))
+        return via_command, converge_only, script_s
+    finally:
+        await path.close()
+        await asyncio.to_thread(fab.close)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=5)
     args = parser.parse_args()
-    fab = BenchFabric()
     state_dir = tempfile.mkdtemp(prefix="splb", dir="/tmp")
     try:
-        fab.build()
-        splice_s, script_s = [], []
-        for run in range(args.runs):
-            splice_s.append(asyncio.run(splice_once(fab, f"{state_dir}/splice", 2 * run)))
-            script_s.append(script_once(fab, f"{state_dir}/script", 2 * run + 1))
+        splice_s, converge_s, script_s = asyncio.run(run_all(args.runs, state_dir))
     finally:
-        fab.close()
         shutil.rmtree(state_dir, ignore_errors=True)
     med_splice, med_script = statistics.median(splice_s), statistics.median(script_s)
-    print(f"splice  converge→first response: median {med_splice * 1000:.1f} ms "
-          f"(runs: {', '.join(f'{x * 1000:.0f}' for x in splice_s)})")
-    print(f"script  bash→first response:     median {med_script * 1000:.1f} ms "
-          f"(runs: {', '.join(f'{x * 1000:.0f}' for x in script_s)})")
-    print(json.dumps({"splice_s": round(med_splice, 4), "script_s": round(med_script, 4),
+    med_converge = statistics.median(converge_s)
+
+    def runs(xs: list[float]) -> str:
+        return ", ".join(f"{x * 1000:.0f}" for x in xs)
+
+    print(f"splice  create command→first response: median {med_splice * 1000:.1f} ms "
+          f"(runs: {runs(splice_s)})")
+    print(f"splice  converge→first response:       median {med_converge * 1000:.1f} ms "
+          f"(runs: {runs(converge_s)})")
+    print(f"script  bash→first response:           median {med_script * 1000:.1f} ms "
+          f"(runs: {runs(script_s)})")
+    print(json.dumps({"splice_converge_s": round(med_converge, 4),
+                      "splice_s": round(med_splice, 4), "script_s": round(med_script, 4),
                       "ratio": round(med_splice / med_script, 3)}))
 
 
