@@ -13,11 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -121,7 +124,23 @@ class LoadBalancerDemo:
         _ip("-n", ns, "link", "set", "eth0", "up")
         _ip("-n", ns, "link", "set", "lo", "up")
 
+    @staticmethod
+    def purge_leftovers() -> None:
+        """Remove what an earlier demo left behind (it was killed before cleaning up)."""
+        listed = _ip("netns", "list", check=False).stdout.split()
+        for ns in listed:
+            if ns.startswith("spldemo-"):
+                for pid in _ip("netns", "pids", ns, check=False).stdout.split():
+                    with contextlib.suppress(ProcessLookupError, ValueError):
+                        os.kill(int(pid), signal.SIGKILL)
+                _ip("netns", "del", ns, check=False)
+        for line in _ip("-o", "link", "show", check=False).stdout.splitlines():
+            name = line.split(":")[1].strip().split("@")[0] if ":" in line else ""
+            if name.startswith("spldemo"):
+                _ip("link", "del", name, check=False)
+
     def tenant_machines(self, bridge: str) -> None:
+        self.purge_leftovers()
         for name, address in MEMBERS:
             ns = f"spldemo-{name}"
             self.plug(ns, address, bridge)
@@ -141,12 +160,14 @@ class LoadBalancerDemo:
 
     def curl(self, n: int) -> list[str]:
         """Show `n` requests, once every member has answered through the VIP."""
-        answered: set[str] = set()
-        end = time.monotonic() + 20
-        while len(answered) < len(MEMBERS) and time.monotonic() < end:
+        # haproxy starts members as UP and takes one down at its first failed check (a member
+        # that came up a moment late): wait until each has answered through the VIP, twice.
+        answered: Counter[str] = Counter()
+        end = time.monotonic() + 45
+        while min((answered[n] for n, _ in MEMBERS), default=0) < 2 and time.monotonic() < end:
             answer = self._get()
             if answer:
-                answered.add(answer.split()[-1])
+                answered[answer.split()[-1]] += 1
             time.sleep(0.1)
         seen: list[str] = []
         for _ in range(n):
