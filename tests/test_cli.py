@@ -47,7 +47,7 @@ def splice_up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str,
         if proc.poll() is None:
             proc.send_signal(signal.SIGINT)
             try:
-                proc.wait(20)
+                proc.wait(60)  # the demo deletes its load balancer on the way out
             except subprocess.TimeoutExpired:
                 proc.kill()
 
