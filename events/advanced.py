@@ -36,15 +36,10 @@ class FirewallRuleIn(Struct, kw_only=True):
     description: Description = ""
 
 
-class FirewallRule(Struct, kw_only=True):
+class FirewallRule(FirewallRuleIn, kw_only=True):
+    """A rule as stored: its input with the id Splice chose."""
+
     id: Uuid
-    action: FirewallAction
-    protocol: Protocol = "any"
-    source_cidr: str | None = None
-    destination_cidr: str | None = None
-    source_port: str | None = None
-    destination_port: str | None = None
-    description: str = ""
 
 
 class CreateFirewall(Command, tag="firewall.create"):
@@ -132,12 +127,8 @@ class PortForwardIn(Struct, kw_only=True):
     internal_port: PortNumber
 
 
-class PortForward(Struct, kw_only=True):
+class PortForward(PortForwardIn, kw_only=True):
     id: Uuid
-    protocol: str
-    external_port: int
-    internal_address: str
-    internal_port: int
 
 
 class CreateNat(Command, tag="nat.create"):

@@ -94,8 +94,7 @@ class SessionPersistence(Struct, kw_only=True):
     cookie_name: CookieName | None = None
 
 
-class Member(Struct, kw_only=True):
-    id: Uuid
+class MemberIn(Struct, kw_only=True):
     address: IPv4
     protocol_port: PortNumber
     weight: Weight = 1
@@ -104,24 +103,37 @@ class Member(Struct, kw_only=True):
     name: Name | None = None
 
 
-class Pool(Struct, kw_only=True):
+class Member(MemberIn, kw_only=True):
+    """A member as stored: its input with the id Splice chose."""
+
     id: Uuid
+
+
+class PoolIn(Struct, kw_only=True):
     name: Name
     protocol: Protocol
     lb_algorithm: Algorithm = "ROUND_ROBIN"
     session_persistence: SessionPersistence | None = None
-    members: list[Member] = []
+    members: list[MemberIn] = []
     healthmonitor: HealthMonitor | None = None
     admin_state_up: bool = True
 
 
-class L7Rule(Struct, kw_only=True):
+class Pool(PoolIn, kw_only=True):
     id: Uuid
+    members: list[Member] = []  # type: ignore[assignment]  # stored members carry ids
+
+
+class L7RuleIn(Struct, kw_only=True):
     type: RuleType
     compare_type: CompareType
     value: RuleValue
     key: HeaderName | None = None
     invert: bool = False
+
+
+class L7Rule(L7RuleIn, kw_only=True):
+    id: Uuid
 
 
 class L7Policy(Struct, kw_only=True):
@@ -150,33 +162,6 @@ class Listener(Struct, kw_only=True):
 
 
 # -- inputs (ids are decided by Splice) -----------------------------------------------------
-
-
-class MemberIn(Struct, kw_only=True):
-    address: IPv4
-    protocol_port: PortNumber
-    weight: Weight = 1
-    backup: bool = False
-    admin_state_up: bool = True
-    name: Name | None = None
-
-
-class PoolIn(Struct, kw_only=True):
-    name: Name
-    protocol: Protocol
-    lb_algorithm: Algorithm = "ROUND_ROBIN"
-    session_persistence: SessionPersistence | None = None
-    members: list[MemberIn] = []
-    healthmonitor: HealthMonitor | None = None
-    admin_state_up: bool = True
-
-
-class L7RuleIn(Struct, kw_only=True):
-    type: RuleType
-    compare_type: CompareType
-    value: RuleValue
-    key: HeaderName | None = None
-    invert: bool = False
 
 
 class L7PolicyIn(Struct, kw_only=True):
