@@ -9,19 +9,51 @@ built by :class:`~splice.agents.model.HostLayout`, and the observers filter by p
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import os
 import signal
 import socket
 import struct
+import subprocess
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from pyroute2 import IPRoute, netns
 from pyroute2.netlink.exceptions import NetlinkError
 
 NETNS_DIR = "/var/run/netns"
 _GONE = (errno.ENOENT, errno.ENODEV, errno.ESRCH, errno.EADDRNOTAVAIL)
+_CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(None, use_errno=True)
+T = TypeVar("T")
+
+
+def in_netns(name: str, fn: Callable[[], T]) -> T:
+    """Run `fn` with the calling thread inside the named namespace, then bring it back.
+
+    setns(2) moves only the calling thread, and sockets stay in the namespace they were made
+    in: about ten times cheaper than pyroute2's ``netns=`` (which forks the whole process to
+    make each socket).
+    """
+    home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
+    try:
+        target = os.open(f"{NETNS_DIR}/{name}", os.O_RDONLY)
+        try:
+            if _libc.setns(target, _CLONE_NEWNET) != 0:
+                err = ctypes.get_errno()
+                raise OSError(err, f"setns into {name}: {os.strerror(err)}")
+            try:
+                return fn()
+            finally:
+                if _libc.setns(home, _CLONE_NEWNET) != 0:  # pragma: no cover - cannot happen
+                    os._exit(70)  # a thread stranded in a tenant namespace must not go on
+        finally:
+            os.close(target)
+    finally:
+        os.close(home)
 
 
 class NetnsError(RuntimeError):
@@ -101,8 +133,8 @@ def observe_namespace(name: str, vip_ifname: str) -> NamespaceLinks | None:
     inode = namespace_inode(name)
     if inode is None:
         return None
-    try:
-        with IPRoute(netns=name, flags=0) as ipr:
+    def look() -> NamespaceLinks:
+        with IPRoute() as ipr:
             idx = ipr.link_lookup(ifname=vip_ifname)
             if not idx:
                 return NamespaceLinks(inode, False, frozenset(), None, _gateway(ipr))
@@ -114,6 +146,9 @@ def observe_namespace(name: str, vip_ifname: str) -> NamespaceLinks | None:
             )
             up = bool(link["flags"] & 1)
             return NamespaceLinks(inode, up, addrs, link.get_attr("IFLA_ADDRESS"), _gateway(ipr))
+
+    try:
+        return in_netns(name, look)
     except (OSError, NetlinkError) as exc:
         if getattr(exc, "errno", None) in _GONE or getattr(exc, "code", None) in _GONE:
             return None
@@ -190,13 +225,16 @@ def delete_link(name: str) -> None:
 def ensure_namespace(name: str) -> None:
     """A named namespace with ``lo`` up (haproxy's health checks may use loopback)."""
     if namespace_inode(name) is None:
-        try:
-            netns.create(name)
-        except OSError as exc:
-            if exc.errno != errno.EEXIST:
-                raise
-    with IPRoute(netns=name, flags=0) as ipr:
-        ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+        # iproute2 makes a namespace four times faster than pyroute2 (which forks Python)
+        made = subprocess.run(["ip", "netns", "add", name], capture_output=True, text=True,
+                              check=False)
+        if made.returncode != 0 and namespace_inode(name) is None:
+            raise NetnsError(f"ip netns add {name}: {made.stderr.strip()}")
+    def lo_up() -> None:
+        with IPRoute() as ipr:
+            ipr.link("set", index=ipr.link_lookup(ifname="lo")[0], state="up")
+
+    in_netns(name, lo_up)
 
 
 def delete_namespace(name: str) -> None:
@@ -267,8 +305,11 @@ def ensure_vip_leg(leg: VipLeg) -> None:
         if not bridge_idx:
             raise NetnsError(f"bridge {leg.bridge} missing")
         ipr.link("set", index=host_idx[0], master=bridge_idx[0], state="up")
-    with IPRoute(netns=leg.namespace, flags=0) as ns:
-        mac = _configure_ns_side(ns, leg)
+    def configure() -> str:
+        with IPRoute() as ns:
+            return _configure_ns_side(ns, leg)
+
+    mac = in_netns(leg.namespace, configure)
     if ":" not in leg.address:
         announce(leg.namespace, leg.ns_ifname, leg.address, mac)
 
@@ -281,7 +322,7 @@ def announce(namespace: str, ifname: str, address: str, mac: str) -> None:
     """
     hw = bytes.fromhex(mac.replace(":", ""))
     ip = socket.inet_aton(address)
-    sock = netns.create_socket(namespace, socket.AF_PACKET, socket.SOCK_RAW, 0)
+    sock = in_netns(namespace, lambda: socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0))
     try:
         sock.bind((ifname, 0x0806))
         for op in (1, 2):  # request, then reply: some stacks honour only one of them
@@ -292,8 +333,11 @@ def announce(namespace: str, ifname: str, address: str, mac: str) -> None:
 
 
 def _peer_in_namespace(leg: VipLeg) -> bool:
-    with IPRoute(netns=leg.namespace, flags=0) as ns:
-        return bool(ns.link_lookup(ifname=leg.ns_ifname))
+    def look() -> bool:
+        with IPRoute() as ns:
+            return bool(ns.link_lookup(ifname=leg.ns_ifname))
+
+    return in_netns(leg.namespace, look)
 
 
 def _configure_ns_side(ns: IPRoute, leg: VipLeg) -> str:
