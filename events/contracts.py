@@ -59,9 +59,6 @@ def scope_of(aggregate: str, verb: str) -> Scope:
     return SCOPES.get((aggregate, verb), "tenant")
 
 
-# Kept for callers that only ask whether an aggregate is admin-scoped.
-ADMIN_AGGREGATES = frozenset({"servicetype"})
-
 EVENTS: tuple[type[EventMeta], ...] = _ALL_EVENTS
 EVENT_TYPES: dict[str, type[EventMeta]] = {_tag(t): t for t in _ALL_EVENTS}
 

@@ -235,6 +235,28 @@ class JetStreamDatastore:
         with self._last_lock:
             self._last.pop(originator_id, None)
 
+    def tracking_msg(self, tracking: Tracking) -> OutMsg:
+        """The next tracking record, checked against the last one recorded (on the server)."""
+        ds = self
+        subject = ds.tracking_subject(tracking.application_name)
+        last = ds.call(ds.conn.direct_get_last(ds.stream, subject))
+        expected = 0
+        if last is not None:
+            if int(last.headers[H_TRACKING]) >= tracking.notification_id:
+                raise IntegrityError(
+                    f"tracking {tracking.application_name}@{tracking.notification_id} "
+                    "is not after the last one recorded"
+                )
+            expected = last.seq
+        return OutMsg(
+            subject,
+            b"",
+            {
+                H_TRACKING: str(tracking.notification_id),
+                "Nats-Expected-Last-Subject-Sequence": str(expected),
+            },
+        )
+
     def to_event(self, m: StoredMsg) -> tuple[StoredEvent, int]:
         parts = m.subject.split(".")
         # prefix may itself hold dots: the last five tokens are evt-relative.
@@ -313,27 +335,6 @@ class JetStreamAggregateRecorder(AggregateRecorder):
             msgs.append(OutMsg(ds.event_subject(ev.originator_id, ev.topic), ev.state, headers))
         return msgs
 
-    def _tracking_msg(self, tracking: Tracking) -> OutMsg:
-        ds = self.datastore
-        subject = ds.tracking_subject(tracking.application_name)
-        last = ds.call(ds.conn.direct_get_last(ds.stream, subject))
-        expected = 0
-        if last is not None:
-            if int(last.headers[H_TRACKING]) >= tracking.notification_id:
-                raise IntegrityError(
-                    f"tracking {tracking.application_name}@{tracking.notification_id} "
-                    "is not after the last one recorded"
-                )
-            expected = last.seq
-        return OutMsg(
-            subject,
-            b"",
-            {
-                H_TRACKING: str(tracking.notification_id),
-                "Nats-Expected-Last-Subject-Sequence": str(expected),
-            },
-        )
-
     def _insert(
         self,
         stored_events: Sequence[StoredEvent],
@@ -354,7 +355,7 @@ class JetStreamAggregateRecorder(AggregateRecorder):
             return []
         msgs = self._build(stored_events, headers)
         if tracking is not None:
-            msgs.append(self._tracking_msg(tracking))
+            msgs.append(ds.tracking_msg(tracking))
         if claim is not None:
             msgs.append(
                 OutMsg(
@@ -554,7 +555,7 @@ class JetStreamTrackingRecorder(TrackingRecorder):
 
     def insert_tracking(self, tracking: Tracking) -> None:
         ds = self.datastore
-        msg = JetStreamAggregateRecorder._tracking_msg(self, tracking)  # type: ignore[arg-type]
+        msg = ds.tracking_msg(tracking)
         try:
             ds.call(ds.committer.submit([msg]))
         except JetStreamAPIError as e:

@@ -108,6 +108,17 @@ class Touched:
         agg = app.get_live(agg_id, what, field)
         return agg
 
+    def touched(self, agg_id: str) -> SpliceAggregate | None:
+        return self._by_id.get(agg_id)
+
+    def load_or_create(
+        self, app: SpliceApplication, agg_id: str, create: Callable[[], SpliceAggregate]
+    ) -> Any:
+        """The aggregate this decision already touched, else the stored one, else a new one."""
+        agg = self._by_id.get(agg_id) or app.get_or_none(agg_id) or create()
+        self.add(agg)
+        return agg
+
     def list(self) -> list[SpliceAggregate]:
         return [a for a in self._by_id.values() if a.pending_events]
 
@@ -206,11 +217,7 @@ def delete_service_type(app: SpliceApplication, tenant: str, cmd: c.DeleteServic
 
 def _quota(app: SpliceApplication, tenant: str, t: Touched) -> Quota:
     qid = aggregate_id(tenant, Quota.AGGREGATE, SINGLETON)
-    if qid in t._by_id:
-        return cast(Quota, t._by_id[qid])
-    q = app.get_or_none(qid) or Quota.create(qid, tenant)
-    t.add(q)
-    return cast(Quota, q)
+    return cast(Quota, t.load_or_create(app, qid, lambda: Quota.create(qid, tenant)))
 
 
 def consume(app: SpliceApplication, tenant: str, t: Touched, resource: str) -> None:
@@ -229,11 +236,7 @@ def set_quota(app: SpliceApplication, tenant: str, cmd: c.SetQuota) -> Decision:
 
 
 def _registry(app: SpliceApplication, t: Touched) -> HostRegistry:
-    if HOSTS_ID in t._by_id:
-        return cast(HostRegistry, t._by_id[HOSTS_ID])
-    reg = app.get_or_none(HOSTS_ID) or HostRegistry.create(HOSTS_ID)
-    t.add(reg)
-    return cast(HostRegistry, reg)
+    return cast(HostRegistry, t.load_or_create(app, HOSTS_ID, lambda: HostRegistry.create(HOSTS_ID)))
 
 
 def _move(app: SpliceApplication, t: Touched, service_id: str, host: str | None) -> None:
@@ -331,9 +334,9 @@ def drop_port(app: SpliceApplication, tenant: str, t: Touched, public: str) -> N
         return
     port.delete()
     t.add(port)
-    net = app.get_or_none(net_id(tenant, port.network_id))
+    nid = net_id(tenant, port.network_id)
+    net: Network | None = cast(Network | None, t.touched(nid)) or app.get_or_none(nid)
     if net is not None:
-        net = t._by_id.get(net.id, net)
         net.release(port.ip_address, public)
         t.add(net)
     release(app, tenant, t, "port")

@@ -24,7 +24,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import nats
 from rich.console import Console
 
 from splice.agents.model import NetworkSpec
@@ -194,6 +193,3 @@ class LoadBalancerDemo:
             _ip("link", "del", veth, check=False)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
-
-async def connect(url: str) -> Any:
-    return await nats.connect(url)
