@@ -344,8 +344,8 @@ class Agent:
 
     def _on_report(self, report: Report) -> None:
         """Operating status transitions from the reconciler: one command each."""
-        if not report.changes:
-            return
+        if not report.changes or report.result.provisioning_status == "DELETED":
+            return  # a removed load balancer has no operating status left to report
         view = next((v for v in self.views.values() if v.id.endswith(report.result.lb_id)), None)
         if view is None:
             return

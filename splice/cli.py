@@ -178,6 +178,7 @@ def up(
 ) -> None:
     """Run Splice on this machine: embedded nats-server (JetStream, fsync always) + command service."""
     logs.configure(log_level)
+    _signals_interrupt()  # SIGTERM during start-up stops as cleanly as SIGINT
     state_dir.mkdir(parents=True, exist_ok=True)
     state_file = state_dir / STATE_FILE
     if state_file.exists():
@@ -188,91 +189,138 @@ def up(
             )
             raise typer.Exit(1)
     server: NatsServer | None = None
-    note = ""
-    if nats_url is None:
-        if port == 0:
-            if port_is_free(4222):
-                port = 4222
-            else:
-                port = free_port()
-                note = " (port 4222 is taken by another server, so Splice picked a free one)"
-        server = NatsServer(
-            store_dir=state_dir / "nats", port=port, name="splice-up", die_with_parent=True
-        )
-        server.start()
-        url = server.url
-    else:
-        url = nats_url
-    info = {"pid": os.getpid(), "nats_url": url, "state_dir": str(state_dir)}
-    out.print(f"[bold green]Splice is up.[/] NATS listens on [bold]{url}[/]{note}")
-    out.print(f"  state directory: {state_dir}")
-    out.print(
-        "  try: [bold]splice servicetype list-events[/] or [bold]splice events[/]; Ctrl-C stops"
-    )
     try:
+        note = ""
+        if nats_url is None:
+            if port == 0:
+                if port_is_free(4222):
+                    port = 4222
+                else:
+                    port = free_port()
+                    note = " (port 4222 is taken by another server, so Splice picked a free one)"
+            server = NatsServer(
+                store_dir=state_dir / "nats", port=port, name="splice-up", die_with_parent=True
+            )
+            server.start()
+            url = server.url
+        else:
+            url = nats_url
+        info = {"pid": os.getpid(), "nats_url": url, "state_dir": str(state_dir)}
+        out.print(f"[bold green]Splice is up.[/] NATS listens on [bold]{url}[/]{note}")
+        out.print(f"  state directory: {state_dir}")
+        out.print("  try: [bold]splice servicetype list[/] or [bold]splice events[/]; Ctrl-C stops")
         # The state file appears once commands are served: the CLI finds a ready Splice.
         asyncio.run(_up(url, demo, lambda: state_file.write_text(json.dumps(info)), state_dir))
+    except KeyboardInterrupt:  # a signal before the loop took the handlers over
+        pass
     finally:
+        _signals_interrupt()  # the loop is gone: a second Ctrl-C must not reach its handler
         with contextlib.suppress(FileNotFoundError):
             state_file.unlink()
         if server is not None:
             server.stop()
-        out.print("Splice stopped.")
+        _say("Splice stopped.")
+
+
+def _say(text: str) -> None:
+    """Print, even when the terminal's Ctrl-C has already closed the pipe we print into."""
+    with contextlib.suppress(OSError, ValueError):
+        out.print(text)
+
+
+def _signals_interrupt() -> None:
+    """SIGINT and SIGTERM raise KeyboardInterrupt: a stop before or after the event loop."""
+
+    def interrupt(_signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, interrupt)
+
+
+# How long each part of stopping may take; together they stay well inside a few seconds.
+DEMO_CLEANUP_S = 3.0
+PARTS_STOP_S = 3.0
 
 
 async def _up(url: str, demo: bool, ready: Callable[[], object], state_dir: Path) -> None:
+    """Serve until SIGINT/SIGTERM; wherever the signal lands, stop within a few seconds.
+
+    Start-up runs in phases, and a signal during one skips the rest. The demo runs as one task
+    that is cancelled (all it awaits is cancellable: NATS requests and asyncio subprocesses),
+    then cleans up with a deadline; the projector and the agent stop last, also with one.
+    """
     from splice.services.service import CommandService
 
     stop = asyncio.Event()  # Ctrl-C
-    agents_stop = asyncio.Event()  # the agent stops last: it removes the demo's load balancer
-    on_stop_signals(stop, lambda text: out.print(f"[dim]{text}[/]"))
+    parts_stop = asyncio.Event()  # the agent stops last: it removes the demo's load balancer
+    on_stop_signals(stop, lambda text: _say(f"[dim]{text}[/]"))
+    tasks: list[asyncio.Task[None]] = []
+    demos: list[Any] = []
     async with CommandService(url):
         ready()
-        from splice.projections.runner import run_projector
-
-        db = str(state_dir / "readmodels.sqlite")
-        tasks = [asyncio.create_task(run_projector(url, db, agents_stop))]
-        out.print(f"  read models: {db} (queries on splice.qry.<tenant>.<view>)")
-        agent_ok = os.geteuid() == 0 and shutil.which("haproxy") is not None
-        if agent_ok:
-            from splice.agents.runtime import Agent
-
-            host = socket.gethostname().split(".")[0]
-            agent = Agent(url, host, state_dir / "agent", providers=["haproxy"], prefix="spl-")
-            tasks.append(asyncio.create_task(agent.run(agents_stop)))
-            out.print(f"  local agent: host [bold]{host}[/], provider haproxy")
+        if not stop.is_set():
+            tasks += _start_parts(url, state_dir, parts_stop)
+        demo_task = None
+        if demo and not stop.is_set():
+            demo_task = asyncio.create_task(_run_demos(url, agent_ok(), demos))
         else:
-            out.print("  [yellow]no local agent[/] (needs root and haproxy): commands only")
-        demos: list[Any] = []
-
-        async def run_demos() -> None:
-            from splice.demo import run_demo
-
-            gold = await run_demo(url, out)
-            if agent_ok:
-                from splice.demo_lb import LoadBalancerDemo
-
-                lb_demo = LoadBalancerDemo(await nats.connect(url), out)
-                demos.append(lb_demo)
-                try:
-                    await lb_demo.run(gold)
-                except Exception as e:  # the demo must never take Splice down
-                    out.print(f"[red]load-balancer demo failed:[/] {e}")
-            out.print("[dim]Serving commands on splice.cmd.> — Ctrl-C to stop.[/]")
-
-        demo_task = asyncio.create_task(run_demos()) if demo else None
-        if not demo:
-            out.print("[dim]Serving commands on splice.cmd.> — Ctrl-C to stop.[/]")
+            _say("[dim]Serving commands on splice.cmd.> — Ctrl-C to stop.[/]")
         await stop.wait()
         if demo_task is not None and not demo_task.done():
             demo_task.cancel()
             await asyncio.gather(demo_task, return_exceptions=True)
         for lb_demo in demos:
-            out.print("cleaning up the demo ...")
-            await lb_demo.cleanup()
-            await lb_demo.nc.close()
-        agents_stop.set()
-        await asyncio.gather(*tasks, return_exceptions=True)
+            _say("cleaning up the demo ...")
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(lb_demo.cleanup(DEMO_CLEANUP_S), DEMO_CLEANUP_S + 0.5)
+            with contextlib.suppress(Exception):
+                await lb_demo.nc.close()
+        parts_stop.set()
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=PARTS_STOP_S)
+            for t in late:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def agent_ok() -> bool:
+    """A local agent needs root (namespaces) and haproxy."""
+    return os.geteuid() == 0 and shutil.which("haproxy") is not None
+
+
+def _start_parts(url: str, state_dir: Path, stop: asyncio.Event) -> list[asyncio.Task[None]]:
+    from splice.projections.runner import run_projector
+
+    db = str(state_dir / "readmodels.sqlite")
+    tasks = [asyncio.create_task(run_projector(url, db, stop))]
+    _say(f"  read models: {db} (queries on splice.qry.<tenant>.<view>)")
+    if agent_ok():
+        from splice.agents.runtime import Agent
+
+        host = socket.gethostname().split(".")[0]
+        agent = Agent(url, host, state_dir / "agent", providers=["haproxy"], prefix="spl-")
+        tasks.append(asyncio.create_task(agent.run(stop)))
+        _say(f"  local agent: host [bold]{host}[/], provider haproxy")
+    else:
+        _say("  [yellow]no local agent[/] (needs root and haproxy): commands only")
+    return tasks
+
+
+async def _run_demos(url: str, with_lb: bool, demos: list[Any]) -> None:
+    from splice.demo import run_demo
+
+    gold = await run_demo(url, out)
+    if with_lb:
+        from splice.demo_lb import LoadBalancerDemo
+
+        lb_demo = LoadBalancerDemo(await nats.connect(url), out)
+        demos.append(lb_demo)
+        try:
+            await lb_demo.run(gold)
+        except Exception as e:  # the demo must never take Splice down
+            out.print(f"[red]load-balancer demo failed:[/] {e}")
+    out.print("[dim]Serving commands on splice.cmd.> — Ctrl-C to stop.[/]")
 
 
 # -- commands ---------------------------------------------------------------------------------
