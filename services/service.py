@@ -40,8 +40,9 @@ from splice.events.contracts import (
 )
 from splice.events.jetstream import JetStreamApplicationRecorder
 
+from .common_handlers import SpliceApplication, tracking_loads
 from .domain import AlreadyAppliedError, DomainError, Meta, acting, public_id
-from .handlers import COMMAND_HANDLERS, SpliceApplication, tracking_loads
+from .handlers import COMMAND_HANDLERS
 from .registry import AGGREGATES
 
 log = structlog.get_logger("splice.cmd")

@@ -1,0 +1,75 @@
+"""Quotas (per tenant) and the host registry (admin scope): registration, loss, placement."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from splice.events import contracts as c
+
+from .common_handlers import Decision, SpliceApplication, Touched
+from .domain import SINGLETON, NotFoundError, aggregate_id
+from .network import HostRegistry, Quota
+from .servicetype import ADMIN
+
+
+def _quota(app: SpliceApplication, tenant: str, t: Touched) -> Quota:
+    qid = aggregate_id(tenant, Quota.AGGREGATE, SINGLETON)
+    return cast(Quota, t.load_or_create(app, qid, lambda: Quota.create(qid, tenant)))
+
+
+def consume(app: SpliceApplication, tenant: str, t: Touched, resource: str) -> None:
+    _quota(app, tenant, t).consume(resource, app.quota_defaults)
+
+
+def release(app: SpliceApplication, tenant: str, t: Touched, resource: str) -> None:
+    _quota(app, tenant, t).release(resource)
+
+
+def set_quota(app: SpliceApplication, tenant: str, cmd: c.SetQuota) -> Decision:
+    t = Touched()
+    q = _quota(app, cmd.tenant, t)
+    q.set_limits(dict(cmd.limits))
+    return Decision(q, t.list())
+
+
+HOSTS_ID = aggregate_id(ADMIN, HostRegistry.AGGREGATE, SINGLETON)
+
+
+def _registry(app: SpliceApplication, t: Touched) -> HostRegistry:
+    return cast(HostRegistry, t.load_or_create(app, HOSTS_ID, lambda: HostRegistry.create(HOSTS_ID)))
+
+
+def _move(app: SpliceApplication, t: Touched, service_id: str, host: str | None) -> None:
+    svc = app.get_or_none(service_id)
+    if svc is not None and not svc.deleted:
+        svc.schedule(host)
+        t.add(svc)
+
+
+def register_host(app: SpliceApplication, tenant: str, cmd: c.RegisterHost) -> Decision:
+    t = Touched()
+    reg = _registry(app, t)
+    for service_id, host in reg.register(cmd.host, list(cmd.providers)):
+        _move(app, t, service_id, host)
+    return Decision(reg, t.list(), result_id=cmd.host)
+
+
+def declare_host_lost(app: SpliceApplication, tenant: str, cmd: c.DeclareHostLost) -> Decision:
+    t = Touched()
+    reg = _registry(app, t)
+    if cmd.host not in reg.hosts:
+        raise NotFoundError(f"host {cmd.host} is not registered", "$.host")
+    for service_id, host in reg.lose(cmd.host):
+        _move(app, t, service_id, host)
+    return Decision(reg, t.list(), result_id=cmd.host)
+
+
+def place(app: SpliceApplication, t: Touched, svc: Any, provider: str) -> None:
+    svc.schedule(_registry(app, t).place(svc.id, provider))
+
+
+def unplace(app: SpliceApplication, t: Touched, svc: Any) -> None:
+    reg = app.get_or_none(HOSTS_ID)
+    if reg is not None and (svc.id in reg.placements or svc.id in reg.waiting):
+        reg = _registry(app, t)
+        reg.unplace(svc.id)

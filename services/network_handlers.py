@@ -1,0 +1,177 @@
+"""Networks, ports (with IPAM) and routers of one tenant."""
+
+from __future__ import annotations
+
+from typing import cast
+
+from splice.events import contracts as c
+
+from .common_handlers import Decision, SpliceApplication, Touched
+from .domain import InUseError, InvalidError, aggregate_id, new_public_id, public_id
+from .hosts_handlers import consume, release
+from .network import Network, Port, Router, check_network
+from .servicetype import ServiceType
+from .servicetype_handlers import default_type, st_id
+
+
+def net_id(tenant: str, public: str) -> str:
+    return aggregate_id(tenant, Network.AGGREGATE, public)
+
+
+def port_id(tenant: str, public: str) -> str:
+    return aggregate_id(tenant, Port.AGGREGATE, public)
+
+
+def create_network(app: SpliceApplication, tenant: str, cmd: c.CreateNetwork) -> Decision:
+    cidr, gateway = check_network(cmd.cidr, cmd.gateway)
+    t = Touched()
+    consume(app, tenant, t, "network")
+    net = Network.create(net_id(tenant, new_public_id()), cmd.name, cidr, gateway)
+    t.add(net)
+    return Decision(net, t.list())
+
+
+def delete_network(app: SpliceApplication, tenant: str, cmd: c.DeleteNetwork) -> Decision:
+    t = Touched()
+    net: Network = app.get_live(net_id(tenant, cmd.id), "network")
+    net.delete()
+    t.add(net)
+    release(app, tenant, t, "network")
+    return Decision(net, t.list())
+
+
+def new_port(
+    app: SpliceApplication,
+    tenant: str,
+    t: Touched,
+    network_public: str,
+    owner: str,
+    *,
+    ip: str | None = None,
+    gateway: bool = False,
+    name: str | None = None,
+    host: str | None = None,
+    field: str = "$.network_id",
+) -> Port:
+    """Allocate an address on the network and make the port that holds it."""
+    net: Network = t.get(app, net_id(tenant, network_public), "network", field)
+    t.add(net)
+    consume(app, tenant, t, "port")
+    pid = port_id(tenant, new_public_id())
+    address = net.allocate(public_id(pid), ip, gateway=gateway)
+    port = Port.create(pid, network_public, address, owner, name=name, host=host)
+    t.add(port)
+    return port
+
+
+def drop_port(app: SpliceApplication, tenant: str, t: Touched, public: str) -> None:
+    port = app.get_or_none(port_id(tenant, public))
+    if port is None or port.deleted:
+        return
+    port.delete()
+    t.add(port)
+    nid = net_id(tenant, port.network_id)
+    net: Network | None = cast(Network | None, t.touched(nid)) or app.get_or_none(nid)
+    if net is not None:
+        net.release(port.ip_address, public)
+        t.add(net)
+    release(app, tenant, t, "port")
+
+
+def create_port(app: SpliceApplication, tenant: str, cmd: c.CreatePort) -> Decision:
+    t = Touched()
+    port = new_port(app, tenant, t, cmd.network_id, "compute", ip=cmd.ip_address, name=cmd.name, host=cmd.host)
+    return Decision(port, t.list())
+
+
+def update_port(app: SpliceApplication, tenant: str, cmd: c.UpdatePort) -> Decision:
+    port: Port = app.get_live(port_id(tenant, cmd.id), "port")
+    port.update(cmd.name if cmd.name is not None else port.name, cmd.host if cmd.host is not None else port.host)
+    return Decision(port, [port])
+
+
+def delete_port(app: SpliceApplication, tenant: str, cmd: c.DeletePort) -> Decision:
+    port: Port = app.get_live(port_id(tenant, cmd.id), "port")
+    if port.device_owner != "compute":
+        raise InUseError(f"the port belongs to {port.device_owner}: delete that instead", "$.id")
+    t = Touched()
+    drop_port(app, tenant, t, cmd.id)
+    return Decision(port, t.list())
+
+
+# -- routers ----------------------------------------------------------------------------------
+
+
+def router_id(tenant: str, public: str) -> str:
+    return aggregate_id(tenant, Router.AGGREGATE, public)
+
+
+def create_router(app: SpliceApplication, tenant: str, cmd: c.CreateRouter) -> Decision:
+    t = Touched()
+    if cmd.service_type_id:
+        st: ServiceType = app.get_live(st_id(cmd.service_type_id), "service type", "$.service_type_id")
+    else:
+        st = default_type(app, "$.service_type_id")
+    consume(app, tenant, t, "router")
+    router = Router.create(router_id(tenant, new_public_id()), cmd.name, public_id(st.id))
+    st.use(router.id)
+    t.add(router, st)
+    return Decision(router, t.list())
+
+
+def add_router_interface(app: SpliceApplication, tenant: str, cmd: c.AddRouterInterface) -> Decision:
+    t = Touched()
+    router: Router = app.get_live(router_id(tenant, cmd.id), "router")
+    t.add(router)
+    port = new_port(app, tenant, t, cmd.network_id, f"router_interface:{cmd.id}", gateway=True)
+    router.add_interface(cmd.network_id, public_id(port.id), port.ip_address)
+    return Decision(router, t.list())
+
+
+def remove_router_interface(
+    app: SpliceApplication, tenant: str, cmd: c.RemoveRouterInterface
+) -> Decision:
+    t = Touched()
+    router: Router = app.get_live(router_id(tenant, cmd.id), "router")
+    t.add(router)
+    drop_port(app, tenant, t, router.remove_interface(cmd.network_id))
+    return Decision(router, t.list())
+
+
+def set_router_gateway(app: SpliceApplication, tenant: str, cmd: c.SetRouterGateway) -> Decision:
+    t = Touched()
+    router: Router = app.get_live(router_id(tenant, cmd.id), "router")
+    t.add(router)
+    old = router.clear_gateway()
+    if old:
+        drop_port(app, tenant, t, old)
+    port = new_port(app, tenant, t, cmd.network_id, f"router_gateway:{cmd.id}")
+    router.set_gateway(cmd.network_id, public_id(port.id), port.ip_address, cmd.enable_snat)
+    return Decision(router, t.list())
+
+
+def clear_router_gateway(app: SpliceApplication, tenant: str, cmd: c.ClearRouterGateway) -> Decision:
+    t = Touched()
+    router: Router = app.get_live(router_id(tenant, cmd.id), "router")
+    t.add(router)
+    old = router.clear_gateway()
+    if old is None:
+        raise InvalidError("the router has no gateway", "$.id")
+    drop_port(app, tenant, t, old)
+    return Decision(router, t.list())
+
+
+def delete_router(app: SpliceApplication, tenant: str, cmd: c.DeleteRouter) -> Decision:
+    t = Touched()
+    router: Router = app.get_live(router_id(tenant, cmd.id), "router")
+    old = router.clear_gateway()
+    router.delete()
+    t.add(router)
+    if old:
+        drop_port(app, tenant, t, old)
+    st = app.get_or_none(st_id(router.service_type_id))
+    if st is not None:
+        st.release(router.id)
+        t.add(st)
+    release(app, tenant, t, "router")
+    return Decision(router, t.list())
