@@ -10,17 +10,23 @@ status follows from generations, not from locks:
 * a PENDING that outlives its deadline becomes ERROR by an event (the watchdog's command);
 * delete works from any state: PENDING_DELETE, then DELETED when the agent has removed it (at
   once when it was never placed on a host).
+
+Its state is `splice.events.lbaas_fold.LoadBalancerState`, changed only by that module's
+appliers; the rules beyond types are `splice.events.lbaas_rules`, applied here as it decides.
 """
 
 from __future__ import annotations
 
-import re
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
 
+from splice.events import lbaas_rules as rules
 from splice.events.contracts import (
+    EventMeta,
     HealthMonitor,
     HealthMonitorDeleted,
     HealthMonitorSet,
@@ -59,7 +65,7 @@ from splice.events.contracts import (
     ServiceChainAttached,
     ServiceChainDetached,
 )
-from splice.events.lbfold import LoadBalancerFold
+from splice.events.lbaas_fold import LoadBalancerState, apply
 
 from .domain import InUseError, InvalidError, NotFoundError, SpliceAggregate, stamp
 
@@ -80,130 +86,93 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
+@contextmanager
+def refusals() -> Iterator[None]:
+    """The rules' violations are the domain's `invalid` refusals, with the field named."""
+    try:
+        yield
+    except rules.RuleViolation as e:
+        raise InvalidError(e.message, e.field) from None
+
+
 # -- building parts from inputs (decisions: ids are chosen here) ------------------------------
 
-_COMPATIBLE = {"TCP": {"TCP"}, "HTTP": {"HTTP"}, "HTTPS": {"HTTPS", "TCP"}}
 
-
-def build_members(members: list[MemberIn], where: str, keep: dict[tuple[str, int], str] | None = None) -> list[Member]:
-    seen: set[tuple[str, int]] = set()
-    out = []
-    for i, m in enumerate(members):
-        key = (m.address, m.protocol_port)
-        if key in seen:
-            raise InvalidError(f"member {m.address}:{m.protocol_port} is listed twice", f"{where}[{i}]")
-        seen.add(key)
-        out.append(
-            Member(
-                id=(keep or {}).get(key) or new_id(),
-                **{f: getattr(m, f) for f in MemberIn.__struct_fields__},
-            )
-        )
-    return out
+def build_members(members: list[MemberIn], where: str,
+                  keep: dict[tuple[str, int], str] | None = None) -> list[Member]:
+    rules.check_members(members, where)
+    fields = MemberIn.__struct_fields__
+    return [
+        Member(id=(keep or {}).get((m.address, m.protocol_port)) or new_id(),
+               **{f: getattr(m, f) for f in fields})
+        for m in members
+    ]
 
 
 def build_pool(p: PoolIn, where: str) -> Pool:
-    sp = p.session_persistence
-    if sp is not None:
-        if sp.type in ("HTTP_COOKIE", "APP_COOKIE") and p.protocol != "HTTP":
-            raise InvalidError(f"{sp.type} persistence needs an HTTP pool", f"{where}.session_persistence")
-        if sp.type == "APP_COOKIE" and not sp.cookie_name:
-            raise InvalidError("APP_COOKIE persistence needs cookie_name", f"{where}.session_persistence.cookie_name")
+    rules.check_persistence(p.session_persistence, p.protocol, f"{where}.session_persistence")
+    rules.check_monitor(p.healthmonitor, f"{where}.healthmonitor")
     return Pool(
-        id=new_id(),
-        name=p.name,
-        protocol=p.protocol,
-        lb_algorithm=p.lb_algorithm,
-        session_persistence=sp,
+        id=new_id(), name=p.name, protocol=p.protocol, lb_algorithm=p.lb_algorithm,
+        session_persistence=p.session_persistence,
         members=build_members(p.members, f"{where}.members"),
-        healthmonitor=p.healthmonitor,
-        admin_state_up=p.admin_state_up,
+        healthmonitor=p.healthmonitor, admin_state_up=p.admin_state_up,
     )
 
 
 def build_rule(r: L7RuleIn, where: str) -> L7Rule:
-    if r.type in ("HEADER", "COOKIE") and not r.key:
-        raise InvalidError(f"a {r.type} rule needs a key", f"{where}.key")
-    if r.compare_type == "REGEX":
-        try:
-            re.compile(r.value)
-        except re.error as e:
-            raise InvalidError(f"not a regular expression: {e}", f"{where}.value") from e
-    return L7Rule(id=new_id(), type=r.type, compare_type=r.compare_type, value=r.value, key=r.key, invert=r.invert)
+    rules.check_rule(r, where)
+    return L7Rule(id=new_id(), **{f: getattr(r, f) for f in L7RuleIn.__struct_fields__})
 
 
-def build_policy(
-    p: L7PolicyIn, listener_protocol: str, pools: dict[str, Pool], where: str
-) -> L7Policy:
-    if listener_protocol != "HTTP":
-        raise InvalidError("L7 policies need an HTTP listener", where)
+def _pool_named(pools: dict[str, Pool], name: str, field: str) -> str:
+    by_name = {p.name: p.id for p in pools.values()}
+    if name not in by_name:
+        raise rules.RuleViolation(f"no pool named {name!r}", field)
+    return by_name[name]
+
+
+def build_policy(p: L7PolicyIn, listener_protocol: str, pools: dict[str, Pool],
+                 where: str) -> L7Policy:
     pool_id = p.redirect_pool_id
     if p.redirect_pool is not None:
-        by_name = {pl.name: pl.id for pl in pools.values()}
-        if p.redirect_pool not in by_name:
-            raise InvalidError(f"no pool named {p.redirect_pool!r}", f"{where}.redirect_pool")
-        pool_id = by_name[p.redirect_pool]
-    if p.action == "REDIRECT_TO_POOL":
-        if pool_id is None or pool_id not in pools:
-            raise InvalidError("REDIRECT_TO_POOL needs a pool of this load balancer", f"{where}.redirect_pool_id")
-    elif p.action == "REDIRECT_TO_URL":
-        if not p.redirect_url:
-            raise InvalidError("REDIRECT_TO_URL needs redirect_url", f"{where}.redirect_url")
-        pool_id = None
-    else:
-        pool_id = None
+        pool_id = _pool_named(pools, p.redirect_pool, f"{where}.redirect_pool")
+    rules.check_policy(p, listener_protocol, pool_id, {i: x.protocol for i, x in pools.items()},
+                       where)
     return L7Policy(
-        id=new_id(),
-        action=p.action,
-        position=p.position,
-        name=p.name,
-        redirect_pool_id=pool_id,
+        id=new_id(), action=p.action, position=p.position, name=p.name,
+        redirect_pool_id=pool_id if p.action == "REDIRECT_TO_POOL" else None,
         redirect_url=p.redirect_url if p.action == "REDIRECT_TO_URL" else None,
         rules=[build_rule(r, f"{where}.rules[{i}]") for i, r in enumerate(p.rules)],
         admin_state_up=p.admin_state_up,
     )
 
 
-def build_listener(
-    li: ListenerIn, pools: dict[str, Pool], listeners: dict[str, Listener], where: str
-) -> Listener:
-    if any(x.protocol_port == li.protocol_port for x in listeners.values()):
-        raise InvalidError(f"port {li.protocol_port} has a listener already", f"{where}.protocol_port")
-    if any(x.name == li.name for x in listeners.values()):
-        raise InvalidError(f"a listener named {li.name!r} exists", f"{where}.name")
+def build_listener(li: ListenerIn, pools: dict[str, Pool], listeners: dict[str, Listener],
+                   where: str) -> Listener:
+    rules.check_listener(li, {x.protocol_port for x in listeners.values()},
+                         {x.name for x in listeners.values()}, where)
     pool_id = li.default_pool_id
     if li.default_pool is not None:
-        by_name = {p.name: p.id for p in pools.values()}
-        if li.default_pool not in by_name:
-            raise InvalidError(f"no pool named {li.default_pool!r}", f"{where}.default_pool")
-        pool_id = by_name[li.default_pool]
+        pool_id = _pool_named(pools, li.default_pool, f"{where}.default_pool")
     if pool_id is not None:
         check_pool_fits(pools, pool_id, li.protocol, f"{where}.default_pool_id")
-    policies = [
-        build_policy(p, li.protocol, pools, f"{where}.l7policies[{i}]")
-        for i, p in enumerate(li.l7policies)
-    ]
+    policies = [build_policy(p, li.protocol, pools, f"{where}.l7policies[{i}]")
+                for i, p in enumerate(li.l7policies)]
     return Listener(
-        id=new_id(),
-        name=li.name,
-        protocol=li.protocol,
-        protocol_port=li.protocol_port,
-        connection_limit=li.connection_limit,
-        timeout_client_data=li.timeout_client_data,
+        id=new_id(), name=li.name, protocol=li.protocol, protocol_port=li.protocol_port,
+        connection_limit=li.connection_limit, timeout_client_data=li.timeout_client_data,
         timeout_member_connect=li.timeout_member_connect,
-        timeout_member_data=li.timeout_member_data,
-        default_pool_id=pool_id,
-        l7policies=sorted(policies, key=lambda p: p.position),
-        admin_state_up=li.admin_state_up,
+        timeout_member_data=li.timeout_member_data, default_pool_id=pool_id,
+        l7policies=sorted(policies, key=lambda p: p.position), admin_state_up=li.admin_state_up,
     )
 
 
 def check_pool_fits(pools: dict[str, Pool], pool_id: str, protocol: str, field: str) -> None:
     pool = pools.get(pool_id)
     if pool is None:
-        raise InvalidError(f"pool {pool_id} is not in this load balancer", field)
-    if pool.protocol not in _COMPATIBLE[protocol]:
-        raise InvalidError(f"a {protocol} listener cannot use a {pool.protocol} pool", field)
+        raise rules.RuleViolation(f"pool {pool_id} is not in this load balancer", field)
+    rules.check_pool_protocol(protocol, pool.protocol, field)
 
 
 class ServiceMixin:
@@ -224,11 +193,40 @@ class ServiceMixin:
             raise InUseError(f"used by {len(self.chains)} service chain(s)", "$.id")
 
 
-class LoadBalancer(ServiceMixin, LoadBalancerFold, SpliceAggregate):
+class LoadBalancer(ServiceMixin, SpliceAggregate):
     AGGREGATE = "loadbalancer"
     KIND: ClassVar[str] = "loadbalancer"
     port_count = 1  # the VIP port
-    # (its state's attributes are declared, and applied, by LoadBalancerFold)
+
+    # -- the state: the fold's, read through these properties ------------------------------
+
+    def when(self, payload: EventMeta) -> None:
+        state: LoadBalancerState | None = self.__dict__.get("state")
+        if state is None:
+            state = self.__dict__["state"] = LoadBalancerState()
+        apply(state, payload)
+
+    if TYPE_CHECKING:
+        state: LoadBalancerState
+
+    if TYPE_CHECKING:  # the state's fields, read-only (set on the class below)
+        name: str
+        description: str
+        admin_state_up: bool
+        vip_network_id: str
+        vip_address: str
+        vip_port_id: str
+        insertion: InsertionState
+        pools: dict[str, Pool]
+        listeners: dict[str, Listener]
+        generation: int
+        converged: int
+        provisioning_status: str
+        operating_status: str
+        statuses: dict[str, str]
+        host: str | None
+        error: str
+        chains: list[str]
 
     # -- deciding --------------------------------------------------------------------------
 
@@ -247,15 +245,16 @@ class LoadBalancer(ServiceMixin, LoadBalancerFold, SpliceAggregate):
         listeners: list[ListenerIn],
     ) -> LoadBalancer:
         built: dict[str, Pool] = {}
-        for i, p in enumerate(pools):
-            if any(x.name == p.name for x in built.values()):
-                raise InvalidError(f"two pools are named {p.name!r}", f"$.pools[{i}].name")
-            pool = build_pool(p, f"$.pools[{i}]")
-            built[pool.id] = pool
         lst: dict[str, Listener] = {}
-        for i, li in enumerate(listeners):
-            listener = build_listener(li, built, lst, f"$.listeners[{i}]")
-            lst[listener.id] = listener
+        with refusals():
+            for i, p in enumerate(pools):
+                if any(x.name == p.name for x in built.values()):
+                    raise InvalidError(f"two pools are named {p.name!r}", f"$.pools[{i}].name")
+                pool = build_pool(p, f"$.pools[{i}]")
+                built[pool.id] = pool
+            for i, li in enumerate(listeners):
+                listener = build_listener(li, built, lst, f"$.listeners[{i}]")
+                lst[listener.id] = listener
         return cls.start(
             agg_id,
             stamp(
@@ -300,18 +299,21 @@ class LoadBalancer(ServiceMixin, LoadBalancerFold, SpliceAggregate):
             )
         )
 
+    @refusals()
     def add_listener(self, li: ListenerIn) -> str:
         g = self._check_changeable()
         listener = build_listener(li, self.pools, self.listeners, "$.listener")
         self.emit(stamp(ListenerCreated, listener=listener, generation=g))
         return listener.id
 
+    @refusals()
     def update_listener(self, listener_id: str, changes: dict[str, Any]) -> None:
         g = self._check_changeable()
         current = self._listener(listener_id, "$.id")
         changes = {k: v for k, v in changes.items() if v is not None}
         if "default_pool_id" in changes:
             check_pool_fits(self.pools, changes["default_pool_id"], current.protocol, "$.default_pool_id")
+        rules.check_connection_limit(changes.get("connection_limit"), "$.connection_limit")
         if "name" in changes and any(
             x.name == changes["name"] and x.id != listener_id for x in self.listeners.values()
         ):
@@ -323,6 +325,7 @@ class LoadBalancer(ServiceMixin, LoadBalancerFold, SpliceAggregate):
         self._listener(listener_id, "$.id")
         self.emit(stamp(ListenerDeleted, listener_id=listener_id, generation=g))
 
+    @refusals()
     def add_pool(self, p: PoolIn) -> str:
         g = self._check_changeable()
         if any(x.name == p.name for x in self.pools.values()):
@@ -331,6 +334,7 @@ class LoadBalancer(ServiceMixin, LoadBalancerFold, SpliceAggregate):
         self.emit(stamp(PoolCreated, pool=pool, generation=g))
         return pool.id
 
+    @refusals()
     def update_pool(self, pool_id: str, changes: dict[str, Any], clear_persistence: bool) -> None:
         g = self._check_changeable()
         current = self._pool(pool_id, "$.id")
@@ -338,11 +342,8 @@ class LoadBalancer(ServiceMixin, LoadBalancerFold, SpliceAggregate):
         if clear_persistence:
             changes["session_persistence"] = None
         updated = msgspec.structs.replace(current, **changes)
-        build_pool(
-            PoolIn(name=updated.name, protocol=updated.protocol,
-                   session_persistence=updated.session_persistence),
-            "$",
-        )  # the same checks as on create
+        rules.check_persistence(updated.session_persistence, updated.protocol,
+                                "$.session_persistence")
         self.emit(stamp(PoolUpdated, pool=updated, generation=g))
 
     def delete_pool(self, pool_id: str) -> None:
@@ -353,6 +354,7 @@ class LoadBalancer(ServiceMixin, LoadBalancerFold, SpliceAggregate):
                 raise InUseError(f"listener {li.name} uses this pool", "$.id")
         self.emit(stamp(PoolDeleted, pool_id=pool_id, generation=g))
 
+    @refusals()
     def add_member(self, pool_id: str, m: MemberIn) -> str:
         g = self._check_changeable()
         pool = self._pool(pool_id)
@@ -380,6 +382,7 @@ class LoadBalancer(ServiceMixin, LoadBalancerFold, SpliceAggregate):
             raise NotFoundError(f"member {member_id} not found", "$.id")
         self.emit(stamp(MemberDeleted, pool_id=pool_id, member_id=member_id, generation=g))
 
+    @refusals()
     def replace_members(self, pool_id: str, members: list[MemberIn]) -> None:
         g = self._check_changeable()
         pool = self._pool(pool_id)
@@ -387,11 +390,11 @@ class LoadBalancer(ServiceMixin, LoadBalancerFold, SpliceAggregate):
         built = build_members(members, "$.members", keep)
         self.emit(stamp(MembersReplaced, pool_id=pool_id, members=built, generation=g))
 
+    @refusals()
     def set_healthmonitor(self, pool_id: str, hm: HealthMonitor) -> None:
         g = self._check_changeable()
         self._pool(pool_id)
-        if hm.timeout > hm.delay:
-            raise InvalidError("timeout must not exceed delay", "$.healthmonitor.timeout")
+        rules.check_monitor(hm, "$.healthmonitor")
         self.emit(stamp(HealthMonitorSet, pool_id=pool_id, healthmonitor=hm, generation=g))
 
     def delete_healthmonitor(self, pool_id: str) -> None:
@@ -400,6 +403,7 @@ class LoadBalancer(ServiceMixin, LoadBalancerFold, SpliceAggregate):
             raise NotFoundError("the pool has no health monitor", "$.pool_id")
         self.emit(stamp(HealthMonitorDeleted, pool_id=pool_id, generation=g))
 
+    @refusals()
     def add_policy(self, listener_id: str, p: L7PolicyIn) -> str:
         g = self._check_changeable()
         listener = self._listener(listener_id)
@@ -421,6 +425,7 @@ class LoadBalancer(ServiceMixin, LoadBalancerFold, SpliceAggregate):
             raise NotFoundError(f"L7 policy {policy_id} not found", "$.policy_id")
         return policy
 
+    @refusals()
     def add_rule(self, listener_id: str, policy_id: str, r: L7RuleIn) -> str:
         g = self._check_changeable()
         policy = self._policy(listener_id, policy_id)
@@ -476,7 +481,7 @@ class LoadBalancer(ServiceMixin, LoadBalancerFold, SpliceAggregate):
         if self.deleted:
             return
         lb = loadbalancer if loadbalancer not in (None, self.operating_status) else None
-        known = self._child_ids()
+        known = self.state.child_ids()
         changed = {k: v for k, v in children.items() if k in known and self.statuses.get(k) != v}
         if lb is None and not changed:
             return
@@ -502,3 +507,12 @@ class LoadBalancer(ServiceMixin, LoadBalancerFold, SpliceAggregate):
                     reason=f"{self.provisioning_status} for more than {deadline_s:g}s",
                 )
             )
+
+
+def _read_only(field: str) -> property:
+    return property(lambda self: getattr(self.state, field))
+
+
+for _field in LoadBalancerState.__struct_fields__:
+    setattr(LoadBalancer, _field, _read_only(_field))
+

@@ -1,6 +1,6 @@
 """Load balancers, Octavia's status tree: LB → listeners → pools → members (+ health monitors).
 
-The state of a load balancer is folded with `splice.events.lbfold` — the very appliers the
+The state of a load balancer is folded with `splice.events.lbaas_fold` — the very appliers the
 command side and the agents use — so the read model can never drift from what the domain
 decided. The fold's state is kept in the load balancer's row (``state``, JSON) so a restarted
 projector continues from the database exactly as a rebuild would; the flat tables
@@ -17,42 +17,14 @@ from __future__ import annotations
 from typing import Any
 
 import msgspec
-from msgspec import Struct
 
 from splice.events.contracts import EVENT_TYPES
-from splice.events.lbaas import Listener, Pool
-from splice.events.lbfold import LoadBalancerFold, LoadBalancerView
-from splice.events.wire import InsertionState
+from splice.events.lbaas import Pool
+from splice.events.lbaas_fold import LB_EVENT_TAGS, LoadBalancerState, apply
 
 from ..envelope import Event
 from ..schema import Table, cols
 from .base import Filter, Tx, View
-
-
-class _State(Struct, kw_only=True):
-    """The fold's attributes, as stored in the row's `state` column."""
-
-    name: str = ""
-    description: str = ""
-    vip_network_id: str = ""
-    vip_address: str = ""
-    vip_port_id: str = ""
-    insertion: InsertionState | None = None
-    admin_state_up: bool = True
-    listeners: dict[str, Listener] = {}
-    pools: dict[str, Pool] = {}
-    generation: int = 0
-    converged: int = 0
-    provisioning_status: str = "PENDING_CREATE"
-    operating_status: str = "OFFLINE"
-    statuses: dict[str, str] = {}
-    host: str | None = None
-    error: str = ""
-    chains: list[str] = []
-    deleted: bool = False
-
-
-_STATE_FIELDS = tuple(_State.__struct_fields__)
 
 LOADBALANCERS = Table(
     "loadbalancers",
@@ -96,36 +68,22 @@ MEMBERS = Table(
 )
 
 
-def _load(row: dict[str, Any] | None, ev: Event) -> LoadBalancerView:
+def _load(row: dict[str, Any] | None) -> LoadBalancerState:
     """The fold as of the row (kept in memory between events of a batch), or a new one."""
     if row is not None and "_fold" in row:
-        fold: LoadBalancerView = row["_fold"]
+        fold: LoadBalancerState = row["_fold"]
         return fold
-    fold = LoadBalancerView(ev.aggregate_id, ev.tenant)
     if row is not None and row.get("state"):
-        state = msgspec.convert(row["state"], _State)
-        for name in _STATE_FIELDS:
-            setattr(fold, name, getattr(state, name))
-        fold.chains = set(state.chains)
-    return fold
+        return msgspec.convert(row["state"], LoadBalancerState)
+    return LoadBalancerState()
 
 
-def _dump(fold: LoadBalancerFold) -> dict[str, Any]:
-    values = {n: getattr(fold, n, None) for n in _STATE_FIELDS}
-    values["chains"] = sorted(getattr(fold, "chains", set()) or set())
-    values["deleted"] = bool(getattr(fold, "deleted", False))
-    dumped: dict[str, Any] = msgspec.to_builtins({k: v for k, v in values.items() if v is not None})
-    return dumped
-
-
-def _children(fold: LoadBalancerFold) -> tuple[set[str], set[str], set[str]]:
-    if not hasattr(fold, "pools"):
-        return set(), set(), set()
+def _children(fold: LoadBalancerState) -> tuple[set[str], set[str], set[str]]:
     members = {m.id for p in fold.pools.values() for m in p.members}
     return set(fold.listeners), set(fold.pools), members
 
 
-def _operating(fold: LoadBalancerFold, child_id: str, default: str = "OFFLINE") -> str:
+def _operating(fold: LoadBalancerState, child_id: str, default: str = "OFFLINE") -> str:
     return fold.statuses.get(child_id, default)
 
 
@@ -133,7 +91,7 @@ def _member_default(pool: Pool) -> str:
     return "OFFLINE" if pool.healthmonitor is not None else "NO_MONITOR"
 
 
-def status_tree(fold: LoadBalancerFold, lb_id: str) -> dict[str, Any]:
+def status_tree(fold: LoadBalancerState, lb_id: str) -> dict[str, Any]:
     """Octavia's GET /loadbalancers/{id}/status: every part with both statuses."""
     prov = fold.provisioning_status
 
@@ -188,10 +146,10 @@ def on_event(ev: Event, tx: Tx) -> None:
     """Any load-balancer event: fold it, then rewrite the LB's row and its children's rows."""
     lbs = tx["loadbalancers"]
     row = lbs.get(ev.aggregate_id)
-    fold = _load(row, ev)
+    fold = _load(row)
     before = _children(fold)
-    fold.when(msgspec.convert(ev.payload, EVENT_TYPES[ev.type]))
-    after = _children(fold) if not getattr(fold, "deleted", False) else (set(), set(), set())
+    apply(fold, msgspec.convert(ev.payload, EVENT_TYPES[ev.type]))
+    after = _children(fold) if not fold.deleted else (set(), set(), set())
     created = row["created_time"] if row is not None else ev.time_ns
     lbs.put(_lb_row(fold, ev, created))
     for table, old, new in zip(
@@ -203,7 +161,7 @@ def on_event(ev: Event, tx: Tx) -> None:
         _write_children(fold, ev, tx)
 
 
-def _lb_row(fold: LoadBalancerView, ev: Event, created: int) -> dict[str, Any]:
+def _lb_row(fold: LoadBalancerState, ev: Event, created: int) -> dict[str, Any]:
     return {
         "id": ev.aggregate_id,
         "tenant": ev.tenant,
@@ -220,17 +178,17 @@ def _lb_row(fold: LoadBalancerView, ev: Event, created: int) -> dict[str, Any]:
         "converged": fold.converged,
         "host": fold.host,
         "error": fold.error,
-        "deleted": bool(getattr(fold, "deleted", False)),
+        "deleted": fold.deleted,
         "version": ev.version,
         "created_time": created,
         "updated_time": ev.time_ns,
         "status_tree": status_tree(fold, ev.aggregate_id),
-        "state": _dump(fold),
+        "state": msgspec.to_builtins(fold),
         "_fold": fold,  # not a column: the live fold for the next event of this batch
     }
 
 
-def _write_children(fold: LoadBalancerView, ev: Event, tx: Tx) -> None:
+def _write_children(fold: LoadBalancerState, ev: Event, tx: Tx) -> None:
     prov = fold.provisioning_status
     common = {"loadbalancer_id": ev.aggregate_id, "tenant": ev.tenant, "provisioning_status": prov}
     for li in fold.listeners.values():
@@ -279,7 +237,7 @@ def _write_children(fold: LoadBalancerView, ev: Event, tx: Tx) -> None:
             )
 
 
-LB_EVENTS = tuple(name for name in EVENT_TYPES if hasattr(LoadBalancerFold, f"when_{name}"))
+LB_EVENTS = tuple(name for name in EVENT_TYPES if name in LB_EVENT_TAGS)
 
 VIEW = View(
     name="loadbalancers",

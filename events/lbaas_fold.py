@@ -1,0 +1,289 @@
+"""The one fold of a load balancer: its state as a Struct, and the appliers of its events.
+
+The aggregate (command side), the host agent (desired state, and its snapshot) and the read
+model all hold a `LoadBalancerState` and change it with `apply`, so none of them keeps a
+parallel copy of the state or of the rules that build it.
+
+Only applying lives here: no decisions, no checks, no clocks. Appliers are chosen by the
+event's stable wire name (its msgspec tag), never by its Python class name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import msgspec
+from msgspec import Struct
+
+from .advanced import ServiceChainAttached, ServiceChainDetached
+from .lbaas import (
+    HealthMonitorDeleted,
+    HealthMonitorSet,
+    L7PolicyDeleted,
+    L7PolicySet,
+    Listener,
+    ListenerCreated,
+    ListenerDeleted,
+    ListenerUpdated,
+    LoadBalancerCreated,
+    LoadBalancerDeleted,
+    LoadBalancerDeleteRequested,
+    LoadBalancerOperatingStatusChanged,
+    LoadBalancerProvisioned,
+    LoadBalancerProvisioningFailed,
+    LoadBalancerProvisioningTimedOut,
+    LoadBalancerScheduled,
+    LoadBalancerUpdated,
+    Member,
+    MemberCreated,
+    MemberDeleted,
+    MembersReplaced,
+    MemberUpdated,
+    Pool,
+    PoolCreated,
+    PoolDeleted,
+    PoolUpdated,
+)
+from .wire import InsertionState
+
+
+class LoadBalancerState(Struct, kw_only=True):
+    """Everything the events of one load balancer say, as of its last applied event."""
+
+    name: str = ""
+    description: str = ""
+    vip_network_id: str = ""
+    vip_address: str = ""
+    vip_port_id: str = ""
+    insertion: InsertionState | None = None
+    admin_state_up: bool = True
+    listeners: dict[str, Listener] = {}
+    pools: dict[str, Pool] = {}
+    generation: int = 0
+    converged: int = 0  # the newest generation an agent reported converged
+    provisioning_status: str = "PENDING_CREATE"
+    operating_status: str = "OFFLINE"
+    statuses: dict[str, str] = {}  # operating status of each listener, pool, member
+    host: str | None = None
+    error: str = ""
+    chains: list[str] = []
+    deleted: bool = False
+
+    def child_ids(self) -> set[str]:
+        ids = set(self.listeners) | set(self.pools)
+        for p in self.pools.values():
+            ids.update(m.id for m in p.members)
+        return ids
+
+    @property
+    def provider(self) -> str:
+        return self.insertion.provider if self.insertion else ""
+
+
+def tag_of(event: Any) -> str:
+    return str(type(event).__struct_config__.tag)
+
+
+def apply(state: LoadBalancerState, event: Any) -> bool:
+    """Apply one event in place; False when it is not a load balancer's event."""
+    applier = APPLIERS.get(tag_of(event))
+    if applier is None:
+        return False
+    applier(state, event)
+    return True
+
+
+def fold(events: list[Any]) -> LoadBalancerState:
+    state = LoadBalancerState()
+    for e in events:
+        apply(state, e)
+    return state
+
+
+# -- appliers -------------------------------------------------------------------------------
+
+
+def _changed(s: LoadBalancerState, generation: int) -> None:
+    s.generation = generation
+    if s.provisioning_status != "PENDING_CREATE":
+        s.provisioning_status = "PENDING_UPDATE"
+
+
+def _set_pool(s: LoadBalancerState, pool_id: str, **changes: Any) -> None:
+    s.pools[pool_id] = msgspec.structs.replace(s.pools[pool_id], **changes)
+
+
+def _forget(s: LoadBalancerState, ids: Any) -> None:
+    for i in ids:
+        s.statuses.pop(i, None)
+
+
+def _created(s: LoadBalancerState, e: LoadBalancerCreated) -> None:
+    s.name, s.description = e.name, e.description
+    s.vip_network_id, s.vip_address, s.vip_port_id = e.vip_network_id, e.vip_address, e.vip_port_id
+    s.insertion, s.admin_state_up = e.insertion, e.admin_state_up
+    s.pools = {p.id: p for p in e.pools}
+    s.listeners = {li.id: li for li in e.listeners}
+    s.generation, s.converged = e.generation, 0
+    s.provisioning_status, s.operating_status = "PENDING_CREATE", "OFFLINE"
+    s.statuses, s.host, s.error, s.chains = {}, None, "", []
+
+
+def _updated(s: LoadBalancerState, e: LoadBalancerUpdated) -> None:
+    s.name, s.description, s.admin_state_up = e.name, e.description, e.admin_state_up
+    _changed(s, e.generation)
+
+
+def _scheduled(s: LoadBalancerState, e: LoadBalancerScheduled) -> None:
+    s.host = e.host or None
+
+
+def _listener_set(s: LoadBalancerState, e: ListenerCreated | ListenerUpdated) -> None:
+    s.listeners[e.listener.id] = e.listener
+    _changed(s, e.generation)
+
+
+def _listener_deleted(s: LoadBalancerState, e: ListenerDeleted) -> None:
+    s.listeners.pop(e.listener_id, None)
+    _forget(s, [e.listener_id])
+    _changed(s, e.generation)
+
+
+def _pool_set(s: LoadBalancerState, e: PoolCreated | PoolUpdated) -> None:
+    s.pools[e.pool.id] = e.pool
+    _changed(s, e.generation)
+
+
+def _pool_deleted(s: LoadBalancerState, e: PoolDeleted) -> None:
+    pool = s.pools.pop(e.pool_id, None)
+    _forget(s, [e.pool_id, *(m.id for m in (pool.members if pool else []))])
+    _changed(s, e.generation)
+
+
+def _members(s: LoadBalancerState, pool_id: str, members: list[Member], generation: int) -> None:
+    _set_pool(s, pool_id, members=members)
+    _changed(s, generation)
+
+
+def _member_created(s: LoadBalancerState, e: MemberCreated) -> None:
+    _members(s, e.pool_id, [*s.pools[e.pool_id].members, e.member], e.generation)
+
+
+def _member_updated(s: LoadBalancerState, e: MemberUpdated) -> None:
+    members = [e.member if m.id == e.member.id else m for m in s.pools[e.pool_id].members]
+    _members(s, e.pool_id, members, e.generation)
+
+
+def _member_deleted(s: LoadBalancerState, e: MemberDeleted) -> None:
+    _forget(s, [e.member_id])
+    _members(s, e.pool_id, [m for m in s.pools[e.pool_id].members if m.id != e.member_id],
+             e.generation)
+
+
+def _members_replaced(s: LoadBalancerState, e: MembersReplaced) -> None:
+    kept = {m.id for m in e.members}
+    _forget(s, [m.id for m in s.pools[e.pool_id].members if m.id not in kept])
+    _members(s, e.pool_id, list(e.members), e.generation)
+
+
+def _monitor_set(s: LoadBalancerState, e: HealthMonitorSet) -> None:
+    _set_pool(s, e.pool_id, healthmonitor=e.healthmonitor)
+    _changed(s, e.generation)
+
+
+def _monitor_deleted(s: LoadBalancerState, e: HealthMonitorDeleted) -> None:
+    _set_pool(s, e.pool_id, healthmonitor=None)
+    _changed(s, e.generation)
+
+
+def _policy_set(s: LoadBalancerState, e: L7PolicySet) -> None:
+    li = s.listeners[e.listener_id]
+    policies = [p for p in li.l7policies if p.id != e.policy.id] + [e.policy]
+    s.listeners[e.listener_id] = msgspec.structs.replace(
+        li, l7policies=sorted(policies, key=lambda p: p.position)
+    )
+    _changed(s, e.generation)
+
+
+def _policy_deleted(s: LoadBalancerState, e: L7PolicyDeleted) -> None:
+    li = s.listeners[e.listener_id]
+    s.listeners[e.listener_id] = msgspec.structs.replace(
+        li, l7policies=[p for p in li.l7policies if p.id != e.policy_id]
+    )
+    _changed(s, e.generation)
+
+
+def _delete_requested(s: LoadBalancerState, e: LoadBalancerDeleteRequested) -> None:
+    s.generation = e.generation
+    s.provisioning_status = "PENDING_DELETE"
+
+
+def _provisioned(s: LoadBalancerState, e: LoadBalancerProvisioned) -> None:
+    s.converged = max(s.converged, e.generation)
+    if e.generation == s.generation and s.provisioning_status != "PENDING_DELETE":
+        s.provisioning_status, s.error = "ACTIVE", ""
+
+
+def _failed(s: LoadBalancerState, e: LoadBalancerProvisioningFailed) -> None:
+    if e.generation == s.generation:
+        s.provisioning_status, s.error = "ERROR", e.reason
+
+
+def _timed_out(s: LoadBalancerState, e: LoadBalancerProvisioningTimedOut) -> None:
+    s.provisioning_status, s.error = "ERROR", e.reason
+
+
+def _deleted(s: LoadBalancerState, e: LoadBalancerDeleted) -> None:
+    s.provisioning_status, s.operating_status = "DELETED", "OFFLINE"
+    s.deleted = True
+
+
+def _operating(s: LoadBalancerState, e: LoadBalancerOperatingStatusChanged) -> None:
+    if e.loadbalancer is not None:
+        s.operating_status = e.loadbalancer
+    for part in (e.listeners, e.pools, e.members):
+        s.statuses.update(part)
+
+
+def _chain_attached(s: LoadBalancerState, e: ServiceChainAttached) -> None:
+    if e.chain_id not in s.chains:
+        s.chains = [*s.chains, e.chain_id]
+
+
+def _chain_detached(s: LoadBalancerState, e: ServiceChainDetached) -> None:
+    s.chains = [c for c in s.chains if c != e.chain_id]
+
+
+def _by_tag(table: dict[type[Any], Callable[..., None]]) -> dict[str, Callable[..., None]]:
+    return {str(t.__struct_config__.tag): f for t, f in table.items()}
+
+
+APPLIERS: dict[str, Callable[..., None]] = _by_tag({
+    LoadBalancerCreated: _created,
+    LoadBalancerUpdated: _updated,
+    LoadBalancerScheduled: _scheduled,
+    ListenerCreated: _listener_set,
+    ListenerUpdated: _listener_set,
+    ListenerDeleted: _listener_deleted,
+    PoolCreated: _pool_set,
+    PoolUpdated: _pool_set,
+    PoolDeleted: _pool_deleted,
+    MemberCreated: _member_created,
+    MemberUpdated: _member_updated,
+    MemberDeleted: _member_deleted,
+    MembersReplaced: _members_replaced,
+    HealthMonitorSet: _monitor_set,
+    HealthMonitorDeleted: _monitor_deleted,
+    L7PolicySet: _policy_set,
+    L7PolicyDeleted: _policy_deleted,
+    LoadBalancerDeleteRequested: _delete_requested,
+    LoadBalancerProvisioned: _provisioned,
+    LoadBalancerProvisioningFailed: _failed,
+    LoadBalancerProvisioningTimedOut: _timed_out,
+    LoadBalancerDeleted: _deleted,
+    LoadBalancerOperatingStatusChanged: _operating,
+    ServiceChainAttached: _chain_attached,
+    ServiceChainDetached: _chain_detached,
+})
+LB_EVENT_TAGS = frozenset(APPLIERS)
