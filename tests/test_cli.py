@@ -207,3 +207,58 @@ def test_generated_cli_verbs_send_every_family_of_commands(
     bad = run(["port", "create", "--network-id", net["id"], "--ip-address", "10.88.0.7", "-o", "json"], env)
     assert bad.returncode == 1 and json.loads(bad.stdout)["error"]["code"] == "address_in_use"
     assert port["id"]
+
+
+def _stop_with_sigint(proc: subprocess.Popen[str], within: float = 10) -> str:
+    proc.send_signal(signal.SIGINT)
+    try:
+        output, _ = proc.communicate(timeout=within)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        output, _ = proc.communicate()
+        pytest.fail(f"still running {within}s after SIGINT:\n{output}")
+    return output
+
+
+def test_standalone_projector_answers_queries_on_a_command_it_saw_and_stops_on_sigint(
+    fresh_nats, tmp_path: Path
+) -> None:
+    env = dict(os.environ, SPLICE_NATS_URL=fresh_nats.url, SPLICE_STATE_DIR=str(tmp_path / "st"),
+               SPLICE_ACTOR="cli-test", SPLICE_LOG_LEVEL="WARNING")
+    started: list[subprocess.Popen[str]] = []
+
+    def start(*args: str) -> subprocess.Popen[str]:
+        proc = subprocess.Popen([SPLICE, *args], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
+        started.append(proc)
+        return proc
+
+    try:
+        service = start("serve")
+        projector = start("projector")  # --db: the state dir's readmodels.sqlite
+        created: subprocess.CompletedProcess[str] | None = None
+        deadline = time.monotonic() + 30
+        while created is None or created.returncode != 0:  # until the service answers
+            assert service.poll() is None and time.monotonic() < deadline, created
+            created = run(["servicetype", "create", "proj-gold", "-p", "loadbalancer=haproxy",
+                           "-o", "json"], env)
+        made = json.loads(created.stdout)["id"]
+        listed: list[dict[str, object]] = []
+        while not any(item["id"] == made for item in listed):  # until the projector has it
+            assert projector.poll() is None and time.monotonic() < deadline, listed
+            res = run(["servicetype", "list", "-o", "json"], env)
+            listed = json.loads(res.stdout) if res.returncode == 0 else []
+        assert [item["name"] for item in listed if item["id"] == made] == ["proj-gold"]
+        assert (tmp_path / "st" / "readmodels.sqlite").exists()
+
+        output = _stop_with_sigint(projector)
+        assert projector.returncode == 0, output
+        assert "queries on splice.qry" in output
+        gone = run(["servicetype", "list", "-o", "json"], env)
+        assert gone.returncode == 1 and "unavailable" in gone.stderr  # nobody answers queries
+        assert _stop_with_sigint(service) is not None and service.returncode == 0
+    finally:
+        for proc in started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)

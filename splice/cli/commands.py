@@ -9,6 +9,7 @@ stays a thin, honest client of the wire API.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 import json
 import os
@@ -17,10 +18,48 @@ from typing import Annotated, Any
 import msgspec
 import typer
 
+from splice import client
+from splice.cli.common import err, out, url_of
 from splice.events.contracts import COMMANDS, Command, scope_of
 
 COMMON = {"command_id", "actor", "correlation_id"}
-HANDWRITTEN = {"servicetype"}  # richer verbs live in cli.py
+HANDWRITTEN = {"servicetype"}  # richer verbs live in servicetypes.py
+
+
+def send(
+    nats_url: str | None,
+    aggregate: str,
+    verb: str,
+    body: dict[str, Any],
+    output: str,
+    tenant: str,
+    timeout: float = 10.0,
+) -> dict[str, Any]:
+    """Send one command and print its reply; exits 1 when it is refused, 3 without a reply."""
+    url = url_of(nats_url)
+    body = client.command_body(body)
+    subject = f"splice.cmd.{tenant}.{aggregate}.{verb}"
+    try:
+        reply = asyncio.run(client.request(url, subject, body, timeout))
+    except Exception as e:
+        err.print(f"[red]no reply[/] on {subject}: {e}")
+        raise typer.Exit(3) from e
+    if output == "json":
+        out.print_json(json.dumps(reply))
+    elif reply.get("ok"):
+        out.print(
+            f"[green]ok[/] id={reply['id']} version={reply['version']} seq={reply['seq']} "
+            f"command_id={reply['command_id']}"
+        )
+    else:
+        problem = reply.get("error", {})
+        out.print(
+            f"[red]{problem.get('code')}[/]: {problem.get('message')} "
+            f"(field: {problem.get('field')})"
+        )
+    if not reply.get("ok"):
+        raise typer.Exit(1)
+    return reply
 
 
 def _base(info: msgspec.inspect.Type) -> msgspec.inspect.Type:
@@ -104,8 +143,6 @@ def command_for(app: typer.Typer, aggregate: str, verb: str, cmd: type[Command])
     ]
 
     def run(**kwargs: Any) -> None:
-        from splice.cli import send
-
         tenant = {"admin": "_admin", "host": "_host"}.get(scope) or kwargs.pop("tenant")
         nats_url, output = kwargs.pop("nats_url"), kwargs.pop("output")
         body = {k: _value(v) for k, v in kwargs.items() if v not in (None, [])}

@@ -1,0 +1,79 @@
+"""What every part of the CLI shares: its consoles, its common options, the URL it talks to."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from splice import client
+
+out = Console()
+err = Console(stderr=True)
+
+ADMIN = "_admin"
+
+NatsUrlOpt = Annotated[
+    str | None,
+    typer.Option("--nats-url", envvar="SPLICE_NATS_URL", help="NATS server(s), comma-separated."),
+]
+OutputOpt = Annotated[str, typer.Option("-o", "--output", help="table or json")]
+StateDirOpt = Annotated[
+    Path,
+    typer.Option(
+        "--state-dir", envvar="SPLICE_STATE_DIR", help="Where `splice up` keeps its data."
+    ),
+]
+DbOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--db",
+        envvar="SPLICE_READ_DB",
+        help="Read-model database: a SQLite path or postgresql://… (default: the state dir's).",
+    ),
+]
+LogLevelOpt = Annotated[str, typer.Option(envvar="SPLICE_LOG_LEVEL")]
+
+
+def url_of(nats_url: str | None, state_dir: Path | None = None) -> str:
+    """The NATS URL to use; without one and without a running `splice up`, say so and exit 2."""
+    try:
+        return client.resolve_url(nats_url, state_dir)
+    except client.NotRunning as e:
+        err.print(
+            "[red]No running `splice up` found[/] (looked in "
+            f"{e.state_file}). Start one with `splice up`, or give --nats-url."
+        )
+        raise typer.Exit(2) from None
+
+
+def print_json(data: Any) -> None:
+    sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
+
+
+def cell(value: Any) -> str:
+    if isinstance(value, dict | list):
+        return json.dumps(value, ensure_ascii=False)
+    return "" if value is None else str(value)
+
+
+def table(items: list[dict[str, Any]], columns: list[str], title: str | None = None) -> None:
+    shown = Table(title=title, show_lines=False)
+    for c in columns:
+        shown.add_column(c, overflow="fold")
+    for item in items:
+        shown.add_row(*[cell(item.get(c)) for c in columns])
+    out.print(shown)
+
+
+def redact(db_url: str) -> str:
+    """A database URL without its credentials."""
+    if "@" in db_url and "://" in db_url:
+        scheme, rest = db_url.split("://", 1)
+        return f"{scheme}://…@{rest.split('@', 1)[1]}"
+    return db_url

@@ -1,0 +1,191 @@
+"""`splice query VIEW`, `splice audit`, `splice history ID`, `splice state --at`: the read side.
+
+`query` and `audit` ask the projector over NATS (``splice.qry.<tenant>.<view>``), the one that
+`splice up` or `splice projector` runs; `history` and `state` read the stream itself (no
+projector needed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated, Any
+
+import typer
+
+from splice import client
+from splice.cli.common import ADMIN, NatsUrlOpt, OutputOpt, err, out, print_json, table, url_of
+
+TenantOpt = Annotated[str, typer.Option("--tenant", "-t", help="Tenant to ask as.")]
+
+
+def query(nats_url: str | None, tenant: str, view: str, body: dict[str, Any]) -> dict[str, Any]:
+    """One query over NATS; prints a structured error and exits 1 when it fails."""
+    reply = asyncio.run(client.query(url_of(nats_url), tenant, view, body))
+    if not reply.get("ok"):
+        e = reply.get("error", {})
+        err.print(f"[red]{e.get('code')}[/]: {e.get('message')} (field: {e.get('field')})")
+        raise typer.Exit(1)
+    return reply
+
+
+def _filters(items: list[str]) -> dict[str, Any]:
+    """KEY=VALUE pairs; VALUE parsed as JSON when it is JSON (true, 3), else a string."""
+    result: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"{item!r}: expected KEY=VALUE", param_hint="--filter")
+        try:
+            result[key] = json.loads(value)
+        except ValueError:
+            result[key] = value
+    return result
+
+
+def page_all(
+    nats_url: str | None, tenant: str, view: str, body: dict[str, Any], limit: int
+) -> list[dict[str, Any]]:
+    """Items over as many pages as needed, up to `limit` in all."""
+    items: list[dict[str, Any]] = []
+    cursor = None
+    while len(items) < limit:
+        page = dict(body, limit=min(1000, limit - len(items)))
+        if cursor:
+            page["cursor"] = cursor
+        reply = query(nats_url, tenant, view, page)
+        items.extend(reply["items"])
+        cursor = reply.get("next")
+        if not cursor:
+            break
+    return items
+
+
+# -- verbs ------------------------------------------------------------------------------------
+
+
+def query_cmd(
+    view: str,
+    filter_: Annotated[
+        list[str] | None, typer.Option("--filter", "-f", help="KEY=VALUE, repeatable.")
+    ] = None,
+    tenant: TenantOpt = ADMIN,
+    limit: Annotated[int, typer.Option()] = 100,
+    nats_url: NatsUrlOpt = None,
+    output: OutputOpt = "json",
+) -> None:
+    """Query any read model: `splice query loadbalancers -t acme -f name=web`."""
+    items = page_all(nats_url, tenant, view, _filters(filter_ or []), limit)
+    if output == "json":
+        print_json(items)
+    elif items:
+        table(items, list(items[0]))
+
+
+def audit(
+    tenant: Annotated[
+        str | None, typer.Option("--tenant", "-t", help="Only this tenant (default: all).")
+    ] = None,
+    actor: Annotated[str | None, typer.Option(help="Only this actor.")] = None,
+    aggregate: Annotated[
+        str | None, typer.Option(help="Only this kind (servicetype, loadbalancer…) or an id.")
+    ] = None,
+    event_type: Annotated[str | None, typer.Option("--type", help="Only this event type.")] = None,
+    since: Annotated[str | None, typer.Option(help="From this time (RFC 3339).")] = None,
+    until: Annotated[str | None, typer.Option(help="Before this time (RFC 3339).")] = None,
+    limit: Annotated[int, typer.Option()] = 100,
+    as_tenant: Annotated[str, typer.Option("--as", help="Ask as this tenant.")] = ADMIN,
+    nats_url: NatsUrlOpt = None,
+    output: OutputOpt = "table",
+) -> None:
+    """The audit log: who changed what, when, in answer to which command."""
+    body: dict[str, Any] = {"actor": actor, "type": event_type, "since": since, "until": until}
+    if aggregate:
+        body["aggregate_id" if _looks_like_id(aggregate) else "aggregate"] = aggregate
+    if tenant:
+        body["tenant"] = tenant
+    items = page_all(nats_url, as_tenant, "audit", {k: v for k, v in body.items() if v}, limit)
+    if output == "json":
+        print_json(items)
+        return
+    _show_audit(items)
+
+
+def _looks_like_id(text: str) -> bool:
+    return len(text) == 36 and text.count("-") == 4
+
+
+def _show_audit(items: list[dict[str, Any]]) -> None:
+    for it in items:
+        out.print(
+            f"{it['seq']:>7} {it['time'][:23]} {it['tenant']:<10} {it['actor']:<12} "
+            f"[bold]{it['type']}[/] {it['aggregate']}/{it['aggregate_id'][:8]} "
+            f"v{it['version']}  {it['summary']}  [dim]cmd={it['command_id'][:12]}[/]",
+            highlight=False,
+        )
+
+
+def history(resource_id: str, nats_url: NatsUrlOpt = None, output: OutputOpt = "table") -> None:
+    """Every event of one resource, read from the stream, with what each one changed."""
+    from splice.projections.timetravel import history as read_history
+
+    items = asyncio.run(
+        client.with_jetstream(url_of(nats_url), lambda js: read_history(js, resource_id))
+    )
+    if output == "json":
+        print_json(items)
+        return
+    if not items:
+        err.print(f"no events for {resource_id}")
+        raise typer.Exit(1)
+    _show_audit(items)
+
+
+def _parse_at(value: str) -> Any:
+    from splice.projections.envelope import parse_rfc3339_ns
+    from splice.projections.timetravel import At
+
+    if value.isdigit():
+        return At(seq=int(value))
+    try:
+        return At(time_ns=parse_rfc3339_ns(value))
+    except ValueError as e:
+        raise typer.BadParameter("a stream sequence or an RFC 3339 time", param_hint="--at") from e
+
+
+def state(
+    at: Annotated[str, typer.Option("--at", help="Stream sequence, or RFC 3339 time.")],
+    tenant: Annotated[str | None, typer.Option("--tenant", "-t")] = None,
+    resource_id: Annotated[str | None, typer.Option("--id", help="One resource.")] = None,
+    nats_url: NatsUrlOpt = None,
+    output: OutputOpt = "json",
+) -> None:
+    """A tenant's (or one resource's) state as it was then, folded from the stream."""
+    from splice.projections.timetravel import state_at
+
+    if (tenant is None) == (resource_id is None):
+        raise typer.BadParameter("give --tenant or --id (one of them)")
+    point = _parse_at(at)
+    result = asyncio.run(
+        client.with_jetstream(
+            url_of(nats_url),
+            lambda js: state_at(js, point, tenant=tenant, resource_id=resource_id),
+        )
+    )
+    if output == "json":
+        print_json(result)
+        return
+    out.print(
+        f"as of seq {result['at']['seq']} ({result['at']['time']}), {result['events']} events"
+    )
+    for name, rows in result.items():
+        if isinstance(rows, list) and rows:
+            table(rows, list(rows[0]), title=name)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the read-side verbs to `splice`."""
+    app.command("query")(query_cmd)
+    app.command("audit")(audit)
+    app.command("history")(history)
+    app.command("state")(state)
