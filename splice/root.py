@@ -117,6 +117,7 @@ class Root:
     async def command_service(self, url: str, env: Mapping[str, str] | None = None) -> Any:
         from splice.services.service import CommandService
 
+        # Shared connection: CommandService(url, nc=self.nc, env=…) once it takes one.
         service = CommandService(url, env=dict(env or {}))
         await service.start()
         self.stack.push_async_callback(within, SERVICE_STOP_S, "command service", service.stop)
@@ -156,6 +157,18 @@ class Root:
                 raise error
 
 
+def run_process(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run one process's `main` until it returns; a signal before its loop (or after) ends it
+    quietly, as one inside it does."""
+    signals_interrupt()
+    try:
+        asyncio.run(main())
+    except KeyboardInterrupt:  # a signal before the loop took the handlers over
+        pass
+    finally:
+        signals_interrupt()  # the loop is gone: a second Ctrl-C must not reach its handler
+
+
 # -- splice serve, splice agent, splice projector ---------------------------------------------
 
 
@@ -181,6 +194,8 @@ class AgentConfig:
 
 
 def agent_part(url: str, cfg: AgentConfig) -> Part:
+    """The agent, run until its event is set (shared connection: `Agent(…, nc=root.nc)` once it
+    takes one)."""
     from splice.agents.runtime import Agent
 
     agent = Agent(url, cfg.host, cfg.state_dir, providers=cfg.providers, prefix=cfg.prefix,
@@ -189,24 +204,14 @@ def agent_part(url: str, cfg: AgentConfig) -> Part:
 
 
 def projector_part(url: str, db_url: str) -> Part:
+    """The projector, run until its event is set (shared connection: `run_projector(…, nc=root.nc)`
+    once it takes one)."""
     from splice.projections.runner import run_projector
 
     async def part(stop: asyncio.Event) -> None:
         await run_projector(url, db_url, stop)
 
     return part
-
-
-def run_process(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    """Run one process's `main` until it returns; a signal before its loop (or after) ends it
-    quietly, as one inside it does."""
-    signals_interrupt()
-    try:
-        asyncio.run(main())
-    except KeyboardInterrupt:  # a signal before the loop took the handlers over
-        pass
-    finally:
-        signals_interrupt()  # the loop is gone: a second Ctrl-C must not reach its handler
 
 
 def agent(url: str, cfg: AgentConfig) -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+
 import typer
 
+from splice import logs
 from splice.cli import commands, eventlog, readmodels, reads, running, servicetypes
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
@@ -24,6 +27,8 @@ _build(app)
 
 
 def main() -> None:
+    # Logs go to stderr (stdout is the verbs' output); the processes set their own level.
+    logs.configure(os.environ.get("SPLICE_LOG_LEVEL") or "WARNING")
     app()
 
 
