@@ -8,13 +8,14 @@ the audit log share it; a projector reads a few hundred thousand of these per se
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import msgspec
 
-from splice.events.jetstream import H_TOPIC, H_VERSION
+from splice.events import subjects
 
 from .upcasting import upcast
 
@@ -76,43 +77,24 @@ def decode_payload(topic: str, data: bytes) -> dict[str, Any]:
 
 
 def from_parts(
-    seq: int, time_ns: int, subject: str, headers: dict[str, str] | None, data: bytes
+    seq: int, time_ns: int, subject: str, headers: Mapping[str, str] | None, data: bytes
 ) -> Event:
-    """Build an Event from what a consumer or a direct get delivers."""
-    tokens = subject.split(".")
-    # splice.evt.<tenant>.<aggregate>.<id>.<Type>: the last four tokens are ours.
-    tenant, aggregate, ident, type_token = tokens[-4], tokens[-3], tokens[-2], tokens[-1]
+    """Build an Event from what a follower or a direct get delivers."""
+    parts = subjects.parse_event(subject)
+    if parts is None:
+        raise ValueError(f"not an event subject: {subject!r}")
     hdrs = headers or {}
-    topic = hdrs.get(H_TOPIC) or type_token
+    topic = hdrs.get(subjects.H_TOPIC) or parts.topic
     return Event(
         seq=seq,
         time_ns=time_ns,
-        tenant=tenant,
-        aggregate=aggregate,
-        aggregate_id=ident,
+        tenant=parts.tenant,
+        aggregate=parts.aggregate,
+        aggregate_id=parts.ident,
         type=topic,
-        version=int(hdrs.get(H_VERSION) or 0),
+        version=int(hdrs.get(subjects.H_VERSION) or 0),
         payload=decode_payload(topic, data),
     )
-
-
-def ack_position(reply: str) -> tuple[int, int]:
-    """(stream sequence, store time ns) from a JetStream delivery's reply subject.
-
-    `$JS.ACK.<stream>.<consumer>.<delivered>.<sseq>.<cseq>.<ts>.<pending>` (9 tokens) or the
-    v2 form with domain and account hash after `$JS.ACK` (12 or more tokens). Cheaper than
-    nats-py's `msg.metadata`, which builds several objects per message.
-    """
-    t = reply.split(".")
-    if len(t) == 9:
-        return int(t[5]), int(t[7])
-    return int(t[7]), int(t[9])
-
-
-def from_msg(msg: Any) -> Event:
-    """An Event from a nats-py message delivered by a (push / ordered) consumer."""
-    seq, ts = ack_position(msg.reply)
-    return from_parts(seq, ts, msg.subject, msg.headers, msg.data)
 
 
 def parse_rfc3339_ns(value: str) -> int:

@@ -1,39 +1,59 @@
 """The projector: reads SPLICE_EVENTS in order and applies it to the views, batch by batch.
 
-Reading: one ordered consumer (push, flow-controlled, no acks, recreated by nats-py from the
-last sequence it saw whenever it detects a gap) on ``splice.evt.>`` from the lowest view
-position + 1. Its callback only appends raw messages to a buffer: the event loop stays free to
-receive, and the buffer's bound is the back-pressure (a full buffer makes the callback wait,
-nats-py then holds back flow-control replies, and the server stops sending).
+Reading: the one stream follower (`splice.events.follow`) on ``splice.evt.>`` from the lowest
+view position + 1. Its handler only appends deliveries to a buffer: the event loop stays free
+to receive, and the buffer's bound is the back-pressure (a full buffer makes the handler wait,
+and the follower asks the server for nothing more meanwhile).
 
 Applying: a single writer thread takes a batch (up to `batch_size` events, or whatever arrived
 within `max_delay` when following live), decodes it, runs the views' handlers against the row
 cache and commits rows and positions in one transaction (`Store.commit`). Big batches make a
 rebuild fast; the delay keeps a live projector's lag small.
+
+Poison: an event that cannot be decoded, or whose handler raises in a view, is set aside for
+that view: the batch is applied again without it, and a row in ``projection_set_aside`` (view,
+seq, subject, type, error) is committed with the batch. The projector never stops on one event.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from nats.js.api import ConsumerConfig, DeliverPolicy
+import structlog
 
-from .envelope import Event, ack_position, from_parts
+from splice.events import subjects
+from splice.events.follow import Delivery, Follower, SetAside, wait_any
+
+from .envelope import Event, from_parts
 from .store import Store
 from .views import VIEWS, Rows, Tx, View
 
-log = logging.getLogger("splice.projections")
+log = structlog.get_logger("splice.projections")
 
-STREAM = "SPLICE_EVENTS"
-EVENTS_SUBJECT = "splice.evt.>"
-RawMsg = tuple[str, str, Any, bytes]  # reply, subject, headers, data
+PULL_BATCH = 2000  # messages per pull request of the projector's follower
+
+
+class ViewFailed(Exception):
+    """A view's handler raised on one event (the batch is then applied again without it)."""
+
+    def __init__(self, view: str, event: Event, error: Exception) -> None:
+        super().__init__(f"{view} failed on seq {event.seq}: {error!r}")
+        self.view = view
+        self.record = SetAside(event.seq, event_subject(event), event.type, describe(error))
+
+
+def describe(error: Exception) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+def event_subject(ev: Event) -> str:
+    return subjects.event(ev.tenant, ev.aggregate, ev.aggregate_id, ev.type)
 
 
 class Projector:
@@ -68,44 +88,70 @@ class Projector:
         """The stream sequence every view has applied (the lowest of their positions)."""
         return min(self.positions.values(), default=0)
 
-    def apply_raw(self, raw: Sequence[RawMsg]) -> int:
-        """Decode and apply raw deliveries (the consumer's callback keeps only these)."""
-        events = []
-        newest = 0
-        for reply, subject, headers, data in raw:
-            seq, ts = ack_position(reply)
-            if seq <= newest:  # a redelivery after a consumer reset: already in this batch
-                continue
-            newest = seq
-            events.append(from_parts(seq, ts, subject, headers, data))
-        return self.apply(events)
+    def apply_deliveries(self, batch: Sequence[Delivery]) -> int:
+        """Decode deliveries (in stream order) and apply them; see `apply`."""
+        events: list[Event] = []
+        unreadable: list[SetAside] = []
+        for d in batch:
+            try:
+                events.append(from_parts(d.seq, d.time_ns, d.subject, d.headers, d.data))
+            except Exception as e:
+                unreadable.append(SetAside(d.seq, d.subject, d.topic, describe(e)))
+        return self.apply(events, last=batch[-1].seq if batch else 0, unreadable=unreadable)
 
-    def apply(self, events: Sequence[Event]) -> int:
+    def apply(
+        self, events: Sequence[Event], *, last: int = 0, unreadable: Sequence[SetAside] = ()
+    ) -> int:
         """Apply events (in stream order) to every view not already past them; commit once.
 
-        Returns the new position. On any failure nothing is applied and the caches are reset.
+        `last` (default: the last event's seq) is where the views' positions move to;
+        `unreadable` are deliveries that could not be decoded, set aside for every view. An
+        event a view's handler raises on is set aside for that view, and the batch is applied
+        again without it. Returns the new position. On any other failure nothing is applied
+        and the caches are reset.
         """
-        if not events:
+        last = max(last, events[-1].seq if events else 0)
+        if last == 0:
             return self.position
-        try:
-            self._apply(events)
-        except BaseException:
-            self._reload()
-            raise
+        skip: dict[tuple[int, str], SetAside] = {}
+        while True:
+            try:
+                self._apply(events, last, skip, unreadable)
+                break
+            except ViewFailed as e:
+                self._reload()
+                skip[(e.record.seq, e.view)] = e.record
+                log.warning("event set aside", view=e.view, seq=e.record.seq,
+                            subject=e.record.subject, type=e.record.topic, error=e.record.error)
+            except BaseException:
+                self._reload()
+                raise
+        for r in unreadable:
+            log.warning("event set aside", view="*", seq=r.seq, subject=r.subject, error=r.error)
         return self.position
 
-    def _apply(self, events: Sequence[Event]) -> None:
+    def _apply(
+        self,
+        events: Sequence[Event],
+        last: int,
+        skip: dict[tuple[int, str], SetAside],
+        unreadable: Sequence[SetAside],
+    ) -> None:
         for rows, key_of, view in self._prefetchers:
             rows.prefetch({_as_key(key_of(ev)) for ev in events if view.wants(ev.type)})
-        last = events[-1].seq
         active = [(v, self.positions[v.name]) for v in self.views if self.positions[v.name] < last]
         for ev in events:
             for view, pos in active:
-                if ev.seq > pos and view.wants(ev.type):
-                    view.apply(ev, self.tx)
+                if ev.seq > pos and view.wants(ev.type) and (ev.seq, view.name) not in skip:
+                    try:
+                        view.apply(ev, self.tx)
+                    except Exception as e:
+                        raise ViewFailed(view.name, ev, e) from e
         moves = {v.name: (pos, last) for v, pos in active}
+        aside = [(view, r) for (_, view), r in skip.items()]
+        aside += [(v.name, r) for r in unreadable for v, pos in active if r.seq > pos]
         writes = [rows.take_writes() for rows in self.tx.tables.values()]
-        self.store.commit(writes, moves)
+        self.store.commit(writes, moves, aside)
         for name, (_, new) in moves.items():
             self.positions[name] = new
         for rows in self.tx.tables.values():
@@ -126,10 +172,12 @@ class Progress:
     started: float = 0.0
 
 
-async def last_event_seq(js: Any, stream: str = STREAM) -> int:
-    """The stream sequence of the newest event (0 when there is none)."""
+async def last_event_seq(
+    js: Any, subject: str = subjects.EVENTS, stream: str = subjects.STREAM
+) -> int:
+    """The stream sequence of the newest event on `subject` (0 when there is none)."""
     try:
-        msg = await js.get_last_msg(stream, EVENTS_SUBJECT, direct=True)
+        msg = await js.get_last_msg(stream, subject, direct=True)
     except Exception as e:  # nats-py raises NotFoundError (a 404) on an empty subject
         if "404" in str(e) or type(e).__name__ == "NotFoundError":
             return 0
@@ -148,83 +196,64 @@ async def run_projection(
     on_batch: Callable[[Progress], None] | None = None,
     executor: ThreadPoolExecutor | None = None,
 ) -> int:
-    """Consume from the projector's position and apply, until `stop` (or sequence `until`).
+    """Follow the stream from the projector's position and apply, until `stop` (or `until`).
 
     Returns the position reached. With `until`, events after it are not applied (time travel,
     verify and rebuild stop at a known end).
     """
+    if until is not None and projector.position >= until:
+        return projector.position
     loop = asyncio.get_running_loop()
-    own_executor = executor is None
     pool = executor or ThreadPoolExecutor(1, thread_name_prefix="splice-projector")
-    buf: list[RawMsg] = []
+    buf: list[Delivery] = []
     ready = asyncio.Event()
     room = asyncio.Event()
     room.set()
     limit = batch_size * 4
     progress = Progress(projector.position, until, started=time.monotonic())
-    start = projector.position + 1
-    if until is not None and projector.position >= until:
-        return projector.position
 
-    async def on_msg(msg: Any) -> None:
-        buf.append((msg.reply, msg.subject, msg.headers, msg.data))
-        if len(buf) >= batch_size or (until is not None and ack_position(msg.reply)[0] >= until):
+    async def take(d: Delivery) -> None:
+        buf.append(d)
+        if len(buf) >= batch_size or d.seq == until:
             ready.set()
         if len(buf) >= limit:
             room.clear()
             await room.wait()
 
-    sub = await js.subscribe(
-        EVENTS_SUBJECT,
-        stream=STREAM,
-        ordered_consumer=True,
-        cb=on_msg,
-        config=ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE, opt_start_seq=start),
-        pending_msgs_limit=limit * 2,
+    follower = Follower(
+        js, subjects.EVENTS, take, after=projector.position, name="projector",
+        batch=min(batch_size, PULL_BATCH),
     )
+    reading = asyncio.create_task(follower.run(stop, until=until))
     try:
         while True:
             if not buf:
-                with contextlib.suppress(TimeoutError):
-                    await _wait_any(ready, stop, timeout=1.0)
+                await wait_any((ready, stop), 1.0)
             if buf and len(buf) < batch_size and not ready.is_set() and not stop.is_set():
-                with contextlib.suppress(TimeoutError):
-                    await _wait_any(ready, stop, timeout=max_delay)
+                await wait_any((ready, stop), max_delay)
             ready.clear()
             batch = buf[:batch_size]
             del buf[: len(batch)]
             if len(buf) < limit:
                 room.set()
-            if until is not None:
-                batch = [m for m in batch if ack_position(m[0])[0] <= until]
             if batch:
-                await loop.run_in_executor(pool, projector.apply_raw, batch)
+                await loop.run_in_executor(pool, projector.apply_deliveries, batch)
                 progress.position = projector.position
                 progress.applied += len(batch)
                 if on_batch is not None:
                     on_batch(progress)
-            if until is not None and projector.position >= until:
+            if (until is not None and projector.position >= until) or stop.is_set():
                 break
-            if stop.is_set():
+            if reading.done() and not buf:
+                reading.result()  # the follower returns only when told to; say why if not
                 break
     finally:
         room.set()
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
-        if own_executor:
+        follower.close()
+        if not reading.done():
+            reading.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reading
+        if executor is None:
             pool.shutdown(wait=True)
     return projector.position
-
-
-async def _wait_any(a: asyncio.Event, b: asyncio.Event, timeout: float) -> None:
-    """Wait until either event is set, at most `timeout` seconds (TimeoutError otherwise)."""
-    if a.is_set() or b.is_set():
-        return
-    tasks = [asyncio.ensure_future(a.wait()), asyncio.ensure_future(b.wait())]
-    try:
-        done, _ = await asyncio.wait(tasks, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for t in tasks:
-            t.cancel()
-    if not done:
-        raise TimeoutError

@@ -40,7 +40,8 @@ from typing import Any
 from splice.events.contracts import ADMIN_TENANT
 
 from .envelope import format_ns, parse_rfc3339_ns
-from .store import Store, decode_value
+from .schema import decode_value
+from .store import Store
 from .views import QUERY_VIEWS, View
 
 log = logging.getLogger("splice.projections.queries")

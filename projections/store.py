@@ -14,6 +14,10 @@ Speed settings, and why they are safe here:
   (the query responder) never block the writer in WAL mode.
 * PostgreSQL sessions use ``synchronous_commit = off`` for the same reason and the same
   guarantee (atomic, possibly-late durability), and append-only tables go in with ``COPY``.
+
+Events a view could not apply are recorded in ``projection_set_aside`` (view, seq, subject,
+type, error), in the same transaction as the batch that skipped them. This module holds the
+dialect-neutral part; the two backends are in `backends.py`.
 """
 
 # SQL text is built from table and column names declared in code (views/), never from
@@ -22,24 +26,21 @@ Speed settings, and why they are safe here:
 
 from __future__ import annotations
 
-import operator
-import sqlite3
 import threading
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
-import msgspec
+from splice.events.follow import SetAside
 
-from .schema import Column, Table
+from .schema import Column, Table, cols, decode_value, encode_rows
 
 POSITIONS = "projection_positions"
 META = "projection_meta"
-
-_json_encode = msgspec.json.Encoder().encode
-_json_decode = msgspec.json.decode
+SET_ASIDE = Table(
+    "projection_set_aside", cols("view, seq:int, subject, type, error"), key=("view", "seq")
+)
 
 
 class PositionConflict(Exception):
@@ -62,51 +63,6 @@ def _sql_type(col: Column, dialect: str) -> str:
             col.type, "BIGINT"
         )
     return {"text": "TEXT", "bool": "INTEGER", "json": "TEXT"}.get(col.type, "INTEGER")
-
-
-def encode_value(col: Column, value: Any) -> Any:
-    if value is None:
-        return None
-    if col.type == "json":
-        return _json_encode(value).decode()
-    if col.type == "bool":
-        return bool(value)
-    return value
-
-
-def encode_rows(table: Table, rows: Sequence[dict[str, Any]]) -> list[Sequence[Any]]:
-    """Rows as parameter tuples in column order; json columns encoded. The hot path of a batch.
-
-    `itemgetter` builds each tuple in C; only json columns need a Python step. bool needs none
-    (sqlite3 stores it as 0/1, psycopg as a boolean).
-    """
-    names = table.column_names
-    getter = operator.itemgetter(*names)
-    json_at = [i for i, c in enumerate(table.columns) if c.type == "json"]
-    out: list[Sequence[Any]] = []
-    for row in rows:
-        try:
-            values = getter(row)
-        except KeyError:  # a handler left a column out: it is NULL
-            values = tuple(row.get(n) for n in names)
-        if json_at:
-            values = list(values)
-            for i in json_at:
-                v = values[i]
-                if v is not None:
-                    values[i] = _json_encode(v).decode()
-        out.append(values)
-    return out
-
-
-def decode_value(col: Column, value: Any) -> Any:
-    if value is None:
-        return None
-    if col.type == "json":
-        return _json_decode(value)
-    if col.type == "bool":
-        return bool(value)
-    return value
 
 
 class Store:
@@ -159,6 +115,8 @@ class Store:
                     f"seq BIGINT NOT NULL, schema_version INTEGER NOT NULL)"
                 )
                 cur.execute(f"CREATE TABLE IF NOT EXISTS {META} (key TEXT PRIMARY KEY, value TEXT)")
+                for stmt in self.ddl(SET_ASIDE):
+                    cur.execute(stmt)
                 cur.execute(f"SELECT view, schema_version FROM {POSITIONS}")
                 known = {r[0]: int(r[1]) for r in cur.fetchall()}
                 for view in views:
@@ -169,20 +127,25 @@ class Store:
                 raise
 
     def _ensure_view(self, cur: Any, view: Any, known_version: int | None) -> None:
-        p = self.ph
         if known_version is not None and known_version != view.version:
-            for table in view.tables:
-                cur.execute(f"DROP TABLE IF EXISTS {table.name}")
-            cur.execute(f"DELETE FROM {POSITIONS} WHERE view = {p}", (view.name,))
+            self._drop_view(cur, view)
             known_version = None
         for table in view.tables:
             for stmt in self.ddl(table):
                 cur.execute(stmt)
         if known_version is None:
+            p = self.ph
             cur.execute(
                 f"INSERT INTO {POSITIONS} (view, seq, schema_version) VALUES ({p}, 0, {p})",
                 (view.name, view.version),
             )
+
+    def _drop_view(self, cur: Any, view: Any) -> None:
+        """A view's tables, position and set-aside events go (it is rebuilt from seq 0)."""
+        for table in view.tables:
+            cur.execute(f"DROP TABLE IF EXISTS {table.name}")
+        for meta in (POSITIONS, SET_ASIDE.name):
+            cur.execute(f"DELETE FROM {meta} WHERE view = {self.ph}", (view.name,))
 
     def reset(self, views: Sequence[Any]) -> None:
         """Drop every view's tables and positions (a rebuild from the start)."""
@@ -192,9 +155,7 @@ class Store:
             self._begin(conn)
             try:
                 for view in views:
-                    for table in view.tables:
-                        cur.execute(f"DROP TABLE IF EXISTS {table.name}")
-                    cur.execute(f"DELETE FROM {POSITIONS} WHERE view = {self.ph}", (view.name,))
+                    self._drop_view(cur, view)
                 conn.commit()
             except BaseException:
                 conn.rollback()
@@ -273,10 +234,17 @@ class Store:
         return {c.name: decode_value(c, v) for c, v in zip(table.columns, r, strict=True)}
 
     # -- the batch transaction -------------------------------------------------------------
-    def commit(self, writes: Sequence[TableWrites], moves: dict[str, tuple[int, int]]) -> None:
-        """Apply a batch's writes and move the views' positions, all in one transaction.
+    def commit(
+        self,
+        writes: Sequence[TableWrites],
+        moves: dict[str, tuple[int, int]],
+        set_aside: Sequence[tuple[str, SetAside]] = (),
+    ) -> None:
+        """Apply a batch's writes, record what it set aside, and move the views' positions,
+        all in one transaction.
 
-        `moves` maps view name -> (position the batch started from, new position). Raises
+        `moves` maps view name -> (position the batch started from, new position);
+        `set_aside` holds (view name, event) for the events a view skipped. Raises
         PositionConflict (and applies nothing) when a position is no longer the expected one.
         """
         with self._lock:
@@ -287,6 +255,9 @@ class Store:
                 self._move_positions(cur, moves)
                 for w in writes:
                     self._write_table(cur, w)
+                if set_aside:
+                    rows = [(v, r.seq, r.subject, r.topic, r.error) for v, r in set_aside]
+                    self._append(cur, SET_ASIDE, rows)
                 conn.commit()
             except BaseException:
                 conn.rollback()
@@ -330,11 +301,15 @@ class Store:
         finally:
             conn.commit()  # end the read transaction: the next query sees newer data
 
-    def dump(self, table: Table) -> list[dict[str, Any]]:
-        """Every row of a table, decoded, in key order (for `projections verify`)."""
-        names = ", ".join(table.column_names)
-        rows = self.select(f"SELECT {names} FROM {table.name} ORDER BY {', '.join(table.key)}")
-        return [self._decode_row(table, r) for r in rows]
+    def set_aside(self, up_to: int | None = None) -> list[dict[str, Any]]:
+        """The events views set aside (up to a stream sequence), in stream order."""
+        names = ", ".join(SET_ASIDE.column_names)
+        sql = f"SELECT {names} FROM {SET_ASIDE.name}"
+        params: tuple[Any, ...] = ()
+        if up_to is not None:
+            sql, params = f"{sql} WHERE seq <= {self.ph}", (up_to,)
+        rows = self.select(f"{sql} ORDER BY seq, view", params)
+        return [self._decode_row(SET_ASIDE, r) for r in rows]
 
     def snapshot(self, tables: Sequence[Table]) -> tuple[dict[str, int], dict[str, list[dict]]]:
         """Positions and every row of `tables`, all read in one transaction (one picture)."""
@@ -357,124 +332,6 @@ class Store:
         raise NotImplementedError
 
 
-class SQLiteStore(Store):
-    dialect = "sqlite"
-    ph = "?"
-
-    def __init__(self, path: str | Path) -> None:
-        super().__init__(str(path))
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._w: sqlite3.Connection | None = None
-        self._r = threading.local()
-
-    def _open(self) -> sqlite3.Connection:
-        conn = sqlite3.connect(self.path, timeout=30, check_same_thread=False)
-        conn.isolation_level = None  # explicit BEGIN/COMMIT: we decide where a transaction ends
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA cache_size=-65536")  # 64 MiB page cache
-        conn.execute("PRAGMA temp_store=MEMORY")
-        return conn
-
-    def _write_conn(self) -> sqlite3.Connection:
-        if self._w is None:
-            self._w = self._open()
-        return self._w
-
-    def _read_conn(self) -> _SQLiteReader:
-        conn: _SQLiteReader | None = getattr(self._r, "conn", None)
-        if conn is None:
-            conn = self._r.conn = _SQLiteReader(self._open())
-        return conn
-
-    def _begin(self, conn: sqlite3.Connection) -> None:
-        conn.execute("BEGIN IMMEDIATE")
-
-    def _snapshot_conn(self) -> sqlite3.Connection:
-        conn = self._open()
-        conn.execute("BEGIN")  # a read transaction: one WAL snapshot for every SELECT in it
-        return conn
-
-    def _append(self, cur: Any, table: Table, rows: list[tuple[Any, ...]]) -> None:
-        names = table.column_names
-        cur.executemany(
-            f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
-            rows,
-        )
-
-    def close(self) -> None:
-        if self._w is not None:
-            self._w.close()
-            self._w = None
-
-
-class _SQLiteReader:
-    """A read connection in autocommit mode: `commit()` is a no-op that Store.select calls."""
-
-    def __init__(self, conn: sqlite3.Connection) -> None:
-        self.conn = conn
-
-    def cursor(self) -> sqlite3.Cursor:
-        return self.conn.cursor()
-
-    def commit(self) -> None:
-        return None
-
-
-class PostgresStore(Store):
-    dialect = "postgres"
-    ph = "%s"
-
-    def __init__(self, url: str) -> None:
-        super().__init__(url)
-        self._w: Any = None
-        self._r = threading.local()
-
-    def _open(self) -> Any:
-        import psycopg
-
-        conn = psycopg.connect(self.url, autocommit=False)
-        conn.execute("SET synchronous_commit = off")
-        conn.commit()
-        return conn
-
-    def _write_conn(self) -> Any:
-        if self._w is None or self._w.closed:
-            self._w = self._open()
-        return self._w
-
-    def _read_conn(self) -> Any:
-        conn = getattr(self._r, "conn", None)
-        if conn is None or conn.closed:
-            conn = self._r.conn = self._open()
-        return conn
-
-    def _begin(self, conn: Any) -> None:
-        return None  # psycopg opens a transaction on the first statement
-
-    def _snapshot_conn(self) -> Any:
-        import psycopg
-
-        conn = psycopg.connect(self.url, autocommit=False)
-        conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
-        return conn
-
-    def _append(self, cur: Any, table: Table, rows: list[tuple[Any, ...]]) -> None:
-        names = ", ".join(table.column_names)
-        with cur.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
-            for row in rows:
-                copy.write_row(row)
-
-    def close(self) -> None:
-        if self._w is not None:
-            self._w.close()
-            self._w = None
-        conn = getattr(self._r, "conn", None)
-        if conn is not None:
-            conn.close()
-
-
 def is_postgres(db_url: str) -> bool:
     return db_url.startswith(("postgresql://", "postgres://"))
 
@@ -487,6 +344,8 @@ def with_database(db_url: str, name: str) -> str:
 
 def open_store(db_url: str) -> Store:
     """`postgresql://...` → PostgreSQL; `sqlite:///path`, a path, anything else → SQLite file."""
+    from .backends import PostgresStore, SQLiteStore  # they build on Store, defined above
+
     if is_postgres(db_url):
         return PostgresStore(db_url)
     path = db_url.removeprefix("sqlite:///") if db_url.startswith("sqlite:///") else db_url

@@ -7,7 +7,7 @@
 * `state_at(at)`: a tenant's or a resource's state as it was at a stream sequence or a time:
   the same view handlers the projector runs, applied in memory to every event up to that point.
 
-Both read with an ordered consumer on the narrowest subject filter the server can serve, and
+Both read with the stream follower on the narrowest subject filter the server can serve, and
 stop at the newest matching event that existed when they started.
 """
 
@@ -17,12 +17,13 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any
 
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from splice.events import subjects
+from splice.events.follow import Delivery, Follower
 
-from .envelope import Event, format_ns, from_msg
-from .projector import STREAM
+from .envelope import Event, format_ns, from_parts
+from .projector import last_event_seq
 from .queries import shape
-from .store import encode_rows
+from .schema import encode_rows
 from .views import QUERY_VIEWS, VIEWS, Tx, View
 
 
@@ -40,57 +41,33 @@ class At:
 
 
 def resource_filter(resource_id: str) -> str:
-    return f"splice.evt.*.*.{resource_id}.*"
+    return subjects.event("*", "*", resource_id, "*")
 
 
 def tenant_filter(tenant: str) -> str:
-    return f"splice.evt.{tenant}.>"
-
-
-async def _last_seq(js: Any, subject: str) -> int:
-    try:
-        msg = await js.get_last_msg(STREAM, subject, direct=True)
-    except Exception as e:
-        if "404" in str(e) or type(e).__name__ == "NotFoundError":
-            return 0
-        raise
-    return int(msg.seq)
+    return f"{subjects.PREFIX}.evt.{tenant}.>"
 
 
 async def read_events(
     js: Any, subject: str, at: At | None = None, timeout: float = 30.0
 ) -> list[Event]:
     """Events on `subject` in stream order, up to `at` (default: the newest there is now)."""
-    end = await _last_seq(js, subject)
+    end = await last_event_seq(js, subject)
     if at is not None and at.seq is not None:
         end = min(end, at.seq)
     if end == 0:
         return []
     out: list[Event] = []
-    done = asyncio.Event()
 
-    async def on_msg(msg: Any) -> None:
-        if done.is_set():
-            return
-        ev = from_msg(msg)
-        if ev.seq > end or (at is not None and not at.includes(ev)):
-            done.set()
+    async def take(d: Delivery) -> None:
+        ev = from_parts(d.seq, d.time_ns, d.subject, d.headers, d.data)
+        if at is not None and not at.includes(ev):
+            follower.close()
             return
         out.append(ev)
-        if ev.seq >= end:
-            done.set()
 
-    sub = await js.subscribe(
-        subject,
-        stream=STREAM,
-        ordered_consumer=True,
-        cb=on_msg,
-        config=ConsumerConfig(deliver_policy=DeliverPolicy.ALL),
-    )
-    try:
-        await asyncio.wait_for(done.wait(), timeout)
-    finally:
-        await sub.unsubscribe()
+    follower = Follower(js, subject, take, name="timetravel")
+    await asyncio.wait_for(follower.run(until=end), timeout)
     return out
 
 
