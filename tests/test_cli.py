@@ -262,3 +262,56 @@ def test_standalone_projector_answers_queries_on_a_command_it_saw_and_stops_on_s
             if proc.poll() is None:
                 proc.kill()
                 proc.wait(10)
+
+
+async def test_root_stops_parts_in_reverse_order_and_cancels_one_past_its_deadline() -> None:
+    import asyncio
+
+    from splice import root
+
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    stopped: list[str] = []
+
+    async def polite(stop: asyncio.Event) -> None:
+        await stop.wait()
+        stopped.append("polite")
+
+    async def stubborn(_stop: asyncio.Event) -> None:
+        try:
+            await asyncio.Event().wait()  # ignores its stop event
+        finally:
+            stopped.append("stubborn cancelled")
+
+    try:
+        began = time.monotonic()
+        async with root.Root() as r:
+            r.stack.callback(stopped.append, "first in, last out")
+            r.start_parts([polite])
+            r.start_parts([stubborn], deadline=0.2)
+            r.stop.set()  # as SIGINT would
+            await r.until_stopped()
+        assert stopped == ["stubborn cancelled", "polite", "first in, last out"]
+        assert time.monotonic() - began < 2
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+
+
+async def test_root_of_a_single_part_process_ends_with_the_error_of_a_part_that_fails() -> None:
+    import asyncio
+
+    from splice import root
+
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+
+    async def failing(_stop: asyncio.Event) -> None:
+        raise RuntimeError("no NATS")
+
+    try:
+        with pytest.raises(RuntimeError, match="no NATS"):
+            async with root.Root() as r:
+                r.start_parts([failing])
+                await asyncio.wait_for(r.until_stopped(or_a_part_ends=True), 5)
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
