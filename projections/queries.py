@@ -29,7 +29,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import logging
 import re
 import time
 from collections.abc import Callable
@@ -37,6 +36,9 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
+
+from splice.events import subjects
 from splice.events.contracts import ADMIN_TENANT
 
 from .envelope import format_ns, parse_rfc3339_ns
@@ -44,9 +46,8 @@ from .schema import decode_value
 from .store import Store
 from .views import QUERY_VIEWS, View
 
-log = logging.getLogger("splice.projections.queries")
+log = structlog.get_logger("splice.projections")
 
-QUERY_PREFIX = "splice.qry"
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
 _TENANT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$")
@@ -268,7 +269,7 @@ class QueryService:
         self._sub: Any = None
 
     async def start(self) -> None:
-        self._sub = await self.nc.subscribe(f"{QUERY_PREFIX}.>", queue=self.queue, cb=self._on)
+        self._sub = await self.nc.subscribe(subjects.QUERIES, queue=self.queue, cb=self._on)
 
     async def stop(self) -> None:
         if self._sub is not None:
@@ -300,7 +301,7 @@ class QueryService:
         except QueryError as e:
             return e.reply()
         except Exception:
-            log.exception("query failed: %s", subject)
+            log.exception("query failed", subject=subject)
             return QueryError("internal", "the query failed; see the projector's log", None).reply()
 
     async def _caught_up(self, q: Query) -> int:

@@ -11,19 +11,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 import os
 import signal
 from typing import Any
 
 import nats
-from nats.js.errors import NotFoundError
+import structlog
 
 from .projector import Projector, run_projection
 from .queries import QueryService
 from .store import PositionConflict, open_store
 
-log = logging.getLogger("splice.projections")
+log = structlog.get_logger("splice.projections")
 
 DEFAULT_BATCH = 5000
 
@@ -69,13 +68,11 @@ async def _consume_forever(js: Any, projector: Projector, stop: asyncio.Event, b
             await run_projection(js, projector, stop, batch_size=batch)
             backoff = 0.25
         except PositionConflict as e:
-            log.warning("another projector moved the position (%s); re-reading", e)
+            log.warning("another projector moved the position; re-reading", error=str(e))
         except asyncio.CancelledError:
             raise
-        except NotFoundError:
-            log.info("stream SPLICE_EVENTS does not exist yet; waiting for the first command")
         except Exception:
-            log.exception("projector failed; retrying in %.1fs", backoff)
+            log.exception("projector failed; retrying", backoff_s=backoff)
         else:
             continue
         with contextlib.suppress(TimeoutError):
@@ -93,7 +90,9 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--no-queries", action="store_true")
     args = parser.parse_args(argv)
-    logging.basicConfig(level=os.environ.get("SPLICE_LOG_LEVEL", "INFO"))
+    from splice.logs import configure  # the process's entry point: logging is set up here
+
+    configure(os.environ.get("SPLICE_LOG_LEVEL", "INFO"))
 
     async def run() -> None:
         stop = asyncio.Event()
