@@ -52,6 +52,17 @@ def url_of(nats_url: str | None, state_dir: Path | None = None) -> str:
         raise typer.Exit(2) from None
 
 
+def pairs(items: list[str], form: str, param_hint: str) -> dict[str, str]:
+    """Repeated KEY=VALUE options as a mapping; `form` (KIND=PROVIDER) names them in errors."""
+    result: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise typer.BadParameter(f"{item!r}: expected {form}", param_hint=param_hint)
+        result[key] = value
+    return result
+
+
 def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 

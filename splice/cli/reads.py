@@ -14,7 +14,17 @@ from typing import Annotated, Any
 import typer
 
 from splice import client
-from splice.cli.common import ADMIN, NatsUrlOpt, OutputOpt, err, out, print_json, table, url_of
+from splice.cli.common import (
+    ADMIN,
+    NatsUrlOpt,
+    OutputOpt,
+    err,
+    out,
+    pairs,
+    print_json,
+    table,
+    url_of,
+)
 
 TenantOpt = Annotated[str, typer.Option("--tenant", "-t", help="Tenant to ask as.")]
 
@@ -32,10 +42,7 @@ def query(nats_url: str | None, tenant: str, view: str, body: dict[str, Any]) ->
 def _filters(items: list[str]) -> dict[str, Any]:
     """KEY=VALUE pairs; VALUE parsed as JSON when it is JSON (true, 3), else a string."""
     result: dict[str, Any] = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"{item!r}: expected KEY=VALUE", param_hint="--filter")
+    for key, value in pairs(items, "KEY=VALUE", "--filter").items():
         try:
             result[key] = json.loads(value)
         except ValueError:

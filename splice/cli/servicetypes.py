@@ -7,7 +7,17 @@ from typing import Annotated, Any
 import typer
 
 from splice.cli.commands import send
-from splice.cli.common import ADMIN, NatsUrlOpt, OutputOpt, cell, err, out, print_json, table
+from splice.cli.common import (
+    ADMIN,
+    NatsUrlOpt,
+    OutputOpt,
+    cell,
+    err,
+    out,
+    pairs,
+    print_json,
+    table,
+)
 from splice.cli.reads import page_all, query
 
 servicetype_app = typer.Typer(
@@ -21,13 +31,7 @@ CommandIdOpt = Annotated[str | None, typer.Option(help="Idempotency key (default
 
 
 def _providers(items: list[str]) -> dict[str, str]:
-    result: dict[str, str] = {}
-    for item in items:
-        kind, sep, provider = item.partition("=")
-        if not sep:
-            raise typer.BadParameter(f"{item!r}: expected KIND=PROVIDER", param_hint="--provider")
-        result[kind] = provider
-    return result
+    return pairs(items, "KIND=PROVIDER", "--provider")
 
 
 @servicetype_app.command("create")
