@@ -90,9 +90,6 @@ class NatsThread:
         fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
         return fut.result(timeout)
 
-    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
-        asyncio.run_coroutine_threadsafe(coro, self._loop)
-
     async def _start_mux(self) -> None:
         async def route(msg: Msg) -> None:
             token = msg.subject.rsplit(".", 1)[-1]
