@@ -27,7 +27,7 @@ from typing import Any
 import structlog
 
 from splice.agents import haproxy, netns
-from splice.agents.haproxy import LbPaths
+from splice.agents.haproxy_render import LbPaths, digest
 from splice.agents.model import HostLayout, LoadBalancerSpec
 from splice.agents.plan import (
     DeleteBridge,
@@ -278,7 +278,7 @@ def observe_lb(layout: HostLayout, short: str) -> ObservedLB:
         haproxy_pid=pid,
         stray_netns_inode=_stray_inode(paths, inode) if pid is None else None,
         applied_digest=haproxy.applied_digest(paths) if pid else None,
-        rejected_digest=haproxy.digest(rejected) if rejected is not None else None,
+        rejected_digest=digest(rejected) if rejected is not None else None,
         rejected_reason=_read(f"{paths.config}.rejected.reason") or "",
         state_dir=Path(paths.dir).is_dir(),
         lb_id=_read(f"{paths.dir}/{LB_ID_FILE}"),

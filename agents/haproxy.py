@@ -1,59 +1,32 @@
-"""haproxy driver: transform a spec into plain values, render, check, apply, run, observe.
+"""haproxy's processes and files: check, write, start, reload, stop, and read its stats.
 
-Three layers, each testable alone:
-
-* **transform + render** (pure): :func:`render` turns a :class:`LoadBalancerSpec` and the LB's
-  file paths into configuration text. All escaping happens in :func:`transform` — values are
-  quoted with :func:`quote` (single quotes: no ``${VAR}`` expansion, ``#`` and spaces are
-  literal) or come from a closed set (enums, UUIDs, integers). The template only lays out.
-* **files** (blocking): :func:`write_checked` writes ``haproxy.cfg.new``, runs ``haproxy -c``,
-  keeps a refused file aside as ``haproxy.cfg.rejected``, else fsyncs and renames.
-* **process** (blocking): :func:`start` runs haproxy master-worker inside the LB namespace
+* **files**: :func:`write_checked` writes ``haproxy.cfg.new``, runs ``haproxy -c``, keeps a
+  refused file aside as ``haproxy.cfg.rejected``, else fsyncs and renames.
+* **process**: :func:`start` runs haproxy master-worker inside the LB namespace
   (``ip netns exec``), :func:`reload` saves server state and sends SIGUSR2 to the master — the
   new worker inherits the listening sockets, so no connection is refused during a reload —
   and :func:`show_stat` reads the stats socket.
+
+What the configuration says is `haproxy_render.py`'s (pure).
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
 import io
 import os
 import signal
 import socket
 import subprocess
 import time
-from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any
 
-import jinja2
-
-from splice.agents.model import (
-    Algorithm,
-    CompareType,
-    HealthMonitorSpec,
-    L7Action,
-    L7PolicySpec,
-    L7RuleSpec,
-    L7RuleType,
-    ListenerSpec,
-    LoadBalancerSpec,
-    MemberSpec,
-    PersistenceType,
-    PoolSpec,
-    Protocol,
-    check_text,
-    parse_expected_codes,
-)
+from splice.agents.haproxy_render import LbPaths, digest
 from splice.agents.netns import process_alive
 
 HAPROXY = "haproxy"
-DEFAULT_MAXCONN = 8000  # per LB when listeners are unlimited; many LBs share one host's fds
-HARD_STOP_AFTER = "5m"  # old workers of a reload give up lingering connections after this
 
 
 class HaproxyError(RuntimeError):
@@ -62,260 +35,6 @@ class HaproxyError(RuntimeError):
 
 class ConfigRejectedError(HaproxyError):
     """``haproxy -c`` refused the rendered configuration (it is kept as ``.rejected``)."""
-
-
-# --------------------------------------------------------------------------- paths
-
-
-@dataclass(frozen=True, slots=True)
-class LbPaths:
-    """The files of one LB in its state directory (unix sockets: keep ``dir`` short)."""
-
-    dir: str
-
-    @property
-    def config(self) -> str:
-        return f"{self.dir}/haproxy.cfg"
-
-    @property
-    def pidfile(self) -> str:
-        return f"{self.dir}/haproxy.pid"
-
-    @property
-    def stats_socket(self) -> str:
-        return f"{self.dir}/stats.sock"
-
-    @property
-    def master_socket(self) -> str:
-        return f"{self.dir}/master.sock"
-
-    @property
-    def server_state(self) -> str:
-        return f"{self.dir}/server-state"
-
-    @property
-    def applied(self) -> str:
-        """Digest of the configuration the running haproxy has loaded (written after success)."""
-        return f"{self.dir}/applied.sha256"
-
-
-# --------------------------------------------------------------------------- escaping
-
-
-def quote(value: str) -> str:
-    """One haproxy configuration word holding exactly ``value``.
-
-    Inside single quotes haproxy expands nothing (no ``${VAR}``, no backslash escapes) and
-    ``#`` does not start a comment; a single quote is written as ``'\\''`` (close, escaped
-    quote, reopen), as in a POSIX shell. Line breaks cannot be quoted: the model refuses them,
-    and this function re-checks so that it is safe on its own.
-    """
-    check_text("value", value, limit=4096)
-    return "'" + value.replace("'", "'\\''") + "'"
-
-
-def log_format_literal(value: str) -> str:
-    """Escape ``%`` for directives whose argument is a log-format string (``redirect``)."""
-    return value.replace("%", "%%")
-
-
-def comment(value: str) -> str:
-    """A name shown in a ``#`` comment: refused if it could end the comment line."""
-    return check_text("name", value)
-
-
-def address(addr: str, port: int) -> str:
-    return f"[{addr}]:{port}" if ":" in addr else f"{addr}:{port}"
-
-
-def ms(value: int) -> str:
-    return f"{value}ms"
-
-
-# --------------------------------------------------------------------------- transform
-
-_BALANCE = {
-    Algorithm.ROUND_ROBIN: "roundrobin",
-    Algorithm.LEAST_CONNECTIONS: "leastconn",
-    Algorithm.SOURCE_IP: "source",
-}
-_MATCH = {
-    CompareType.EQUAL_TO: "-m str",
-    CompareType.STARTS_WITH: "-m beg",
-    CompareType.ENDS_WITH: "-m end",
-    CompareType.CONTAINS: "-m sub",
-    CompareType.REGEX: "-m reg",
-}
-
-
-def frontend_name(listener_id: str) -> str:
-    return f"l-{listener_id}"
-
-
-def backend_name(pool_id: str) -> str:
-    return f"p-{pool_id}"
-
-
-def server_name(member_id: str) -> str:
-    return f"m-{member_id}"
-
-
-def transform(spec: LoadBalancerSpec, paths: LbPaths) -> dict[str, Any]:
-    """The template's whole input: plain strings, ints and lists, already escaped."""
-    limited = [lst.connection_limit for lst in spec.listeners if lst.connection_limit > 0]
-    unlimited = any(lst.connection_limit == -1 for lst in spec.listeners)
-    maxconn = (DEFAULT_MAXCONN if unlimited else 0) + sum(limited) or DEFAULT_MAXCONN
-    by_pool = spec.listeners_by_pool
-    return {
-        "lb": {
-            "id": spec.id,
-            "generation": spec.generation,
-            "comment": comment(spec.name),
-            "maxconn": maxconn,
-            "hard_stop_after": HARD_STOP_AFTER,
-        },
-        "paths": {
-            "pidfile": quote(paths.pidfile),
-            "stats_socket": quote(paths.stats_socket),
-            "server_state": quote(paths.server_state),
-        },
-        "frontends": [_frontend(spec, lst) for lst in spec.listeners],
-        "backends": [_backend(pool, by_pool[pool.id]) for pool in spec.pools],
-    }
-
-
-def _mode(protocol: Protocol) -> str:
-    return "http" if protocol is Protocol.HTTP else "tcp"
-
-
-def _frontend(spec: LoadBalancerSpec, lst: ListenerSpec) -> dict[str, Any]:
-    acls: list[dict[str, str]] = []
-    policies = []
-    active = [p for p in lst.ordered_policies if p.admin_state_up and p.rules]
-    for index, policy in enumerate(active, start=1):
-        names = []
-        for rule_index, rule in enumerate(policy.rules, start=1):
-            name = f"r{index}_{rule_index}"
-            acls.append({"name": name, **_acl(rule)})
-            names.append(f"!{name}" if rule.invert else name)
-        policies.append(_policy(policy, index, " ".join(names)))
-    return {
-        "name": frontend_name(lst.id),
-        "comment": comment(lst.name),
-        "mode": _mode(lst.protocol),
-        "bind": address(spec.vip_address, lst.port),
-        "maxconn": lst.connection_limit if lst.connection_limit > 0 else DEFAULT_MAXCONN,
-        "timeout_client": ms(lst.timeout_client_data_ms),
-        "disabled": not (lst.admin_state_up and spec.admin_state_up),
-        "acls": acls,
-        "policies": policies,
-        "default_backend": backend_name(lst.default_pool_id) if lst.default_pool_id else None,
-    }
-
-
-def _acl(rule: L7RuleSpec) -> dict[str, str]:
-    """Octavia's rule → ACL mapping; ``--`` ends the flags so a value like ``-f /etc/x``
-    stays a pattern, and the value itself is quoted."""
-    fetch = {
-        L7RuleType.HOST_NAME: "req.hdr(host)",
-        L7RuleType.PATH: "path",
-        L7RuleType.FILE_TYPE: "path_end" if rule.compare_type is not CompareType.REGEX else "path",
-        L7RuleType.HEADER: f"req.hdr({rule.key})",
-        L7RuleType.COOKIE: f"req.cook({rule.key})",
-    }[rule.type]
-    flags = _MATCH[rule.compare_type]
-    if rule.type is L7RuleType.HOST_NAME:
-        flags = f"-i {flags}"
-    return {"fetch": fetch, "flags": flags, "value": quote(rule.value)}
-
-
-def _policy(policy: L7PolicySpec, index: int, condition: str) -> dict[str, Any]:
-    """Policies are evaluated first-match-wins by position, whatever their action: the first
-    matching policy's index goes into a transaction variable, then each action fires on its
-    own index. (haproxy itself would run every ``deny`` before any ``use_backend``.)"""
-    out: dict[str, Any] = {
-        "id": policy.id,
-        "position": policy.position,
-        "index": index,
-        "action": str(policy.action),
-        "condition": condition,
-        "code": policy.redirect_http_code,
-    }
-    if policy.action is L7Action.REDIRECT_TO_POOL:
-        assert policy.redirect_pool_id is not None
-        out["backend"] = backend_name(policy.redirect_pool_id)
-    if policy.action is L7Action.REDIRECT_TO_URL:
-        assert policy.redirect_url is not None
-        out["location"] = quote(log_format_literal(policy.redirect_url))
-    return out
-
-
-def _backend(pool: PoolSpec, listeners: list[ListenerSpec]) -> dict[str, Any]:
-    """A pool shared by several listeners takes the most patient of their member timeouts."""
-    connect = max((lst.timeout_member_connect_ms for lst in listeners), default=5000)
-    data = max((lst.timeout_member_data_ms for lst in listeners), default=50000)
-    sp = pool.session_persistence
-    return {
-        "name": backend_name(pool.id),
-        "comment": comment(pool.name),
-        "mode": _mode(pool.protocol),
-        "balance": _BALANCE[pool.lb_algorithm],
-        "timeout_connect": ms(connect),
-        "timeout_server": ms(data),
-        "disabled": not pool.admin_state_up,
-        "persistence": str(sp.type) if sp else None,
-        "cookie_name": sp.cookie_name if sp and sp.type is PersistenceType.APP_COOKIE else None,
-        "monitor": _monitor(pool.healthmonitor) if pool.healthmonitor else None,
-        "servers": [_server(m) for m in pool.members],
-    }
-
-
-def _monitor(hm: HealthMonitorSpec) -> dict[str, Any]:
-    codes = ",".join(
-        str(lo) if lo == hi else f"{lo}-{hi}" for lo, hi in parse_expected_codes(hm.expected_codes)
-    )
-    return {
-        "type": str(hm.type),
-        "inter": f"{hm.delay}s",
-        "timeout": f"{hm.timeout}s",
-        "rise": hm.max_retries,
-        "fall": hm.max_retries_down,
-        "method": str(hm.http_method),
-        "path": quote(hm.url_path),
-        "codes": codes,
-    }
-
-
-def _server(member: MemberSpec) -> dict[str, Any]:
-    return {
-        "name": server_name(member.id),
-        "comment": comment(member.name),
-        "address": address(member.address, member.protocol_port),
-        "weight": member.weight,
-        "backup": member.backup,
-        "disabled": not member.admin_state_up,
-    }
-
-
-@cache
-def _environment() -> jinja2.Environment:
-    return jinja2.Environment(
-        loader=jinja2.PackageLoader("splice.agents", "templates"),
-        undefined=jinja2.StrictUndefined,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-        autoescape=False,  # noqa: S701 - not HTML; values are escaped for haproxy by transform()
-    )
-
-
-def render(spec: LoadBalancerSpec, paths: LbPaths) -> str:
-    """Pure: the same spec and paths give the same text, byte for byte."""
-    return _environment().get_template("haproxy.cfg.j2").render(**transform(spec, paths))
-
-
-def digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
 
 
 # --------------------------------------------------------------------------- files

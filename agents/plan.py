@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from splice.agents.haproxy import LbPaths, digest, render
+from splice.agents.haproxy_render import LbPaths, digest, render
 from splice.agents.model import HostLayout, LoadBalancerSpec
 from splice.agents.netns import NamespaceLinks, VipLeg
 
@@ -217,7 +217,7 @@ def desired_leg(spec: LoadBalancerSpec, layout: HostLayout) -> VipLeg:
         address=spec.vip_address,
         prefixlen=spec.network.prefixlen,
         gateway=spec.network.gateway,
-        mac=spec.vip_port_mac,
+        mac=None,  # the kernel picks the VIP leg's MAC
     )
 
 

@@ -2,17 +2,20 @@
 
 `Agent.run()`:
 
-* registers the host and its providers (`host.register`), then heartbeats on core NATS
-  (`splice.hb.<host>`, every 2 s: liveness is not an event);
-* folds the load-balancer and network events of the stream (server-side subject filters) into
-  views — the same fold the command side applies (`splice.events.lbfold`);
-* keeps a snapshot of those views and the stream position in its state directory, so a restart
-  resumes from where it stopped instead of replaying the whole history;
+* registers the host with the providers it has drivers for (`host.register`), then heartbeats
+  on core NATS (`splice.hb.<host>`, every 2 s: liveness is not an event);
+* follows the load-balancer and network events (`splice.events.follow`: resumable, a bad event
+  is set aside and the agent goes on) and folds them with the very fold the command side
+  applies (`splice.events.lbaas_fold`);
+* keeps a snapshot of those states and the stream position in its state directory, so a
+  restart resumes from where it stopped instead of replaying the whole history;
 * level-triggered: any event only marks the host dirty; the converge loop then computes the
-  complete desired set for this host (load balancers placed here and not being deleted),
-  hands it to the `Reconciler`, and reports: the generation converged (ACTIVE, or ERROR with
-  the reason), DELETED once a load balancer being deleted is gone from the host, and operating
-  status transitions. Reports are commands on ``splice.cmd._host.loadbalancer.*``;
+  complete desired set for this host (load balancers placed here and not being deleted), hands
+  each provider's share to that provider's driver, and reports: the generation converged
+  (ACTIVE, or ERROR with the reason), DELETED once a load balancer being deleted is gone from
+  the host, and operating status transitions. Reports are commands on
+  ``splice.cmd._host.loadbalancer.*``. A load balancer of a provider without a driver here is
+  reported ERROR, never served by another driver;
 * a resync timer re-converges the last desired set to repair drift.
 """
 
@@ -30,129 +33,40 @@ from typing import Any
 import msgspec
 import nats
 import structlog
-from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from splice.events import contracts as c
-from splice.events.lbfold import LoadBalancerView
+from splice.events import subjects
+from splice.events.follow import Delivery, Follower
+from splice.events.lbaas_fold import LoadBalancerState, apply
 
-from .converge import Reconciler, Report
-from .model import (
-    Algorithm,
-    CompareType,
-    HealthMonitorSpec,
-    HttpMethod,
-    L7Action,
-    L7PolicySpec,
-    L7RuleSpec,
-    L7RuleType,
-    ListenerSpec,
-    LoadBalancerSpec,
-    MemberSpec,
-    MonitorType,
-    NetworkSpec,
-    PersistenceType,
-    PoolSpec,
-    Protocol,
-    SessionPersistenceSpec,
-    SpecError,
-)
+from .converge import LbResult, Reconciler, Report
+from .model import LoadBalancerSpec, NetworkSpec
 
 log = structlog.get_logger("splice.agent")
 
 HEARTBEAT_S = 2.0
-SUBJECTS = ["splice.evt.*.loadbalancer.>", "splice.evt.*.network.>"]
-STREAM = "SPLICE_EVENTS"
+SUBJECTS = [subjects.events_of("loadbalancer"), subjects.events_of("network")]
 _decoders = {name: msgspec.json.Decoder(t) for name, t in c.EVENT_TYPES.items()}
 
-
-class LBState(msgspec.Struct, kw_only=True):
-    """What the snapshot keeps of a load balancer view."""
-
-    id: str
-    tenant: str
-    name: str
-    description: str
-    vip_network_id: str
-    vip_address: str
-    vip_port_id: str
-    insertion: c.InsertionState
-    admin_state_up: bool
-    listeners: dict[str, c.Listener]
-    pools: dict[str, c.Pool]
-    generation: int
-    converged: int
-    provisioning_status: str
-    operating_status: str
-    statuses: dict[str, str]
-    host: str | None
-    error: str
-    deleted: bool = False
+# The host drivers, by the provider they serve. An agent offers exactly these providers (the
+# scheduler places by them); a service of any other provider placed here is reported ERROR.
+DRIVERS = {"haproxy": Reconciler}
 
 
 class Snapshot(msgspec.Struct, kw_only=True):
+    """The agent's folds and position, so that a restart need not replay the history."""
+
     seq: int = 0
-    lbs: dict[str, LBState] = {}
-    networks: dict[str, tuple[str, str]] = {}  # network agg id -> (cidr, gateway)
+    lbs: dict[str, LoadBalancerState] = {}  # by aggregate id <tenant>.loadbalancer.<uuid>
+    networks: dict[str, tuple[str, str]] = {}  # network aggregate id -> (cidr, gateway)
 
 
-def to_spec(view: LoadBalancerView, network: tuple[str, str]) -> LoadBalancerSpec:
-    """The reconciler's plain, validated input for one load balancer."""
+def public(agg_id: str) -> str:
+    return agg_id.rsplit(".", 1)[1]
 
-    def hm(h: c.HealthMonitor | None) -> HealthMonitorSpec | None:
-        if h is None or not h.admin_state_up:
-            return None
-        return HealthMonitorSpec(
-            type=MonitorType(h.type), delay=h.delay, timeout=h.timeout, max_retries=h.max_retries,
-            max_retries_down=h.max_retries_down, http_method=HttpMethod(h.http_method),
-            url_path=h.url_path, expected_codes=h.expected_codes,
-        )
 
-    pools = tuple(
-        PoolSpec(
-            id=p.id, protocol=Protocol(p.protocol), lb_algorithm=Algorithm(p.lb_algorithm),
-            members=tuple(
-                MemberSpec(id=m.id, address=m.address, protocol_port=m.protocol_port, weight=m.weight,
-                           backup=m.backup, admin_state_up=m.admin_state_up, name=m.name or "")
-                for m in p.members
-            ),
-            healthmonitor=hm(p.healthmonitor),
-            session_persistence=(
-                SessionPersistenceSpec(type=PersistenceType(p.session_persistence.type),
-                                       cookie_name=p.session_persistence.cookie_name)
-                if p.session_persistence else None
-            ),
-            admin_state_up=p.admin_state_up, name=p.name,
-        )
-        for p in view.pools.values()
-    )
-    listeners = tuple(
-        ListenerSpec(
-            id=li.id, protocol=Protocol(li.protocol), port=li.protocol_port,
-            default_pool_id=li.default_pool_id, connection_limit=li.connection_limit,
-            timeout_client_data_ms=li.timeout_client_data,
-            timeout_member_connect_ms=li.timeout_member_connect,
-            timeout_member_data_ms=li.timeout_member_data,
-            l7policies=tuple(
-                L7PolicySpec(
-                    id=p.id, position=p.position, action=L7Action(p.action),
-                    rules=tuple(L7RuleSpec(type=L7RuleType(r.type), compare_type=CompareType(r.compare_type),
-                                           value=r.value, key=r.key, invert=r.invert) for r in p.rules),
-                    redirect_pool_id=p.redirect_pool_id, redirect_url=p.redirect_url,
-                    admin_state_up=p.admin_state_up, name=p.name or "",
-                )
-                for p in li.l7policies
-            ),
-            admin_state_up=li.admin_state_up, name=li.name,
-        )
-        for li in view.listeners.values()
-    )
-    cidr, gateway = network
-    return LoadBalancerSpec(
-        id=view.id.rsplit(".", 1)[1], generation=view.generation,
-        network=NetworkSpec(id=view.vip_network_id, cidr=cidr, gateway=gateway),
-        vip_address=view.vip_address, listeners=listeners, pools=pools,
-        admin_state_up=view.admin_state_up, name=view.name,
-    )
+def tenant(agg_id: str) -> str:
+    return agg_id.split(".", 1)[0]
 
 
 class Agent:
@@ -170,12 +84,17 @@ class Agent:
     ) -> None:
         self.nats_url, self.host = nats_url, host
         self.providers = sorted(set(providers))
+        unknown = [p for p in self.providers if p not in DRIVERS]
+        if unknown:
+            raise ValueError(f"no host driver for provider(s) {', '.join(unknown)}: "
+                             f"this agent offers {', '.join(sorted(DRIVERS))}")
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.snapshot_path = self.state_dir / f"agent-{host}.json"
         self.resync_s = resync_s
-        self.reconciler = Reconciler(host, self.state_dir / "lb", prefix=prefix, on_report=self._on_report)
-        self.views: dict[str, LoadBalancerView] = {}
+        self.drivers = {p: DRIVERS[p](host, self.state_dir / "lb", prefix=prefix,
+                                      on_report=self._on_report) for p in self.providers}
+        self.lbs: dict[str, LoadBalancerState] = {}  # by aggregate id
         self.networks: dict[str, tuple[str, str]] = {}
         self.seq = 0
         self._dirty = asyncio.Event()
@@ -196,24 +115,10 @@ class Agent:
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
             log.warning("snapshot unreadable: replaying the history instead", error=str(e))
             return
-        self.seq = snap.seq
-        self.networks = dict(snap.networks)
-        for lb_id, state in snap.lbs.items():
-            view = LoadBalancerView(lb_id, state.tenant)
-            view.__dict__.update(msgspec.structs.asdict(state))
-            view.chains = set()
-            self.views[lb_id] = view
+        self.seq, self.networks, self.lbs = snap.seq, dict(snap.networks), dict(snap.lbs)
 
     def save_snapshot(self) -> None:
-        lbs = {
-            lb_id: msgspec.convert(
-                {f: getattr(v, f, None) for f in LBState.__struct_fields__}, LBState,
-                from_attributes=True,
-            )
-            for lb_id, v in self.views.items()
-            if not v.deleted
-        }
-        data = msgspec.json.encode(Snapshot(seq=self.seq, lbs=lbs, networks=self.networks))
+        data = msgspec.json.encode(Snapshot(seq=self.seq, lbs=self.lbs, networks=self.networks))
         tmp = self.snapshot_path.with_suffix(".tmp")
         with open(tmp, "wb") as f:
             f.write(data)
@@ -223,73 +128,65 @@ class Agent:
 
     # -- the stream -------------------------------------------------------------------------
 
-    def apply(self, subject: str, topic: str, data: bytes, seq: int) -> None:
-        tokens = subject.split(".")
-        tenant, aggregate, ident = tokens[2], tokens[3], tokens[4]
-        agg_id = f"{tenant}.{aggregate}.{ident}"
-        decoder = _decoders.get(topic)
-        if decoder is None:
+    async def on_event(self, d: Delivery) -> None:
+        """One event of the stream: fold it (a bad one raises, and the follower sets it aside)."""
+        self.seq = d.seq
+        where = subjects.parse_event(d.subject)
+        decoder = _decoders.get(d.topic)
+        if where is None or decoder is None:
             return
-        payload = decoder.decode(data)
-        if aggregate == "network":
+        payload = decoder.decode(d.data)
+        agg_id = where.aggregate_id
+        if where.aggregate == "network":
             if isinstance(payload, c.NetworkCreated):
                 self.networks[agg_id] = (payload.cidr, payload.gateway)
             elif isinstance(payload, c.NetworkDeleted):
                 self.networks.pop(agg_id, None)
-        elif aggregate == "loadbalancer":
-            view = self.views.get(agg_id)
-            if view is None:
-                view = self.views[agg_id] = LoadBalancerView(agg_id, tenant)
-            view.when(payload)
-            if view.deleted:
-                self.views.pop(agg_id, None)
+        elif where.aggregate == "loadbalancer":
+            state = self.lbs.get(agg_id)
+            if state is None:
+                state = self.lbs[agg_id] = LoadBalancerState()
+            apply(state, payload)
+            if state.deleted:
+                self.lbs.pop(agg_id, None)
                 self._reported.pop(agg_id, None)
-        self.seq = seq
+        self._dirty.set()
+
+    def _caught_up(self, _position: int) -> None:
+        self.ready.set()
         self._dirty.set()
 
     async def _consume(self, stop: asyncio.Event) -> None:
-        js = self._nc.jetstream()
-        cfg = ConsumerConfig(
-            deliver_policy=DeliverPolicy.BY_START_SEQUENCE if self.seq else DeliverPolicy.ALL,
-            opt_start_seq=self.seq + 1 if self.seq else None,
-            filter_subjects=SUBJECTS,
-        )
-        sub = await js.subscribe("", stream=STREAM, ordered_consumer=True, config=cfg)
-        try:
-            while not stop.is_set():
-                try:
-                    msg = await sub.next_msg(timeout=0.5)
-                except (TimeoutError, nats.errors.TimeoutError):
-                    if not self.ready.is_set():
-                        self.ready.set()  # caught up with the history
-                        self._dirty.set()
-                    continue
-                hdrs = msg.headers or {}
-                self.apply(msg.subject, hdrs.get("Splice-Topic", msg.subject.rsplit(".", 1)[-1]),
-                           msg.data, msg.metadata.sequence.stream)
-                if msg.metadata.num_pending == 0 and not self.ready.is_set():
-                    self.ready.set()
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
+        follower = Follower(self._nc.jetstream(), SUBJECTS, self.on_event, after=self.seq,
+                            name=f"agent-{self.host}", on_caught_up=self._caught_up)
+        await follower.run(stop)
 
     # -- converging -------------------------------------------------------------------------
 
-    def desired(self) -> dict[str, LoadBalancerSpec]:
-        out: dict[str, LoadBalancerSpec] = {}
-        for view in self.views.values():
-            if view.host != self.host or view.provisioning_status in ("PENDING_DELETE", "DELETED"):
+    def desired(self) -> dict[str, dict[str, LoadBalancerSpec]]:
+        """What each driver must serve here: by provider, the load balancers placed on this host."""
+        out: dict[str, dict[str, LoadBalancerSpec]] = {p: {} for p in self.drivers}
+        for agg_id, state in self.lbs.items():
+            if state.host != self.host or state.provisioning_status in ("PENDING_DELETE", "DELETED"):
                 continue
-            net = self.networks.get(f"{view.tenant}.network.{view.vip_network_id}")
+            net = self.networks.get(f"{tenant(agg_id)}.network.{state.vip_network_id}")
             if net is None:
                 continue
-            try:
-                spec = to_spec(view, net)
-            except SpecError as e:
-                self._send_later(self._report(view, view.generation, "ERROR", f"refused: {e}"))
+            if state.provider not in out:
+                reason = f"host {self.host} has no driver for provider {state.provider!r}"
+                self._send_later(self._report(agg_id, state.generation, "ERROR", reason))
                 continue
-            out[spec.id] = spec
+            lb = public(agg_id)
+            out[state.provider][lb] = LoadBalancerSpec(
+                lb, NetworkSpec(state.vip_network_id, *net), state)
         return out
+
+    async def converge(self) -> dict[str, LbResult]:
+        desired = self.desired()
+        results: dict[str, LbResult] = {}
+        for provider, driver in self.drivers.items():
+            results.update(await driver.converge(desired[provider]))
+        return results
 
     async def _converge_loop(self, stop: asyncio.Event) -> None:
         await self.ready.wait()
@@ -299,58 +196,61 @@ class Agent:
             if not self._dirty.is_set():
                 continue
             self._dirty.clear()
-            desired = self.desired()
             try:
-                results = await self.reconciler.converge(desired)
+                results = await self.converge()
             except Exception:
                 log.exception("converge failed; retrying on the next change or resync")
                 await asyncio.sleep(1)
                 self._dirty.set()
                 continue
             self.converges += 1
-            await self._report_results(desired, results)
+            await self._report_results(results)
             self.save_snapshot()
 
-    async def _report_results(self, desired: dict[str, LoadBalancerSpec], results: dict[str, Any]) -> None:
-        by_uuid = {v.id.rsplit(".", 1)[1]: v for v in self.views.values()}
-        for lb_uuid, result in results.items():
-            view = by_uuid.get(lb_uuid)
-            if view is None:
-                continue
-            if lb_uuid in desired and result.provisioning_status in ("ACTIVE", "ERROR"):
-                await self._report(view, desired[lb_uuid].generation, result.provisioning_status,
-                                   result.reason)
-        for view in list(by_uuid.values()):  # deleted from this host: say so
-            if view.host == self.host and view.provisioning_status == "PENDING_DELETE":
-                lb_uuid = view.id.rsplit(".", 1)[1]
-                if lb_uuid not in desired:
-                    await self._report(view, view.generation, "DELETED", "")
+    async def _resync(self, stop: asyncio.Event) -> None:
+        await asyncio.gather(*(d.run_resync(self.resync_s, stop) for d in self.drivers.values()))
 
-    async def _report(self, view: LoadBalancerView, generation: int, status: str, reason: str) -> None:
+    async def _report_results(self, results: dict[str, LbResult]) -> None:
+        by_uuid = {public(agg_id): (agg_id, s) for agg_id, s in self.lbs.items()}
+        for lb_uuid, result in results.items():
+            if lb_uuid not in by_uuid:
+                continue
+            agg_id, state = by_uuid[lb_uuid]
+            live = state.host == self.host and state.provisioning_status != "PENDING_DELETE"
+            if live and result.provisioning_status in ("ACTIVE", "ERROR"):
+                await self._report(agg_id, state.generation, result.provisioning_status,
+                                   result.reason)
+        for agg_id, state in list(self.lbs.items()):  # converged away from this host: say so
+            if state.host == self.host and state.provisioning_status == "PENDING_DELETE":
+                await self._report(agg_id, state.generation, "DELETED", "")
+
+    async def _report(self, agg_id: str, generation: int, status: str, reason: str) -> None:
         key = (generation, status)
-        if self._reported.get(view.id) == key:
+        if self._reported.get(agg_id) == key:
             return
-        if status == "ACTIVE" and view.converged >= generation and view.provisioning_status == "ACTIVE":
-            self._reported[view.id] = key
+        state = self.lbs.get(agg_id)
+        if (status == "ACTIVE" and state is not None and state.converged >= generation
+                and state.provisioning_status == "ACTIVE"):
+            self._reported[agg_id] = key
             return
         body = {
-            "command_id": f"report-{self.host}-{view.id.rsplit('.', 1)[1]}-{generation}-{status}",
-            "actor": f"agent:{self.host}", "tenant": view.tenant,
-            "loadbalancer_id": view.id.rsplit(".", 1)[1], "host": self.host,
+            "command_id": f"report-{self.host}-{public(agg_id)}-{generation}-{status}",
+            "actor": f"agent:{self.host}", "tenant": tenant(agg_id),
+            "loadbalancer_id": public(agg_id), "host": self.host,
             "generation": generation, "status": status, "reason": reason[:255],
         }
-        if await self._command("splice.cmd._host.loadbalancer.report", body):
-            self._reported[view.id] = key
+        if await self._command(subjects.command(subjects.HOSTS, "loadbalancer", "report"), body):
+            self._reported[agg_id] = key
 
     def _on_report(self, report: Report) -> None:
-        """Operating status transitions from the reconciler: one command each."""
+        """Operating status transitions from a driver: one command each."""
         if not report.changes or report.result.provisioning_status == "DELETED":
             return  # a removed load balancer has no operating status left to report
-        view = next((v for v in self.views.values() if v.id.endswith(report.result.lb_id)), None)
-        if view is None:
+        agg_id = next((a for a in self.lbs if public(a) == report.result.lb_id), None)
+        if agg_id is None:
             return
         body: dict[str, Any] = {
-            "command_id": str(uuid.uuid4()), "actor": f"agent:{self.host}", "tenant": view.tenant,
+            "command_id": str(uuid.uuid4()), "actor": f"agent:{self.host}", "tenant": tenant(agg_id),
             "loadbalancer_id": report.result.lb_id, "host": self.host,
             "listeners": {}, "pools": {}, "members": {},
         }
@@ -361,7 +261,8 @@ class Agent:
                 body["loadbalancer"] = change.new
             elif change.kind in ("listener", "pool", "member"):
                 body[change.kind + "s"][change.id] = change.new
-        self._send_later(self._command("splice.cmd._host.loadbalancer.report_status", body))
+        self._send_later(self._command(
+            subjects.command(subjects.HOSTS, "loadbalancer", "report_status"), body))
 
     def _send_later(self, coro: Any) -> None:
         task = asyncio.ensure_future(coro)
@@ -386,7 +287,7 @@ class Agent:
     async def _heartbeat(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
             with contextlib.suppress(Exception):
-                await self._nc.publish(f"splice.hb.{self.host}",
+                await self._nc.publish(subjects.heartbeat(self.host),
                                        json.dumps({"host": self.host, "providers": self.providers}).encode())
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=HEARTBEAT_S)
@@ -395,7 +296,7 @@ class Agent:
         self._nc = await nats.connect(self.nats_url.split(","), name=f"splice-agent-{self.host}",
                                       max_reconnect_attempts=-1, reconnect_time_wait=0.5)
         try:
-            registered = await self._command("splice.cmd._host.host.register", {
+            registered = await self._command(subjects.command(subjects.HOSTS, "host", "register"), {
                 "command_id": f"register-{self.host}-{uuid.uuid4().hex[:8]}",
                 "actor": f"agent:{self.host}", "host": self.host, "providers": self.providers})
             log.info("agent started", host=self.host, registered=registered, resume_from=self.seq)
@@ -403,7 +304,7 @@ class Agent:
                 asyncio.create_task(self._heartbeat(stop)),
                 asyncio.create_task(self._consume(stop)),
                 asyncio.create_task(self._converge_loop(stop)),
-                asyncio.create_task(self.reconciler.run_resync(self.resync_s, stop)),
+                asyncio.create_task(self._resync(stop)),
             ]
             await stop.wait()
             for t in tasks:
@@ -416,4 +317,5 @@ class Agent:
                 await asyncio.gather(*self._pending_reports, return_exceptions=True)
             with contextlib.suppress(Exception):
                 await self._nc.drain()
-            self.reconciler.close()
+            for driver in self.drivers.values():
+                driver.close()

@@ -13,8 +13,9 @@ import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from splice.agents.haproxy import backend_name, frontend_name, server_name
-from splice.agents.model import LoadBalancerSpec, MemberSpec, PoolSpec
+from splice.agents.haproxy_render import backend_name, frontend_name, server_name
+from splice.agents.model import LoadBalancerSpec
+from splice.events.lbaas import Member, Pool
 
 
 class Operating(enum.StrEnum):
@@ -42,7 +43,7 @@ class OperatingStatus:
         return out
 
 
-def member_status(member: MemberSpec, row: Mapping[str, str] | None) -> Operating:
+def member_status(member: Member, row: Mapping[str, str] | None) -> Operating:
     if not member.admin_state_up:
         return Operating.OFFLINE
     if row is None:
@@ -59,7 +60,7 @@ def member_status(member: MemberSpec, row: Mapping[str, str] | None) -> Operatin
     return Operating.ERROR
 
 
-def pool_status(pool: PoolSpec, members: Mapping[str, Operating]) -> Operating:
+def pool_status(pool: Pool, members: Mapping[str, Operating]) -> Operating:
     if not pool.admin_state_up:
         return Operating.OFFLINE
     enabled = [members[m.id] for m in pool.members if m.admin_state_up]

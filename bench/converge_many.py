@@ -40,9 +40,7 @@ from splice.agents.model import LoadBalancerSpec
 
 
 def respecify(spec: LoadBalancerSpec, address: str) -> LoadBalancerSpec:
-    from dataclasses import replace
-
-    return replace(spec, vip_address=address)
+    return spec.with_vip(address)
 
 
 async def splice_phase(fab: BenchFabric, n: int, state_dir: str, workers: int) -> float:

@@ -39,15 +39,10 @@ from pyroute2 import IPRoute, netns
 
 from splice.agents import netns as agent_netns
 from splice.agents.converge import ACTIVE, Reconciler
-from splice.agents.haproxy import LbPaths, render
-from splice.agents.model import (
-    ListenerSpec,
-    LoadBalancerSpec,
-    MemberSpec,
-    NetworkSpec,
-    PoolSpec,
-)
+from splice.agents.haproxy_render import LbPaths, render
+from splice.agents.model import LoadBalancerSpec, NetworkSpec
 from splice.agents.runtime import Agent
+from splice.events.lbaas import Listener, Member, Pool
 from splice.natsserver import NatsServer
 from splice.services.service import CommandService
 
@@ -150,13 +145,12 @@ def sweep() -> None:
 def lb_spec(fab: BenchFabric, index: int) -> LoadBalancerSpec:
     """One HTTP listener on :80, one pool with the member (index picks the VIP)."""
     pool = str(uuid.uuid4())
-    return LoadBalancerSpec(
-        id=str(uuid.uuid4()), generation=1, network=fab.network,
-        vip_address=vip(1, index),
-        listeners=(ListenerSpec(id=str(uuid.uuid4()), protocol="HTTP", port=80,
-                                default_pool_id=pool),),
-        pools=(PoolSpec(id=pool, protocol="HTTP",
-                        members=(MemberSpec(str(uuid.uuid4()), MEMBER, 8080),)),),
+    return LoadBalancerSpec.build(
+        str(uuid.uuid4()), fab.network, vip(1, index),
+        listeners=[Listener(id=str(uuid.uuid4()), name="http", protocol="HTTP", protocol_port=80,
+                            default_pool_id=pool)],
+        pools=[Pool(id=pool, name="web", protocol="HTTP",
+                    members=[Member(id=str(uuid.uuid4()), address=MEMBER, protocol_port=8080)])],
     )
 
 

@@ -17,9 +17,10 @@ from typing import Any, Literal
 
 import msgspec
 
-from . import advanced, lbaas, network
+from . import advanced, lbaas, lbaas_commands, network
 from .advanced import *  # noqa: F403 - re-exported contracts
 from .lbaas import *  # noqa: F403
+from .lbaas_commands import *  # noqa: F403
 from .network import *  # noqa: F403
 from .wire import *  # noqa: F403
 from .wire import Command, EventMeta, Failed, Ok
@@ -27,7 +28,7 @@ from .wire import Command, EventMeta, Failed, Ok
 ADMIN_TENANT = "_admin"
 HOST_TENANT = "_host"
 
-_ALL_COMMANDS: tuple[type[Command], ...] = (*network.COMMANDS, *lbaas.COMMANDS, *advanced.COMMANDS)
+_ALL_COMMANDS: tuple[type[Command], ...] = (*network.COMMANDS, *lbaas_commands.COMMANDS, *advanced.COMMANDS)
 _ALL_EVENTS: tuple[type[EventMeta], ...] = (*network.EVENTS, *lbaas.EVENTS, *advanced.EVENTS)
 
 

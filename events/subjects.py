@@ -12,6 +12,7 @@ Tenants `_admin` (administrators) and `_host` (agents) are tokens like any other
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import NamedTuple
 
 PREFIX = "splice"
@@ -89,6 +90,6 @@ def parse_command(subject: str) -> CommandSubject | None:
     return CommandSubject(parts[2], parts[3], parts[4])
 
 
-def topic_of(subject: str, headers: dict[str, str] | None) -> str:
+def topic_of(subject: str, headers: Mapping[str, str] | None) -> str:
     """An event message's type: its header, else the subject's last token."""
     return (headers or {}).get(H_TOPIC) or subject.rsplit(".", 1)[-1]

@@ -143,6 +143,7 @@ def build_policy(p: L7PolicyIn, listener_protocol: str, pools: dict[str, Pool],
         id=new_id(), action=p.action, position=p.position, name=p.name,
         redirect_pool_id=pool_id if p.action == "REDIRECT_TO_POOL" else None,
         redirect_url=p.redirect_url if p.action == "REDIRECT_TO_URL" else None,
+        redirect_http_code=p.redirect_http_code,
         rules=[build_rule(r, f"{where}.rules[{i}]") for i, r in enumerate(p.rules)],
         admin_state_up=p.admin_state_up,
     )
@@ -226,7 +227,7 @@ class LoadBalancer(ServiceMixin, SpliceAggregate):
         statuses: dict[str, str]
         host: str | None
         error: str
-        chains: list[str]
+        chains: list[str]  # type: ignore[assignment]  # the fold keeps a list
 
     # -- deciding --------------------------------------------------------------------------
 

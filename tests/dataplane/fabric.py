@@ -29,14 +29,11 @@ from pyroute2 import IPRoute, netns
 from splice.agents import netns as agent_netns
 from splice.agents.converge import Reconciler, Report
 from splice.agents.model import (
-    HealthMonitorSpec,
-    ListenerSpec,
     LoadBalancerSpec,
-    MemberSpec,
     NetworkSpec,
-    PoolSpec,
-    SessionPersistenceSpec,
 )
+from splice.events import lbaas as wire
+from splice.events.lbaas import HealthMonitor, Listener, Pool, SessionPersistence
 
 PREFIX = "splt-"
 SUBNET = "10.77.7"
@@ -261,25 +258,23 @@ def lb_spec(
     vip_host: int = 10,
     generation: int = 1,
     algorithm: str = "ROUND_ROBIN",
-    persistence: SessionPersistenceSpec | None = None,
-    monitor: HealthMonitorSpec | None = None,
+    persistence: SessionPersistence | None = None,
+    monitor: HealthMonitor | None = None,
     protocol: str = "HTTP",
     **listener: Any,
 ) -> LoadBalancerSpec:
     """An LB with one listener on port 80 and one pool of ``members`` (default: all)."""
     pool_id = str(uuid.UUID(int=uuid.UUID(fab.network.id).int ^ vip_host))
     chosen = fab.members if members is None else members
-    return LoadBalancerSpec(
-        id=lb_id or str(uuid.uuid4()),
-        generation=generation,
-        network=fab.network,
-        vip_address=f"{SUBNET}.{vip_host}",
-        listeners=(ListenerSpec(id=str(uuid.UUID(int=uuid.UUID(pool_id).int ^ 1)),
-                                protocol=protocol, port=80, default_pool_id=pool_id,
-                                **listener),),
-        pools=(PoolSpec(
-            id=pool_id, protocol=protocol, lb_algorithm=algorithm,
+    return LoadBalancerSpec.build(
+        lb_id or str(uuid.uuid4()), fab.network, f"{SUBNET}.{vip_host}", generation=generation,
+        listeners=[Listener(id=str(uuid.UUID(int=uuid.UUID(pool_id).int ^ 1)), name="http",
+                            protocol=protocol, protocol_port=80, default_pool_id=pool_id,
+                            **listener)],
+        pools=[Pool(
+            id=pool_id, name="pool", protocol=protocol, lb_algorithm=algorithm,
             session_persistence=persistence, healthmonitor=monitor,
-            members=tuple(MemberSpec(m.id, m.address, MEMBER_PORT) for m in chosen),
-        ),),
+            members=[wire.Member(id=m.id, address=m.address, protocol_port=MEMBER_PORT)
+                     for m in chosen],
+        )],
     )

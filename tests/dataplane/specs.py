@@ -1,10 +1,14 @@
-"""Fixed specs for golden-file and injection tests (deterministic ids, no randomness)."""
+"""Fixed load balancers for golden-file and injection tests, in the wire's shape (deterministic
+ids, no randomness): `build` converts them as the fold holds them, with the wire's checks."""
 
 from __future__ import annotations
 
 from typing import Any
 
+import msgspec
+
 from splice.agents.model import LoadBalancerSpec
+from splice.events.wire import Name
 
 LB = "11111111-0000-4000-8000-000000000001"
 NET = "22222222-0000-4000-8000-000000000002"
@@ -22,6 +26,10 @@ def member(n: int, **extra: Any) -> dict[str, Any]:
             "protocol_port": 8080, **extra}
 
 
+def rule(n: int) -> str:
+    return f"77777777-0000-4000-8000-{n:012d}"
+
+
 def network() -> dict[str, Any]:
     return {"id": NET, "cidr": "10.77.7.0/24", "gateway": "10.77.7.1"}
 
@@ -31,31 +39,30 @@ def http_full(**names: str) -> dict[str, Any]:
     return {
         "id": LB, "generation": 7, "name": names.get("lb", "web"),
         "network": network(), "vip_address": "10.77.7.10",
-        "vip_port_mac": "fa:16:3e:00:00:10",
         "listeners": [{
-            "id": L_HTTP, "protocol": "HTTP", "port": 80, "default_pool_id": P_WEB,
+            "id": L_HTTP, "protocol": "HTTP", "protocol_port": 80, "default_pool_id": P_WEB,
             "name": names.get("listener", "http"), "connection_limit": 1000,
-            "timeout_client_data_ms": 30000,
+            "timeout_client_data": 30000,
             "l7policies": [
                 {"id": "66666666-0000-4000-8000-000000000003", "position": 3,
                  "action": "REDIRECT_TO_URL", "name": names.get("policy", "old"),
                  "redirect_url": names.get("url", "https://example.com/new?a=1&b=%20"),
                  "redirect_http_code": 301,
-                 "rules": [{"type": "PATH", "compare_type": "STARTS_WITH",
+                 "rules": [{"id": rule(1), "type": "PATH", "compare_type": "STARTS_WITH",
                             "value": names.get("path", "/old")}]},
                 {"id": "66666666-0000-4000-8000-000000000001", "position": 1,
                  "action": "REJECT",
-                 "rules": [{"type": "HEADER", "key": names.get("header", "X-Block"),
+                 "rules": [{"id": rule(2), "type": "HEADER", "key": names.get("header", "X-Block"),
                             "compare_type": "EQUAL_TO", "value": names.get("value", "yes")},
-                           {"type": "HOST_NAME", "compare_type": "ENDS_WITH",
+                           {"id": rule(3), "type": "HOST_NAME", "compare_type": "ENDS_WITH",
                             "value": ".example.com", "invert": True}]},
                 {"id": "66666666-0000-4000-8000-000000000002", "position": 2,
                  "action": "REDIRECT_TO_POOL", "redirect_pool_id": P_API,
-                 "rules": [{"type": "PATH", "compare_type": "REGEX",
+                 "rules": [{"id": rule(4), "type": "PATH", "compare_type": "REGEX",
                             "value": names.get("regex", "^/api/v[0-9]+/")},
-                           {"type": "COOKIE", "key": names.get("cookie", "beta"),
+                           {"id": rule(5), "type": "COOKIE", "key": names.get("cookie", "beta"),
                             "compare_type": "CONTAINS", "value": "1"},
-                           {"type": "FILE_TYPE", "compare_type": "EQUAL_TO", "value": ".json"}]},
+                           {"id": rule(6), "type": "FILE_TYPE", "compare_type": "EQUAL_TO", "value": ".json"}]},
             ],
         }],
         "pools": [
@@ -69,7 +76,7 @@ def http_full(**names: str) -> dict[str, Any]:
              "members": [member(1, weight=10, name=names.get("member", "a")),
                          member(2, weight=0), member(3, backup=True),
                          member(4, admin_state_up=False)]},
-            {"id": P_API, "protocol": "HTTP", "lb_algorithm": "LEAST_CONNECTIONS",
+            {"id": P_API, "name": "api", "protocol": "HTTP", "lb_algorithm": "LEAST_CONNECTIONS",
              "session_persistence": {"type": "APP_COOKIE",
                                      "cookie_name": names.get("app_cookie", "JSESSIONID")},
              "healthmonitor": {"type": "HTTP", "delay": 2, "timeout": 1,
@@ -84,19 +91,20 @@ def tcp_mix() -> dict[str, Any]:
     return {
         "id": LB, "generation": 3, "network": network(), "vip_address": "10.77.7.11",
         "listeners": [
-            {"id": L_TCP, "protocol": "TCP", "port": 5432, "default_pool_id": P_TCP,
-             "connection_limit": 200, "timeout_member_connect_ms": 1500,
-             "timeout_member_data_ms": 3600000},
-            {"id": L_TLS, "protocol": "HTTPS", "port": 443, "default_pool_id": P_TLS},
-            {"id": "33333333-0000-4000-8000-000000000099", "protocol": "TCP", "port": 6000,
-             "admin_state_up": False},
+            {"id": L_TCP, "name": "pg", "protocol": "TCP", "protocol_port": 5432,
+             "default_pool_id": P_TCP, "connection_limit": 200,
+             "timeout_member_connect": 1500, "timeout_member_data": 3600000},
+            {"id": L_TLS, "name": "tls", "protocol": "HTTPS", "protocol_port": 443,
+             "default_pool_id": P_TLS},
+            {"id": "33333333-0000-4000-8000-000000000099", "name": "off", "protocol": "TCP",
+             "protocol_port": 6000, "admin_state_up": False},
         ],
         "pools": [
-            {"id": P_TCP, "protocol": "TCP", "lb_algorithm": "LEAST_CONNECTIONS",
+            {"id": P_TCP, "name": "pg", "protocol": "TCP", "lb_algorithm": "LEAST_CONNECTIONS",
              "session_persistence": {"type": "SOURCE_IP"},
              "healthmonitor": {"type": "TCP", "delay": 3, "timeout": 2},
              "members": [member(1, protocol_port=5432), member(2, protocol_port=5432)]},
-            {"id": P_TLS, "protocol": "HTTPS", "lb_algorithm": "SOURCE_IP",
+            {"id": P_TLS, "name": "tls", "protocol": "HTTPS", "lb_algorithm": "SOURCE_IP",
              "healthmonitor": {"type": "PING", "delay": 10, "timeout": 5, "max_retries": 10,
                                "max_retries_down": 10},
              "members": [member(3, protocol_port=443)], "admin_state_up": False},
@@ -105,4 +113,6 @@ def tcp_mix() -> dict[str, Any]:
 
 
 def build(data: dict[str, Any]) -> LoadBalancerSpec:
+    """As the fold would hold it; the LB's own name is checked as the create command checks it."""
+    msgspec.convert(data.get("name", "lb"), Name)
     return LoadBalancerSpec.from_dict(data)

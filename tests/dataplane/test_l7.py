@@ -5,14 +5,8 @@ from __future__ import annotations
 import uuid
 
 from splice.agents.converge import ACTIVE, Reconciler
-from splice.agents.model import (
-    L7PolicySpec,
-    L7RuleSpec,
-    ListenerSpec,
-    LoadBalancerSpec,
-    MemberSpec,
-    PoolSpec,
-)
+from splice.agents.model import LoadBalancerSpec
+from splice.events.lbaas import L7Policy, L7Rule, Listener, Member, Pool
 from tests.dataplane.fabric import MEMBER_PORT, SUBNET, Fabric, wait_until
 
 HOSTILE = "a'b #c ${HOME} \"d\" -f /etc/passwd"
@@ -21,28 +15,27 @@ URL = "https://example.com/moved?x=%[src]"
 
 def l7_spec(net: Fabric, lb_id: str, reject_position: int, pool_position: int) -> LoadBalancerSpec:
     web, api = str(uuid.uuid4()), str(uuid.uuid4())
-    policies = (
-        L7PolicySpec(id=str(uuid.uuid5(uuid.NAMESPACE_OID, "reject")), position=reject_position,
+    policies = [
+        L7Policy(id=str(uuid.uuid5(uuid.NAMESPACE_OID, "reject")), position=reject_position,
                      action="REJECT",
-                     rules=(L7RuleSpec(type="HEADER", key="X-Block", compare_type="EQUAL_TO",
-                                       value=HOSTILE),)),
-        L7PolicySpec(id=str(uuid.uuid5(uuid.NAMESPACE_OID, "pool")), position=pool_position,
+                     rules=[L7Rule(id=str(uuid.uuid4()), type="HEADER", key="X-Block", compare_type="EQUAL_TO",
+                                       value=HOSTILE)]),
+        L7Policy(id=str(uuid.uuid5(uuid.NAMESPACE_OID, "pool")), position=pool_position,
                      action="REDIRECT_TO_POOL", redirect_pool_id=api,
-                     rules=(L7RuleSpec(type="PATH", compare_type="STARTS_WITH", value="/api"),)),
-        L7PolicySpec(id=str(uuid.uuid5(uuid.NAMESPACE_OID, "url")), position=9,
+                     rules=[L7Rule(id=str(uuid.uuid4()), type="PATH", compare_type="STARTS_WITH", value="/api")]),
+        L7Policy(id=str(uuid.uuid5(uuid.NAMESPACE_OID, "url")), position=9,
                      action="REDIRECT_TO_URL", redirect_url=URL,
-                     rules=(L7RuleSpec(type="PATH", compare_type="EQUAL_TO", value="/old"),)),
-    )
+                     rules=[L7Rule(id=str(uuid.uuid4()), type="PATH", compare_type="EQUAL_TO", value="/old")]),
+    ]
     m0, m1 = net.members[0], net.members[1]
-    return LoadBalancerSpec(
-        id=lb_id, generation=reject_position, network=net.network,
-        vip_address=f"{SUBNET}.30",
-        listeners=(ListenerSpec(id=str(uuid.uuid4()), protocol="HTTP", port=80,
-                                default_pool_id=web, l7policies=policies),),
-        pools=(PoolSpec(id=web, protocol="HTTP",
-                        members=(MemberSpec(m0.id, m0.address, MEMBER_PORT),)),
-               PoolSpec(id=api, protocol="HTTP",
-                        members=(MemberSpec(m1.id, m1.address, MEMBER_PORT),))),
+    return LoadBalancerSpec.build(
+        lb_id, net.network, f"{SUBNET}.30", generation=reject_position,
+        listeners=[Listener(id=str(uuid.uuid4()), name="http", protocol="HTTP", protocol_port=80,
+                            default_pool_id=web, l7policies=policies)],
+        pools=[Pool(id=web, name="web", protocol="HTTP",
+                    members=[Member(id=m0.id, address=m0.address, protocol_port=MEMBER_PORT)]),
+               Pool(id=api, name="api", protocol="HTTP",
+                    members=[Member(id=m1.id, address=m1.address, protocol_port=MEMBER_PORT)])],
     )
 
 

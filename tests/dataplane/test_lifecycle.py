@@ -15,7 +15,7 @@ from pyroute2 import netns
 from splice.agents import haproxy
 from splice.agents import netns as agent_netns
 from splice.agents.converge import ACTIVE, DELETED, Reconciler
-from splice.agents.haproxy import LbPaths
+from splice.agents.haproxy_render import LbPaths
 from tests.dataplane.fabric import PREFIX, Fabric, Recorder, lb_spec, wait_until
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from splice.agents.haproxy import LbPaths, digest, render
+from splice.agents.haproxy_render import LbPaths, digest, render
 from splice.agents.model import HostLayout, LoadBalancerSpec
 from splice.agents.netns import NamespaceLinks
 from splice.agents.plan import (

@@ -6,10 +6,10 @@ import threading
 from collections import Counter
 
 from splice.agents.converge import ACTIVE, Reconciler
-from splice.agents.model import HealthMonitorSpec, SessionPersistenceSpec
+from splice.events.lbaas import HealthMonitor, SessionPersistence
 from tests.dataplane.fabric import Fabric, Recorder, lb_spec, wait_until
 
-FAST_MONITOR = HealthMonitorSpec(type="HTTP", delay=1, timeout=1, max_retries=1,
+FAST_MONITOR = HealthMonitor(type="HTTP", delay=1, timeout=1, max_retries=1,
                                  max_retries_down=1, url_path="/healthz")
 
 
@@ -39,7 +39,7 @@ async def test_round_robin_spreads_requests_over_all_members(
 async def test_source_ip_persistence_keeps_a_client_on_one_member(
     net: Fabric, reconciler: Reconciler
 ) -> None:
-    spec = lb_spec(net, persistence=SessionPersistenceSpec(type="SOURCE_IP"))
+    spec = lb_spec(net, persistence=SessionPersistence(type="SOURCE_IP"))
     await reconciler.converge({spec.id: spec})
     wait_until(lambda: serving(net, spec.vip_address), 10, "the VIP to serve")
     assert len(spread(net, spec.vip_address, 12)) == 1
@@ -57,7 +57,7 @@ async def test_source_ip_algorithm_keeps_a_client_on_one_member(
 async def test_http_cookie_persistence_keeps_a_client_on_one_member(
     net: Fabric, reconciler: Reconciler
 ) -> None:
-    spec = lb_spec(net, persistence=SessionPersistenceSpec(type="HTTP_COOKIE"))
+    spec = lb_spec(net, persistence=SessionPersistence(type="HTTP_COOKIE"))
     await reconciler.converge({spec.id: spec})
     wait_until(lambda: serving(net, spec.vip_address), 10, "the VIP to serve")
     first = net.get(spec.vip_address, 80)
@@ -70,7 +70,7 @@ async def test_http_cookie_persistence_keeps_a_client_on_one_member(
 async def test_app_cookie_persistence_follows_the_application_cookie(
     net: Fabric, reconciler: Reconciler
 ) -> None:
-    spec = lb_spec(net, persistence=SessionPersistenceSpec(type="APP_COOKIE",
+    spec = lb_spec(net, persistence=SessionPersistence(type="APP_COOKIE",
                                                            cookie_name="JSESSIONID"))
     await reconciler.converge({spec.id: spec})
     wait_until(lambda: serving(net, spec.vip_address), 10, "the VIP to serve")
