@@ -1,14 +1,12 @@
 """Background monitors of the command service: the PENDING watchdog and the host monitor.
 
-Every command-service replica runs both (`CommandService.start()` starts them after the service
-subscribes; `stop()` stops them first). They decide nothing themselves: they watch, and send
-ordinary commands over NATS request/reply, exactly as a client would. Several replicas send the
-*same* command with the same deterministic `command_id`, so the service's idempotency gives one
-effect however many replicas notice the same thing (and the handlers decide again on fresh
-state, so a stale observation changes nothing).
+Every command-service replica runs both (started after the service subscribes, stopped
+first). They decide nothing: they watch, and send ordinary commands over NATS as a client would.
+Replicas send the *same* command with the same deterministic `command_id`, so idempotency gives
+one effect however many notice (and handlers decide again on fresh state).
 
 PendingWatchdog
-    Follows ``splice.evt.*.loadbalancer.>`` in the stream (an ordered consumer, from the start,
+    Follows ``splice.evt.*.loadbalancer.>`` in the stream (the stream follower, from the start,
     filtered on the server). A load balancer is pending from the event that starts a generation
     (`LoadBalancerCreated`, or any event carrying a newer ``generation``: updates of the tree,
     `LoadBalancerDeleteRequested`) until `LoadBalancerProvisioned` (not while deleting),
@@ -35,8 +33,11 @@ HostMonitor
 
 Both act only once they have read the stream up to its end at start (a monitor replaying
 history must not act on a state that later events already changed). ``SPLICE_MONITORS=off``
-disables them in a replica. Errors are logged (structlog) and retried on the next tick; a lost
-subscription is re-made from the last sequence read; nothing here can crash the service.
+disables them in a replica. Both read with the one stream follower (`splice.events.follow`):
+an event they cannot read is set aside (logged, counted in ``follower.set_aside_total``) and
+the next one read; a stalled or lost consumer is re-made from the last sequence read. A failed check is logged and retried on
+the next tick. Time comes from a `clock` (wall-clock for the watchdog, whose deadlines start at
+events' timestamps; monotonic for the host monitor), so that tests can move it forward.
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -56,14 +57,18 @@ from typing import Any
 import msgspec
 import nats
 import structlog
-from nats.js.api import ConsumerConfig, DeliverPolicy
+
+from splice.events import subjects
+from splice.events.follow import Delivery, Follower
 
 log = structlog.get_logger("splice.monitors")
 
+Clock = Callable[[], float]
+
 HEARTBEAT_INTERVAL = 2.0  # seconds between an agent's heartbeats (the agents' contract)
-HEARTBEAT_SUBJECTS = "splice.hb.*"
-LB_EVENTS = "splice.evt.*.loadbalancer.>"
-HOST_EVENTS = "splice.evt._admin.hosts.>"
+HEARTBEAT_SUBJECTS = subjects.heartbeat("*")
+LB_EVENTS = subjects.events_of("loadbalancer")
+HOST_EVENTS = subjects.events_of("hosts", tenant=subjects.ADMIN)
 DEFAULT_PENDING_TIMEOUT = 300.0
 DEFAULT_HOST_TIMEOUT = 10.0
 MAX_COMMANDS_PER_TICK = 200
@@ -81,20 +86,21 @@ class _Payload(msgspec.Struct):
 
 
 _payload = msgspec.json.Decoder(_Payload)
+_GENERATION_ENDS = frozenset(
+    {"LoadBalancerProvisioned", "LoadBalancerProvisioningFailed", "LoadBalancerProvisioningTimedOut"}
+)
 
 
 def _seconds(env: Mapping[str, str], key: str, default: float) -> float:
     raw = env.get(key) or os.environ.get(key)
-    if not raw:
-        return default
     try:
-        value = float(raw)
+        value = float(raw) if raw else default
     except ValueError:
         value = -1.0
-    if not value > 0:
-        log.warning("bad setting, using the default", key=key, value=raw, default=default)
-        return default
-    return value
+    if value > 0:
+        return value
+    log.warning("bad setting, using the default", key=key, value=raw, default=default)
+    return default
 
 
 # -- pure state (no I/O; the tests drive these directly too) -------------------------------------
@@ -112,14 +118,15 @@ class PendingLb:
 class PendingTracker:
     """The load balancers whose current generation is pending (only those are kept)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Clock = time.time) -> None:
         self.pending: dict[str, PendingLb] = {}  # lb uuid -> state
+        self.clock = clock  # for an event without a timestamp only
 
     def apply(self, subject: str, topic: str, data: bytes) -> None:
-        tokens = subject.split(".")  # splice.evt.<tenant>.loadbalancer.<uuid>.<EventType>
-        if len(tokens) != 6 or tokens[3] != "loadbalancer":
+        parts = subjects.parse_event(subject)
+        if parts is None or parts.aggregate != "loadbalancer":
             return
-        tenant, lb = tokens[2], tokens[4]
+        tenant, lb = parts.tenant, parts.ident
         if topic == "LoadBalancerDeleted":
             self.pending.pop(lb, None)
             return
@@ -127,17 +134,13 @@ class PendingTracker:
         if ev.generation is None:
             return  # scheduling, operating status, chains: no generation involved
         current = self.pending.get(lb)
-        if topic in (
-            "LoadBalancerProvisioned",
-            "LoadBalancerProvisioningFailed",
-            "LoadBalancerProvisioningTimedOut",
-        ):
+        if topic in _GENERATION_ENDS:
             if current is not None and ev.generation == current.generation:
                 if topic != "LoadBalancerProvisioned" or not current.deleting:
                     del self.pending[lb]
             return
         if topic == "LoadBalancerCreated" or current is None or ev.generation > current.generation:
-            since = ev.timestamp.timestamp() if ev.timestamp is not None else time.time()
+            since = ev.timestamp.timestamp() if ev.timestamp is not None else self.clock()
             self.pending[lb] = PendingLb(
                 tenant, ev.generation, since, deleting=topic == "LoadBalancerDeleteRequested"
             )
@@ -212,120 +215,62 @@ class _Monitor:
 
     NAME = "monitor"
     FILTER = ""
-    STALL_CHECK = 5.0  # seconds without events after which the subscription is checked
+    HEARTBEAT = 2.0  # the follower's idle heartbeat: a stalled read is re-made after three
 
-    def __init__(self, stream: str, interval: float) -> None:
+    def __init__(self, stream: str, interval: float, clock: Clock) -> None:
         self.stream = stream
         self.interval = interval
-        self.last_seq = 0
-        self.caught_up = False
+        self.clock = clock
         self.sent = 0  # commands answered ok (for tests and logs)
+        self.follower: Follower | None = None
         self._nc: Any = None
         self._stop = asyncio.Event()
-        self._tasks: list[asyncio.Task[None]] = []
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    @property
+    def caught_up(self) -> bool:
+        return self.follower is not None and self.follower.caught_up.is_set()
 
     async def start(self, nc: Any) -> None:
         self._nc = nc
+        self.follower = Follower(nc.jetstream(), self.FILTER, self.apply, stream=self.stream,
+                                 name=self.NAME, heartbeat=self.HEARTBEAT)
         self._tasks = [
-            asyncio.create_task(self._follow(), name=f"{self.NAME}-follow"),
+            asyncio.create_task(self.follower.run(self._stop), name=f"{self.NAME}-follow"),
             asyncio.create_task(self._ticks(), name=f"{self.NAME}-tick"),
         ]
 
     async def stop(self) -> None:
         self._stop.set()
-        if not self._tasks:
-            return
-        _, running = await asyncio.wait(self._tasks, timeout=2)
+        _, running = await asyncio.wait(self._tasks, timeout=2) if self._tasks else ((), ())
         for task in running:
             task.cancel()
         if running:
             await asyncio.wait(running, timeout=2)
         self._tasks = []
 
-    def apply(self, msg: Any) -> None:
+    async def apply(self, d: Delivery) -> None:
         raise NotImplementedError
 
     async def check(self) -> None:
         raise NotImplementedError
 
-    async def _pause(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stop.wait(), seconds)
-
-    async def _follow(self) -> None:
-        backoff = 0.25
-        while not self._stop.is_set():
-            try:
-                await self._consume()
-                backoff = 0.25
-            except asyncio.CancelledError:
-                raise
-            except Exception as e:
-                log.warning("event subscription failed; retrying", monitor=self.NAME,
-                            error=repr(e), from_seq=self.last_seq + 1)
-            await self._pause(backoff)
-            backoff = min(backoff * 2, 5.0)
-
-    async def _consume(self) -> None:
-        js = self._nc.jetstream()
-        if self.last_seq:
-            cfg = ConsumerConfig(deliver_policy=DeliverPolicy.BY_START_SEQUENCE,
-                                 opt_start_seq=self.last_seq + 1)
-        else:
-            cfg = ConsumerConfig(deliver_policy=DeliverPolicy.ALL)
-        sub = await js.subscribe(self.FILTER, stream=self.stream, ordered_consumer=True, config=cfg)
+    async def tick(self) -> None:
+        """One check, once the stream has been read up to its end (the timer calls this)."""
+        if not self.caught_up or self._stop.is_set():
+            return
         try:
-            if not self.caught_up:
-                with contextlib.suppress(Exception):
-                    info = await sub.consumer_info()
-                    if info.num_pending == 0 and sub.delivered == 0:
-                        self._reached_end()
-            idle = 0.0
-            while not self._stop.is_set():
-                try:
-                    msg = await sub.next_msg(timeout=0.5)
-                except (TimeoutError, nats.errors.TimeoutError):
-                    if not self.caught_up:
-                        self._reached_end()  # nothing more to read for now
-                    idle += 0.5
-                    if idle >= self.STALL_CHECK:
-                        # nats-py does not notice that its ordered consumer is gone (a server
-                        # restart): ask; an error re-subscribes from the last sequence read
-                        idle = 0.0
-                        await asyncio.wait_for(sub.consumer_info(), REQUEST_TIMEOUT)
-                    continue
-                idle = 0.0
-                md = msg.metadata
-                seq = md.sequence.stream
-                if seq <= self.last_seq:
-                    continue
-                self.last_seq = seq
-                try:
-                    self.apply(msg)
-                except Exception:
-                    log.exception("event not understood; skipped", monitor=self.NAME,
-                                  seq=seq, subject=msg.subject)
-                if not self.caught_up and md.num_pending == 0:
-                    self._reached_end()
-        finally:
-            with contextlib.suppress(Exception):
-                await sub.unsubscribe()
-
-    def _reached_end(self) -> None:
-        self.caught_up = True
-        log.info("monitor caught up with the stream", monitor=self.NAME, seq=self.last_seq)
+            await self.check()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("monitor check failed", monitor=self.NAME)
 
     async def _ticks(self) -> None:
         while not self._stop.is_set():
-            await self._pause(self.interval)
-            if self._stop.is_set() or not self.caught_up:
-                continue
-            try:
-                await self.check()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("monitor check failed", monitor=self.NAME)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.interval)
+            await self.tick()
 
     async def _command(self, subject: str, body: dict[str, Any]) -> dict[str, Any] | None:
         """Send one command; its reply, or None when there was none (logged)."""
@@ -352,23 +297,24 @@ class PendingWatchdog(_Monitor):
     NAME = "pending-watchdog"
     FILTER = LB_EVENTS
 
-    def __init__(self, stream: str, timeout: float) -> None:
-        super().__init__(stream, min(5.0, timeout / 4))
+    def __init__(
+        self, stream: str, timeout: float, *, clock: Clock = time.time, interval: float = 0
+    ) -> None:
+        super().__init__(stream, interval or min(5.0, timeout / 4), clock)
         self.timeout = timeout
-        self.state = PendingTracker()
+        self.state = PendingTracker(clock)
 
-    def apply(self, msg: Any) -> None:
-        topic = (msg.headers or {}).get("Splice-Topic") or msg.subject.rsplit(".", 1)[-1]
-        self.state.apply(msg.subject, topic, msg.data)
+    async def apply(self, d: Delivery) -> None:
+        self.state.apply(d.subject, d.topic, d.data)
 
     async def check(self) -> None:
-        due = self.state.overdue(time.time(), self.timeout)[:MAX_COMMANDS_PER_TICK]
+        due = self.state.overdue(self.clock(), self.timeout)[:MAX_COMMANDS_PER_TICK]
         for lb, st in due:
             if self._stop.is_set():
                 return
             gen = st.generation
             reply = await self._command(
-                f"splice.cmd.{st.tenant}.loadbalancer.expire_pending",
+                subjects.command(st.tenant, "loadbalancer", "expire_pending"),
                 {"id": lb, "generation": gen, "command_id": f"expire-{lb}-{gen}",
                  "actor": "watchdog"},
             )
@@ -385,8 +331,10 @@ class HostMonitor(_Monitor):
     NAME = "host-monitor"
     FILTER = HOST_EVENTS
 
-    def __init__(self, stream: str, timeout: float) -> None:
-        super().__init__(stream, min(1.0, timeout / 4))
+    def __init__(
+        self, stream: str, timeout: float, *, clock: Clock = time.monotonic, interval: float = 0
+    ) -> None:
+        super().__init__(stream, interval or min(1.0, timeout / 4), clock)
         self.timeout = timeout
         self.state = HostTracker()
         self._hb: Any = None
@@ -404,22 +352,21 @@ class HostMonitor(_Monitor):
         await super().stop()
 
     async def _on_heartbeat(self, msg: Any) -> None:
-        host = msg.subject[len("splice.hb."):]
+        host = msg.subject[len(subjects.heartbeat("")):]
         if _HOST_RE.match(host):
-            self.state.heartbeat(host, time.monotonic())
+            self.state.heartbeat(host, self.clock())
 
-    def apply(self, msg: Any) -> None:
-        topic = (msg.headers or {}).get("Splice-Topic") or msg.subject.rsplit(".", 1)[-1]
-        self.state.apply(topic, msg.metadata.sequence.stream, msg.data, time.monotonic())
+    async def apply(self, d: Delivery) -> None:
+        self.state.apply(d.topic, d.seq, d.data, self.clock())
 
     async def check(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         self.state.prune(now, keep=10 * self.timeout)
         for host, seq in self.state.overdue(now, self.timeout)[:MAX_COMMANDS_PER_TICK]:
             if self._stop.is_set():
                 return
             reply = await self._command(
-                "splice.cmd._admin.host.lost",
+                subjects.command(subjects.ADMIN, "host", "lost"),
                 {"host": host, "command_id": lost_command_id(host, seq), "actor": "host-monitor"},
             )
             h = self.state.hosts.get(host)
@@ -433,19 +380,32 @@ class HostMonitor(_Monitor):
 
 
 class Monitors:
-    """Both monitors of one replica, on a NATS connection of their own."""
+    """Both monitors of one replica, on the process's NATS connection or on one of their own.
 
-    def __init__(self, nats_url: str, env: Mapping[str, str]) -> None:
+    `clock` (default: wall-clock time for the watchdog, monotonic for the host monitor) and
+    `interval` (seconds between checks; default from the timeouts) are for tests.
+    """
+
+    def __init__(
+        self, nats_url: str, env: Mapping[str, str], *, clock: Clock | None = None, interval: float = 0
+    ) -> None:
         self.nats_url = nats_url
-        stream = env.get("JETSTREAM_STREAM") or "SPLICE_EVENTS"
+        stream = env.get("JETSTREAM_STREAM") or subjects.STREAM
         self.watchdog = PendingWatchdog(
-            stream, _seconds(env, "SPLICE_PENDING_TIMEOUT", DEFAULT_PENDING_TIMEOUT)
+            stream, _seconds(env, "SPLICE_PENDING_TIMEOUT", DEFAULT_PENDING_TIMEOUT),
+            clock=clock or time.time, interval=interval,
         )
-        self.hosts = HostMonitor(stream, _seconds(env, "SPLICE_HOST_TIMEOUT", DEFAULT_HOST_TIMEOUT))
+        self.hosts = HostMonitor(
+            stream, _seconds(env, "SPLICE_HOST_TIMEOUT", DEFAULT_HOST_TIMEOUT),
+            clock=clock or time.monotonic, interval=interval,
+        )
         self._nc: Any = None
+        self._own_nc = False
 
-    async def start(self) -> None:
-        self._nc = await nats.connect(
+    async def start(self, nc: Any = None) -> None:
+        """Start both; on `nc` when given (it stays open at `stop()`), else on a new connection."""
+        self._own_nc = nc is None
+        self._nc = nc or await nats.connect(
             self.nats_url.split(","),
             name="splice-monitors",
             max_reconnect_attempts=-1,
@@ -458,21 +418,22 @@ class Monitors:
 
     async def stop(self) -> None:
         await asyncio.gather(self.watchdog.stop(), self.hosts.stop(), return_exceptions=True)
-        if self._nc is not None:
+        if self._nc is not None and self._own_nc:
             with contextlib.suppress(Exception):
                 await self._nc.close()
-            self._nc = None
+        self._nc = None
 
 
-async def start_monitors(nats_url: str, env: Mapping[str, str]) -> Monitors | None:
-    """Start the monitors of a replica; None when disabled or when they could not start."""
+async def start_monitors(nats_url: str, env: Mapping[str, str], nc: Any = None) -> Monitors | None:
+    """Start the monitors of a replica (on `nc`, the process's connection, when given); None
+    when disabled or when they could not start."""
     if (env.get("SPLICE_MONITORS") or os.environ.get("SPLICE_MONITORS") or "on").lower() in (
         "0", "off", "false", "no",
     ):
         return None
     monitors = Monitors(nats_url, env)
     try:
-        await monitors.start()
+        await monitors.start(nc)
     except Exception:
         log.exception("monitors did not start; the service runs without them")
         await monitors.stop()
@@ -481,9 +442,8 @@ async def start_monitors(nats_url: str, env: Mapping[str, str]) -> Monitors | No
 
 
 async def stop_monitors(monitors: Monitors | None) -> None:
-    if monitors is None:
-        return
     try:
-        await monitors.stop()
+        if monitors is not None:
+            await monitors.stop()
     except Exception:  # pragma: no cover - best effort
         log.exception("monitors did not stop cleanly")
