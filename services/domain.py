@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextvars
 import copy
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -67,14 +67,6 @@ class NotFoundError(DomainError):
     code = "not_found"
 
 
-class ForbiddenError(DomainError):
-    code = "forbidden"
-
-
-class ConflictError(DomainError):
-    code = "conflict"
-
-
 class NameTakenError(DomainError):
     code = "name_taken"
 
@@ -97,10 +89,6 @@ class ExhaustedError(DomainError):
 
 class QuotaExceededError(DomainError):
     code = "quota_exceeded"
-
-
-class NoHostError(DomainError):
-    code = "no_host"
 
 
 # -- who acts -----------------------------------------------------------------------------
@@ -129,10 +117,6 @@ def acting(meta: Meta) -> Iterator[Meta]:
         _ACTING.reset(token)
 
 
-def current_meta() -> Meta:
-    return _ACTING.get()
-
-
 def stamp(cls: type[E], **fields: Any) -> E:
     """An event payload of type `cls`, with the acting context and the time of the decision."""
     m = _ACTING.get()
@@ -154,10 +138,6 @@ def aggregate_id(tenant: str, aggregate: str, public: str) -> str:
 
 def public_id(agg_id: str) -> str:
     return agg_id.rsplit(".", 1)[-1]
-
-
-def tenant_of(agg_id: str) -> str:
-    return agg_id.split(".", 1)[0]
 
 
 def new_public_id() -> str:
@@ -220,8 +200,20 @@ class SpliceAggregate(BaseAggregate[str]):
         self.trigger_event(self.Event, payload=payload, timestamp=payload.timestamp)
 
     # applying
+    # each class's appliers by event tag, filled as the tags arrive (see `when`)
+    _appliers: ClassVar[dict[str | int | None, Callable[[Any, Any], None]]]
+
     def when(self, payload: EventMeta) -> None:
-        getattr(self, f"when_{type(payload).__name__}")(payload)
+        """Apply `payload` with ``when_<tag>``: chosen by the event's wire name, not its class."""
+        cls = type(self)
+        appliers = cls.__dict__.get("_appliers")
+        if appliers is None:
+            appliers = cls._appliers = {}
+        tag = type(payload).__struct_config__.tag
+        applier = appliers.get(tag)
+        if applier is None:
+            applier = appliers[tag] = getattr(cls, f"when_{tag}")
+        applier(self, payload)
 
     # the commands that changed this aggregate lately (idempotency without a separate claim)
     RECENT_COMMANDS: ClassVar[int] = 128
