@@ -16,8 +16,7 @@ from typing import Any
 import msgspec
 
 from splice.events import subjects
-
-from .upcasting import upcast
+from splice.events.upcasting import upcast
 
 # Keys every payload carries besides the event's own fields (events/wire.EventMeta; "type" is
 # the tag msgspec writes for the tagged Struct).
