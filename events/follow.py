@@ -39,7 +39,7 @@ import structlog
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
-from .subjects import STREAM, topic_of
+from .subjects import EVENTS, STREAM, topic_of
 
 log = structlog.get_logger("splice.follow")
 
@@ -169,7 +169,7 @@ class Follower:
                 except Exception as e:
                     log.warning("follower could not read; retrying", follower=self.name,
                                 error=repr(e), from_seq=self.position + 1)
-                await _wait_any((stop,), backoff)
+                await wait_any((stop,), backoff)
                 backoff = min(backoff * 2, 5.0)
         finally:
             if self._cleanup:
@@ -212,7 +212,7 @@ class Follower:
                     self._replace("no messages nor heartbeats")
                     return
                 s.wake.clear()
-                await _wait_any((stop, s.wake), self.heartbeat)
+                await wait_any((stop, s.wake), self.heartbeat)
         finally:
             s.closed = True
             self._session = None
@@ -347,7 +347,16 @@ class Follower:
             self.on_caught_up(self.position)
 
 
-async def _wait_any(events: Sequence[asyncio.Event], timeout: float) -> None:
+async def last_seq(js: Any, subject: str = EVENTS, stream: str = STREAM) -> int:
+    """The stream sequence of the newest message on `subject` (0 when there is none)."""
+    try:
+        msg = await js.get_last_msg(stream, subject, direct=True)
+    except NotFoundError:  # an empty subject (a 404), or no stream yet
+        return 0
+    return int(msg.seq)
+
+
+async def wait_any(events: Sequence[asyncio.Event], timeout: float) -> None:
     """Wait until one of `events` is set, or `timeout` seconds (no error either way)."""
     if any(e.is_set() for e in events):
         return

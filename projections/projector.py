@@ -28,7 +28,7 @@ from typing import Any
 import structlog
 
 from splice.events import subjects
-from splice.events.follow import Delivery, Follower, SetAside, wait_any
+from splice.events.follow import Delivery, Follower, SetAside, last_seq, wait_any
 
 from .envelope import Event, from_parts
 from .store import Store
@@ -176,13 +176,7 @@ async def last_event_seq(
     js: Any, subject: str = subjects.EVENTS, stream: str = subjects.STREAM
 ) -> int:
     """The stream sequence of the newest event on `subject` (0 when there is none)."""
-    try:
-        msg = await js.get_last_msg(stream, subject, direct=True)
-    except Exception as e:  # nats-py raises NotFoundError (a 404) on an empty subject
-        if "404" in str(e) or type(e).__name__ == "NotFoundError":
-            return 0
-        raise
-    return int(msg.seq)
+    return await last_seq(js, subject, stream)
 
 
 async def run_projection(

@@ -15,6 +15,7 @@ from helpers import stream_messages, wait_for
 from nats.js.api import StorageType
 
 from splice.events import subjects
+from splice.events.eventlog import read_events
 from splice.events.follow import Delivery, Follower, SetAside
 from splice.natsserver import NatsServer
 
@@ -158,3 +159,15 @@ async def test_a_server_restart_mid_follow_loses_and_repeats_nothing(
         assert not task.done()
     assert rec.seqs == stored  # every stored event once, in order (a timed-out publish too)
     assert follower.resets >= 1
+
+
+async def test_the_event_log_reads_from_a_sequence_to_the_end_or_a_limit(
+    fresh_nats: NatsServer, nc: Any
+) -> None:
+    seqs = await publish(nc.jetstream(), "acme", 4)
+    shown: list[dict[str, Any]] = []
+    assert await read_events(fresh_nats.url, shown.append, from_seq=seqs[1]) == 3
+    assert [e["seq"] for e in shown] == seqs[1:]
+    assert shown[0]["tenant"] == "acme" and shown[0]["aggregate_id"] == "t1"
+    assert shown[0]["type"] == "ThingHappened" and shown[0]["payload"] == {"n": 1}
+    assert await read_events(fresh_nats.url, shown.append, limit=2) == 2
