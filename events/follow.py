@@ -5,8 +5,8 @@ and hands each message to an async handler as a `Delivery`, in stream order, onc
 
 * Reading: an ephemeral pull consumer of its own (no acks, in memory, named, so that the create
   subject carries the filter and a tenant's pinned create permission allows it). Pull requests
-  of `batch` messages are topped up when half of the last one has arrived; nothing more than
-  one and a half `batch` is ever asked for ahead of the handler, which is the back-pressure.
+  of `batch` messages keep two of them in flight; nothing more than two `batch` is ever asked
+  for ahead of the handler, which is the back-pressure.
 * Position: `position` is the stream sequence of the last message handled or set aside. When
   anything looks wrong it drops its consumer and makes a new one from ``position + 1``: no
   message and no heartbeat for three `heartbeat` seconds while the handler is idle (a stall, a
@@ -134,6 +134,7 @@ class Follower:
         self.stream = stream
         self.name = name
         self.batch = max(2, batch)
+        self._low = self.batch  # ask for more while no more than this is on its way
         self.heartbeat = heartbeat
         self.expires = max(30.0, 10 * heartbeat)
         self.on_set_aside = on_set_aside
@@ -242,8 +243,8 @@ class Follower:
         return cfg
 
     async def _pull(self, s: _Session) -> None:
-        """Ask for `batch` more when at most half of what was asked for is still to come."""
-        if s.outstanding > self.batch // 2 or s.closed:
+        """Ask for `batch` more when no more than one `batch` is still to come."""
+        if s.outstanding > self._low or s.closed:
             return
         request = {
             "batch": self.batch,
@@ -290,7 +291,8 @@ class Follower:
             return
         s.next_cseq += 1
         s.outstanding -= 1
-        await self._pull(s)
+        if s.outstanding <= self._low:
+            await self._pull(s)
         if seq <= self.position or self._done:
             return
         if self._until is not None and seq > self._until:
