@@ -65,7 +65,7 @@ from splice.events.contracts import (
     ServiceChainAttached,
     ServiceChainDetached,
 )
-from splice.events.lbaas_fold import LoadBalancerState, apply
+from splice.events.lbaas_fold import LB_EVENT_TAGS, LoadBalancerState, apply
 
 from .domain import InUseError, InvalidError, NotFoundError, SpliceAggregate, stamp
 
@@ -198,6 +198,7 @@ class LoadBalancer(ServiceMixin, SpliceAggregate):
     AGGREGATE = "loadbalancer"
     KIND: ClassVar[str] = "loadbalancer"
     port_count = 1  # the VIP port
+    APPLIED_TAGS: ClassVar[frozenset[str]] = LB_EVENT_TAGS  # applied by the fold, not when_*
 
     # -- the state: the fold's, read through these properties ------------------------------
 
