@@ -134,7 +134,6 @@ class Follower:
         self.stream = stream
         self.name = name
         self.batch = max(2, batch)
-        self._low = self.batch  # ask for more while no more than this is on its way
         self.heartbeat = heartbeat
         self.expires = max(30.0, 10 * heartbeat)
         self.on_set_aside = on_set_aside
@@ -244,7 +243,7 @@ class Follower:
 
     async def _pull(self, s: _Session) -> None:
         """Ask for `batch` more when no more than one `batch` is still to come."""
-        if s.outstanding > self._low or s.closed:
+        if s.outstanding > self.batch or s.closed:
             return
         request = {
             "batch": self.batch,
@@ -291,7 +290,7 @@ class Follower:
             return
         s.next_cseq += 1
         s.outstanding -= 1
-        if s.outstanding <= self._low:
+        if s.outstanding <= self.batch:
             await self._pull(s)
         if seq <= self.position or self._done:
             return
