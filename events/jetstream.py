@@ -43,14 +43,13 @@ from eventsourcing.persistence import (
 from eventsourcing.utils import Environment, resolve_topic
 
 from .natsio import NatsThread
-from .store_datastore import JetStreamDatastore, StoreSettings, stream_config
+from .store_datastore import JetStreamDatastore, StoreSettings
 from .store_recorders import (
     JetStreamAggregateRecorder,
     JetStreamApplicationRecorder,
     JetStreamProcessRecorder,
     JetStreamTrackingRecorder,
 )
-from .subjects import H_TOPIC, H_VERSION  # re-exported: projections/envelope.py, events/eventlog.py
 
 
 class JetStreamFactory(InfrastructureFactory[JetStreamTrackingRecorder]):
@@ -111,13 +110,10 @@ class JetStreamFactory(InfrastructureFactory[JetStreamTrackingRecorder]):
 
 
 __all__ = [
-    "H_TOPIC",
-    "H_VERSION",
     "JetStreamAggregateRecorder",
     "JetStreamApplicationRecorder",
     "JetStreamDatastore",
     "JetStreamFactory",
     "JetStreamProcessRecorder",
     "JetStreamTrackingRecorder",
-    "stream_config",
 ]

@@ -81,7 +81,11 @@ def _describe(e: msgspec.ValidationError) -> tuple[str, str]:
 
 
 class CommandService:
-    """Serves commands until stopped. One instance per process; run several for more."""
+    """Serves commands until stopped. One instance per process; run several for more.
+
+    `nc`, when given, is the process's NATS connection: the service and its monitors use it and
+    leave it open on stop (its owner drains it); otherwise the service opens and drains its own.
+    """
 
     def __init__(
         self,
@@ -92,6 +96,7 @@ class CommandService:
         max_attempts: int = 12,
         max_payload: int = MAX_PAYLOAD,
         queue: str = QUEUE_GROUP,
+        nc: Any = None,
     ) -> None:
         self.nats_url = nats_url
         self.env = app_env(nats_url, **(env or {}))
@@ -102,7 +107,9 @@ class CommandService:
         self.app: SpliceApplication | None = None
         self._executor: CommandExecutor | None = None
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="splice-cmd")
-        self._nc: Any = None
+        self._nc: Any = nc
+        self._own_nc = nc is None
+        self._sub: Any = None
         self._sem = asyncio.Semaphore(workers * 4)
         self._tasks: set[asyncio.Task[None]] = set()
         self.handled = 0
@@ -113,19 +120,21 @@ class CommandService:
         loop = asyncio.get_running_loop()
         self.app = await loop.run_in_executor(self._pool, lambda: SpliceApplication(env=self.env))
         self._executor = CommandExecutor(self.app, max_attempts=self.max_attempts)
-        self._nc = await nats.connect(
-            self.nats_url.split(","),
-            name="splice-command-service",
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.25,
-        )
-        await self._nc.subscribe(subjects.COMMANDS, queue=self.queue, cb=self._on_msg)
+        if self._own_nc:
+            self._nc = await nats.connect(
+                self.nats_url.split(","),
+                name="splice-command-service",
+                max_reconnect_attempts=-1,
+                reconnect_time_wait=0.25,
+            )
+        self._sub = await self._nc.subscribe(subjects.COMMANDS, queue=self.queue, cb=self._on_msg)
         await self._nc.flush()
         log.info("command service ready", subjects=subjects.COMMANDS, queue=self.queue)
         # -- monitors (services/monitors.py): they send their commands over NATS, like clients --
         from .monitors import start_monitors
 
-        self._monitors = await start_monitors(self.nats_url, self.app.env)
+        shared = None if self._own_nc else self._nc
+        self._monitors = await start_monitors(self.nats_url, self.app.env, shared)
         # -- end monitors --
 
     async def stop(self) -> None:
@@ -137,9 +146,13 @@ class CommandService:
         # -- end monitors --
         if self._nc is not None:
             try:
-                await self._nc.drain()
+                if self._own_nc:
+                    await self._nc.drain()
+                elif self._sub is not None:
+                    await self._sub.drain()  # no new requests; the connection stays its owner's
             except Exception as e:  # pragma: no cover - best effort
                 log.warning("drain failed", error=str(e))
+            self._sub = None
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=10)
         loop = asyncio.get_running_loop()
