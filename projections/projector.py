@@ -20,7 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -105,19 +105,36 @@ class Projector:
         """Apply events (in stream order) to every view not already past them; commit once.
 
         `last` (default: the last event's seq) is where the views' positions move to;
-        `unreadable` are deliveries that could not be decoded, set aside for every view. An
-        event a view's handler raises on is set aside for that view, and the batch is applied
-        again without it. Returns the new position. On any other failure nothing is applied
-        and the caches are reset.
+        `unreadable` are deliveries that could not be decoded, set aside for every view.
+        Returns the new position. When a view's handler raises, the batch is applied again one
+        event per transaction (so that many bad events cost no more than one each), and each
+        event a view raises on is set aside for that view. On any other failure nothing of the
+        transaction in progress is applied and the caches are reset.
         """
         last = max(last, events[-1].seq if events else 0)
         if last == 0:
             return self.position
+        try:
+            self._apply(events, last, {}, unreadable)
+        except ViewFailed:
+            self._reload()
+            for one, upto, before in _one_by_one(events, last, unreadable):
+                self._apply_setting_aside(one, upto, before)
+        except BaseException:
+            self._reload()
+            raise
+        for r in unreadable:
+            log.warning("event set aside", view="*", seq=r.seq, subject=r.subject, error=r.error)
+        return self.position
+
+    def _apply_setting_aside(
+        self, events: Sequence[Event], last: int, unreadable: Sequence[SetAside]
+    ) -> None:
         skip: dict[tuple[int, str], SetAside] = {}
         while True:
             try:
                 self._apply(events, last, skip, unreadable)
-                break
+                return
             except ViewFailed as e:
                 self._reload()
                 skip[(e.record.seq, e.view)] = e.record
@@ -126,9 +143,6 @@ class Projector:
             except BaseException:
                 self._reload()
                 raise
-        for r in unreadable:
-            log.warning("event set aside", view="*", seq=r.seq, subject=r.subject, error=r.error)
-        return self.position
 
     def _apply(
         self,
@@ -156,6 +170,19 @@ class Projector:
             self.positions[name] = new
         for rows in self.tx.tables.values():
             rows.trim()
+
+
+def _one_by_one(
+    events: Sequence[Event], last: int, unreadable: Sequence[SetAside]
+) -> Iterator[tuple[list[Event], int, list[SetAside]]]:
+    """A batch as one-event pieces: (events, position to move to, unreadable ones up to it)."""
+    rest = sorted(unreadable, key=lambda r: r.seq)
+    for ev in events:
+        before = [r for r in rest if r.seq < ev.seq]
+        rest = rest[len(before) :]
+        yield [ev], ev.seq, before
+    if rest or not events or last > events[-1].seq:
+        yield [], last, rest
 
 
 def _as_key(key: Any) -> tuple[Any, ...]:

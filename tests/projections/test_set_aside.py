@@ -101,3 +101,22 @@ async def test_a_bad_event_is_set_aside_with_a_record_and_the_next_ones_are_appl
     assert all(t["identical"] for t in report["tables"].values())
     assert report["set_aside"]["live"] == report["set_aside"]["rebuilt"] == len(WITH_BOOM) + 1
     assert {r["seq"] for r in report["set_aside"]["examples"]} == {seq["boom"], seq["unreadable"]}
+
+
+def test_a_batch_of_bad_events_is_set_aside_event_by_event(db_url: str) -> None:
+    def event(seq: int, description: str) -> Event:
+        return Event(seq, seq, "_admin", "servicetype", f"st{seq % 7}", "ServiceTypeUpdated",
+                     seq, {"description": description})
+
+    events = [event(seq, "boom" if seq % 3 else "fine") for seq in range(1, 301)]
+    store = open_store(db_url)
+    try:
+        projector = Projector(store, (BOOM_VIEW,))
+        assert projector.apply(events[:150]) == 150
+        assert projector.apply(events[150:]) == 300
+        aside = store.set_aside()
+        assert [r["seq"] for r in aside] == [e.seq for e in events if e.seq % 3]
+        rows = dict(store.select("SELECT id, seq FROM boom"))
+        assert rows == {f"st{s % 7}": s for s in range(3, 301, 3)}  # the last fine one of each
+    finally:
+        store.close()
