@@ -165,7 +165,9 @@ class Follower:
                 except asyncio.CancelledError:
                     raise
                 except NotFoundError:
-                    log.info("stream not there yet; waiting", follower=self.name, stream=self.stream)
+                    if backoff == 0.1:  # once per wait, not at every retry
+                        log.info("stream not there yet; waiting", follower=self.name,
+                                 stream=self.stream)
                 except Exception as e:
                     log.warning("follower could not read; retrying", follower=self.name,
                                 error=repr(e), from_seq=self.position + 1)
