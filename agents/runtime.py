@@ -39,7 +39,8 @@ from splice.events import subjects
 from splice.events.follow import Delivery, Follower
 from splice.events.lbaas_fold import LoadBalancerState, apply
 
-from .converge import LbResult, Reconciler, Report
+from .drivers import drivers
+from .drivers.haproxy.driver import LbResult, Report
 from .model import LoadBalancerSpec, NetworkSpec
 
 log = structlog.get_logger("splice.agent")
@@ -48,9 +49,6 @@ HEARTBEAT_S = 2.0
 SUBJECTS = [subjects.events_of("loadbalancer"), subjects.events_of("network")]
 _decoders = {name: msgspec.json.Decoder(t) for name, t in c.EVENT_TYPES.items()}
 
-# The host drivers, by the provider they serve. An agent offers exactly these providers (the
-# scheduler places by them); a service of any other provider placed here is reported ERROR.
-DRIVERS = {"haproxy": Reconciler}
 
 
 class Snapshot(msgspec.Struct, kw_only=True):
@@ -84,16 +82,19 @@ class Agent:
     ) -> None:
         self.nats_url, self.host = nats_url, host
         self.providers = sorted(set(providers))
-        unknown = [p for p in self.providers if p not in DRIVERS]
+        # An agent offers exactly the providers it has drivers for (the scheduler places by
+        # them); a service of any other provider placed here is reported ERROR.
+        known = drivers()
+        unknown = [p for p in self.providers if p not in known]
         if unknown:
             raise ValueError(f"no host driver for provider(s) {', '.join(unknown)}: "
-                             f"this agent offers {', '.join(sorted(DRIVERS))}")
+                             f"this agent offers {', '.join(sorted(known))}")
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.snapshot_path = self.state_dir / f"agent-{host}.json"
         self.resync_s = resync_s
-        self.drivers = {p: DRIVERS[p](host, self.state_dir / "lb", prefix=prefix,
-                                      on_report=self._on_report) for p in self.providers}
+        self.drivers = {p: known[p](host, self.state_dir / "lb", prefix=prefix,
+                                    on_report=self._on_report) for p in self.providers}
         self.lbs: dict[str, LoadBalancerState] = {}  # by aggregate id
         self.networks: dict[str, tuple[str, str]] = {}
         self.seq = 0

@@ -1,4 +1,4 @@
-"""200 load balancers on one host, converged from empty state by a fresh Reconciler, against the
+"""200 load balancers on one host, converged from empty state by a fresh HaproxyDriver, against the
 per-LB cost of the equivalent bash script (measured on a smaller sample and scaled per LB).
 
 Same fabric as ``time_to_serve.py`` (``splb-`` names, 10.77.0.0/16, only in namespaces and on a
@@ -35,7 +35,7 @@ from time_to_serve import (
     vip,
 )
 
-from splice.agents.converge import ACTIVE, Reconciler
+from splice.agents.drivers.haproxy.driver import ACTIVE, HaproxyDriver
 from splice.agents.model import LoadBalancerSpec
 
 
@@ -45,7 +45,7 @@ def respecify(spec: LoadBalancerSpec, address: str) -> LoadBalancerSpec:
 
 async def splice_phase(fab: BenchFabric, n: int, state_dir: str, workers: int) -> float:
     specs = [respecify(lb_spec(fab, 0), vip(1, i)) for i in range(n)]
-    rec = Reconciler("bench", state_dir, prefix="splb-", workers=workers)
+    rec = HaproxyDriver("bench", state_dir, prefix="splb-", workers=workers)
     try:
         start = time.monotonic()
         results = await rec.converge({s.id: s for s in specs})

@@ -38,8 +38,8 @@ import nats
 from pyroute2 import IPRoute, netns
 
 from splice.agents import netns as agent_netns
-from splice.agents.converge import ACTIVE, Reconciler
-from splice.agents.haproxy_render import LbPaths, render
+from splice.agents.drivers.haproxy.driver import ACTIVE, HaproxyDriver
+from splice.agents.drivers.haproxy.render import LbPaths, render
 from splice.agents.model import LoadBalancerSpec, NetworkSpec
 from splice.agents.runtime import Agent
 from splice.events.lbaas import Listener, Member, Pool
@@ -191,7 +191,7 @@ def run_script(text: str) -> None:
 
 
 async def splice_once(fab: BenchFabric, state_dir: str, index: int) -> float:
-    rec = Reconciler("bench", state_dir, prefix=PREFIX)
+    rec = HaproxyDriver("bench", state_dir, prefix=PREFIX)
     spec = lb_spec(fab, index)
     try:
         start = time.monotonic()

@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from splice.agents.haproxy_render import LbPaths, render
+from splice.agents.drivers.haproxy.render import LbPaths, render
 from splice.agents.model import LoadBalancerSpec, NetworkSpec
 from splice.services.domain import DomainError
 from tests.world import World

@@ -27,7 +27,7 @@ import pytest
 from pyroute2 import IPRoute, netns
 
 from splice.agents import netns as agent_netns
-from splice.agents.converge import Reconciler, Report
+from splice.agents.drivers.haproxy.driver import HaproxyDriver, Report
 from splice.agents.model import (
     LoadBalancerSpec,
     NetworkSpec,
@@ -240,9 +240,9 @@ def recorder() -> Recorder:
 
 
 @pytest.fixture
-def reconciler(recorder: Recorder) -> Iterator[Reconciler]:
+def reconciler(recorder: Recorder) -> Iterator[HaproxyDriver]:
     state_dir = tempfile.mkdtemp(prefix="splt", dir="/tmp")
-    rec = Reconciler("test-host", state_dir, prefix=PREFIX, on_report=recorder)
+    rec = HaproxyDriver("test-host", state_dir, prefix=PREFIX, on_report=recorder)
     try:
         yield rec
     finally:

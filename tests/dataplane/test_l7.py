@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from splice.agents.converge import ACTIVE, Reconciler
+from splice.agents.drivers.haproxy.driver import ACTIVE, HaproxyDriver
 from splice.agents.model import LoadBalancerSpec
 from splice.events.lbaas import L7Policy, L7Rule, Listener, Member, Pool
 from tests.dataplane.fabric import MEMBER_PORT, SUBNET, Fabric, wait_until
@@ -40,7 +40,7 @@ def l7_spec(net: Fabric, lb_id: str, reject_position: int, pool_position: int) -
 
 
 async def test_l7_policies_route_reject_and_redirect_in_position_order(
-    net: Fabric, reconciler: Reconciler
+    net: Fabric, reconciler: HaproxyDriver
 ) -> None:
     lb_id = str(uuid.uuid4())
     spec = l7_spec(net, lb_id, reject_position=1, pool_position=2)

@@ -12,10 +12,10 @@ from pathlib import Path
 
 from pyroute2 import netns
 
-from splice.agents import haproxy
 from splice.agents import netns as agent_netns
-from splice.agents.converge import ACTIVE, DELETED, Reconciler
-from splice.agents.haproxy_render import LbPaths
+from splice.agents.drivers.haproxy import process as haproxy
+from splice.agents.drivers.haproxy.driver import ACTIVE, DELETED, HaproxyDriver
+from splice.agents.drivers.haproxy.render import LbPaths
 from tests.dataplane.fabric import PREFIX, Fabric, Recorder, lb_spec, wait_until
 
 
@@ -26,13 +26,13 @@ def serving(net: Fabric, vip: str) -> bool:
         return False
 
 
-def paths_of(reconciler: Reconciler, lb_id: str) -> LbPaths:
+def paths_of(reconciler: HaproxyDriver, lb_id: str) -> LbPaths:
     layout = reconciler.layout
     return LbPaths(layout.lb_dir(layout.short_id(lb_id)))
 
 
 async def test_killed_haproxy_is_restarted_and_serves_after_resync(
-    net: Fabric, reconciler: Reconciler
+    net: Fabric, reconciler: HaproxyDriver
 ) -> None:
     spec = lb_spec(net, vip_host=11)
     await reconciler.converge({spec.id: spec})
@@ -49,7 +49,7 @@ async def test_killed_haproxy_is_restarted_and_serves_after_resync(
 
 
 async def test_namespace_deleted_by_hand_is_recreated_and_serves(
-    net: Fabric, reconciler: Reconciler
+    net: Fabric, reconciler: HaproxyDriver
 ) -> None:
     spec = lb_spec(net, vip_host=12)
     await reconciler.converge({spec.id: spec})
@@ -67,7 +67,7 @@ async def test_namespace_deleted_by_hand_is_recreated_and_serves(
 
 
 async def test_orphan_namespace_with_prefix_is_removed_and_others_are_left_alone(
-    net: Fabric, reconciler: Reconciler
+    net: Fabric, reconciler: HaproxyDriver
 ) -> None:
     orphan = f"{PREFIX}lb-0bad0bad"
     foreign = "spltx-lb-0bad0bad"  # similar, but not our prefix: must survive
@@ -86,7 +86,7 @@ async def test_orphan_namespace_with_prefix_is_removed_and_others_are_left_alone
 
 
 async def test_delete_removes_namespace_process_veth_and_files(
-    net: Fabric, reconciler: Reconciler, recorder: Recorder
+    net: Fabric, reconciler: HaproxyDriver, recorder: Recorder
 ) -> None:
     spec = lb_spec(net, vip_host=14)
     await reconciler.converge({spec.id: spec})
@@ -111,7 +111,7 @@ async def test_delete_removes_namespace_process_veth_and_files(
 
 
 async def test_config_change_reloads_without_restarting_the_master(
-    net: Fabric, reconciler: Reconciler
+    net: Fabric, reconciler: HaproxyDriver
 ) -> None:
     spec = lb_spec(net, vip_host=15, members=net.members[:1])
     await reconciler.converge({spec.id: spec})
@@ -126,7 +126,7 @@ async def test_config_change_reloads_without_restarting_the_master(
 
 
 async def test_second_converge_with_the_same_state_changes_nothing(
-    net: Fabric, reconciler: Reconciler, recorder: Recorder
+    net: Fabric, reconciler: HaproxyDriver, recorder: Recorder
 ) -> None:
     spec = lb_spec(net, vip_host=16)
     await reconciler.converge({spec.id: spec})

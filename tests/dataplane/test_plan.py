@@ -8,10 +8,7 @@ from typing import Any
 
 import pytest
 
-from splice.agents.haproxy_render import LbPaths, digest, render
-from splice.agents.model import HostLayout, LoadBalancerSpec
-from splice.agents.netns import NamespaceLinks
-from splice.agents.plan import (
+from splice.agents.drivers.haproxy.plan import (
     DeleteBridge,
     DeleteLoadBalancer,
     EnsureBridge,
@@ -28,6 +25,9 @@ from splice.agents.plan import (
     desired_leg,
     plan,
 )
+from splice.agents.drivers.haproxy.render import LbPaths, digest, render
+from splice.agents.model import HostLayout, LoadBalancerSpec
+from splice.agents.netns import NamespaceLinks
 from tests.dataplane.specs import build, tcp_mix
 
 LAYOUT = HostLayout(state_dir="/var/lib/splice/lb", prefix="spl-")

@@ -9,8 +9,8 @@ from pathlib import Path
 import msgspec
 import pytest
 
-from splice.agents import haproxy
-from splice.agents.haproxy_render import LbPaths, UnsafeValueError, quote, render
+from splice.agents.drivers.haproxy import process as haproxy
+from splice.agents.drivers.haproxy.render import LbPaths, UnsafeValueError, quote, render
 from tests.dataplane.specs import build, http_full, tcp_mix
 
 GOLDEN = Path(__file__).with_name("golden")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from collections import Counter
 
-from splice.agents.converge import ACTIVE, Reconciler
+from splice.agents.drivers.haproxy.driver import ACTIVE, HaproxyDriver
 from splice.events.lbaas import HealthMonitor, SessionPersistence
 from tests.dataplane.fabric import Fabric, Recorder, lb_spec, wait_until
 
@@ -25,7 +25,7 @@ def spread(net: Fabric, vip: str, n: int, headers: dict[str, str] | None = None)
 
 
 async def test_round_robin_spreads_requests_over_all_members(
-    net: Fabric, reconciler: Reconciler
+    net: Fabric, reconciler: HaproxyDriver
 ) -> None:
     spec = lb_spec(net)
     results = await reconciler.converge({spec.id: spec})
@@ -37,7 +37,7 @@ async def test_round_robin_spreads_requests_over_all_members(
 
 
 async def test_source_ip_persistence_keeps_a_client_on_one_member(
-    net: Fabric, reconciler: Reconciler
+    net: Fabric, reconciler: HaproxyDriver
 ) -> None:
     spec = lb_spec(net, persistence=SessionPersistence(type="SOURCE_IP"))
     await reconciler.converge({spec.id: spec})
@@ -46,7 +46,7 @@ async def test_source_ip_persistence_keeps_a_client_on_one_member(
 
 
 async def test_source_ip_algorithm_keeps_a_client_on_one_member(
-    net: Fabric, reconciler: Reconciler
+    net: Fabric, reconciler: HaproxyDriver
 ) -> None:
     spec = lb_spec(net, algorithm="SOURCE_IP")
     await reconciler.converge({spec.id: spec})
@@ -55,7 +55,7 @@ async def test_source_ip_algorithm_keeps_a_client_on_one_member(
 
 
 async def test_http_cookie_persistence_keeps_a_client_on_one_member(
-    net: Fabric, reconciler: Reconciler
+    net: Fabric, reconciler: HaproxyDriver
 ) -> None:
     spec = lb_spec(net, persistence=SessionPersistence(type="HTTP_COOKIE"))
     await reconciler.converge({spec.id: spec})
@@ -68,7 +68,7 @@ async def test_http_cookie_persistence_keeps_a_client_on_one_member(
 
 
 async def test_app_cookie_persistence_follows_the_application_cookie(
-    net: Fabric, reconciler: Reconciler
+    net: Fabric, reconciler: HaproxyDriver
 ) -> None:
     spec = lb_spec(net, persistence=SessionPersistence(type="APP_COOKIE",
                                                            cookie_name="JSESSIONID"))
@@ -80,7 +80,7 @@ async def test_app_cookie_persistence_follows_the_application_cookie(
 
 
 async def test_dead_member_is_marked_down_avoided_reported_and_comes_back(
-    net: Fabric, reconciler: Reconciler, recorder: Recorder
+    net: Fabric, reconciler: HaproxyDriver, recorder: Recorder
 ) -> None:
     spec = lb_spec(net, monitor=FAST_MONITOR)
     await reconciler.converge({spec.id: spec})
@@ -120,7 +120,7 @@ async def _poll(probe, wanted: str, deadline_s: float) -> bool:  # type: ignore[
 
 
 async def test_members_added_and_removed_under_steady_traffic_lose_no_request(
-    net: Fabric, reconciler: Reconciler
+    net: Fabric, reconciler: HaproxyDriver
 ) -> None:
     first, second = net.members[:2], net.members[2:]
     spec = lb_spec(net, members=first, monitor=FAST_MONITOR)

@@ -1,8 +1,10 @@
-"""The reconciler: observe, plan, apply — per LB, in parallel, level-triggered.
+"""The haproxy driver: observe the host, ``plan(desired, observed)``, apply — level-triggered.
 
-``converge(desired)`` takes the *whole* desired state of the host (a dict of LB id → spec; the
-caller rebuilds it from the event stream) and makes the host match it. Work on one LB is
-serialised by a per-LB lock; different LBs proceed in parallel; blocking netlink, file and
+``converge(desired)`` takes the *whole* desired state of the host's haproxy load balancers (LB
+id → spec; the agent rebuilds it from the event stream), observes what the host holds, asks the
+pure `plan.plan` for the steps (the very function the table tests pin), and applies them: bridges
+first, then each LB's steps in order — one LB's steps serialised, different LBs in parallel —
+then the bridges nothing uses any more. One converge runs at a time. Blocking netlink, file and
 process calls run in a thread pool so the event loop stays free. ``resync()`` repeats the last
 converge (drift repair: a killed haproxy, a deleted namespace) and re-reads haproxy's health
 states; ``run_resync(interval)`` does so on a timer.
@@ -18,7 +20,7 @@ import asyncio
 import contextlib
 import os
 import shutil
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,16 +28,16 @@ from typing import Any
 
 import structlog
 
-from splice.agents import haproxy, netns
-from splice.agents.haproxy_render import LbPaths, digest
-from splice.agents.model import HostLayout, LoadBalancerSpec
-from splice.agents.plan import (
+from splice.agents import netns
+from splice.agents.drivers.haproxy import process as haproxy
+from splice.agents.drivers.haproxy.plan import (
     DeleteBridge,
     DeleteLoadBalancer,
     EnsureBridge,
     EnsureNamespace,
     EnsureVipLeg,
     KillStrayHaproxy,
+    LbOp,
     Observed,
     ObservedLB,
     Op,
@@ -43,13 +45,12 @@ from splice.agents.plan import (
     ReportError,
     StartHaproxy,
     WriteConfigAndReload,
-    plan_bridge_cleanup,
-    plan_bridges,
-    plan_lb,
-    plan_orphan,
+    plan,
     split_short_id_clashes,
 )
-from splice.agents.status import Operating, OperatingStatus, rollup
+from splice.agents.drivers.haproxy.render import LbPaths, digest
+from splice.agents.drivers.haproxy.status import Operating, OperatingStatus, rollup
+from splice.agents.model import HostLayout, LoadBalancerSpec
 
 log = structlog.get_logger(__name__)
 
@@ -92,8 +93,10 @@ class Report:
     changes: tuple[StatusChange, ...] = field(default=())
 
 
-class Reconciler:
-    """Converges one host's load balancers; ``on_report`` receives transitions only."""
+class HaproxyDriver:
+    """Converges one host's haproxy load balancers; ``on_report`` receives transitions only."""
+
+    provider = "haproxy"
 
     def __init__(
         self,
@@ -108,7 +111,7 @@ class Reconciler:
         self.layout = HostLayout(state_dir=str(state_dir), prefix=prefix)
         self.on_report = on_report
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="splice-agent")
-        self._locks: dict[str, asyncio.Lock] = {}
+        self._converging = asyncio.Lock()
         self._desired: dict[str, LoadBalancerSpec] = {}
         self._reported: dict[str, LbResult] = {}
         self._known: set[str] = set()  # LB ids converged at least once (for DELETED)
@@ -116,31 +119,29 @@ class Reconciler:
 
     # ------------------------------------------------------------------ public
 
+    async def observe(self, desired: Mapping[str, LoadBalancerSpec]) -> Observed:
+        """Bridges, and every LB slot that is wanted or carries our prefix (namespace, veth or
+        state directory)."""
+        host = await self._run(netns.observe_host, self.layout.prefix)
+        shorts = {self.layout.short_id(i) for i in desired}
+        shorts |= self._lb_shorts(host) | self._state_shorts()
+        found = await asyncio.gather(*(self._run(observe_lb, self.layout, s)
+                                       for s in sorted(shorts)))
+        return Observed(self.layout, host.bridges, host.bridge_ports,
+                        {lb.short: lb for lb in found})
+
+    def plan(self, desired: Mapping[str, LoadBalancerSpec], observed: Observed) -> list[Op]:
+        return plan(desired, observed)
+
     async def converge(self, desired: Mapping[str, LoadBalancerSpec]) -> dict[str, LbResult]:
         """Make the host match ``desired`` (the complete set for this host)."""
-        self._desired = dict(desired)
-        accepted, clashes = split_short_id_clashes(self._desired, self.layout)
-        host = await self._run(netns.observe_host, self.layout.prefix)
-        observed = Observed(self.layout, host.bridges, host.bridge_ports)
-        await asyncio.gather(*(self._apply(op) for op in plan_bridges(accepted, observed)))
-        shorts = {self.layout.short_id(i): i for i in self._desired}
-        orphans = (self._lb_shorts(host) | self._state_shorts()) - set(shorts)
-        tasks: list[Coroutine[Any, Any, LbResult | None]]
-        tasks = [self._converge_lb(spec) for spec in accepted.values()]
-        tasks += [self._remove_orphan(short) for short in sorted(orphans)]
-        outcomes = await asyncio.gather(*tasks)
-        results = {r.lb_id: r for r in outcomes if r is not None}
-        for lb_id, reason in clashes.items():
-            spec = self._desired[lb_id]
-            results[lb_id] = LbResult(lb_id, spec.generation, ERROR, rollup(spec, None), reason)
-        for lb_id in sorted(self._known - set(self._desired) - set(results)):
-            results[lb_id] = _deleted(lb_id)
-        self._known = (self._known | set(results)) - {
-            i for i, r in results.items() if r.provisioning_status == DELETED
-        }
-        await self._cleanup_bridges(accepted)
-        self._report(results)
-        return results
+        async with self._converging:
+            self._desired = dict(desired)
+            observed = await self.observe(self._desired)
+            failures = await self._apply_all(self.plan(self._desired, observed))
+            results = await self._results(failures)
+            self._report(results)
+            return results
 
     async def resync(self) -> dict[str, LbResult]:
         """Re-converge the last desired state: repairs drift and refreshes health states."""
@@ -161,48 +162,61 @@ class Reconciler:
     def close(self) -> None:
         self._pool.shutdown(wait=True)
 
-    # ------------------------------------------------------------------ per LB
-
-    def _lock(self, short: str) -> asyncio.Lock:
-        return self._locks.setdefault(short, asyncio.Lock())
-
-    async def _converge_lb(self, spec: LoadBalancerSpec) -> LbResult:
-        short = self.layout.short_id(spec.id)
-        async with self._lock(short):
-            observed = await self._run(observe_lb, self.layout, short)
-            ops = plan_lb(spec, observed, self.layout)
-            try:
-                for op in ops:
-                    await self._apply(op)
-            except Exception as exc:  # any step: the LB is in ERROR with the reason
-                log.warning("converge failed", lb=spec.id, op=type(op).__name__, error=str(exc))
-                stats = await self._run(haproxy.show_stat, LbPaths(self.layout.lb_dir(short)))
-                return LbResult(spec.id, spec.generation, ERROR, rollup(spec, stats),
-                                f"{type(op).__name__}: {exc}")
-            stats = await self._run(haproxy.show_stat, LbPaths(self.layout.lb_dir(short)))
-            return LbResult(spec.id, spec.generation, ACTIVE, rollup(spec, stats))
-
-    async def _remove_orphan(self, short: str) -> LbResult | None:
-        async with self._lock(short):
-            observed = await self._run(observe_lb, self.layout, short)
-            for op in plan_orphan(observed, self.layout):
-                await self._apply(op)
-        return _deleted(observed.lb_id) if observed.lb_id else None
-
-    async def _cleanup_bridges(self, accepted: Mapping[str, LoadBalancerSpec]) -> None:
-        host = await self._run(netns.observe_host, self.layout.prefix)
-        observed = Observed(self.layout, host.bridges, host.bridge_ports)
-        for op in plan_bridge_cleanup(accepted, observed):
-            await self._apply(op)
-
     # ------------------------------------------------------------------ apply
 
-    async def _apply(self, op: Op) -> None:
-        if isinstance(op, EnsureBridge | DeleteBridge):
-            async with self._lock(op.key):
+    async def _apply_all(self, ops: list[Op]) -> dict[str, str]:
+        """Apply the plan; returns, by LB id, why its steps stopped (absent: all done)."""
+        accepted, _ = split_short_id_clashes(self._desired, self.layout)
+        owner = {self.layout.short_id(i): i for i in accepted}
+        per_lb: dict[str, list[Op]] = {}
+        for op in ops:
+            if isinstance(op, ReportError):  # said of one LB (a clash names the loser)
+                per_lb.setdefault(op.lb_id, []).append(op)
+            elif isinstance(op, LbOp):
+                per_lb.setdefault(owner.get(op.short, op.key), []).append(op)
+        bridges = [op for op in ops if isinstance(op, EnsureBridge)]
+        await asyncio.gather(*(self._run(apply_op, op, self.layout) for op in bridges))
+        outcomes = await asyncio.gather(*(self._apply_lb(steps) for steps in per_lb.values()))
+        for op in ops:
+            if isinstance(op, DeleteBridge):
                 await self._run(apply_op, op, self.layout)
-        else:
-            await self._run(apply_op, op, self.layout)
+        return {lb: why for lb, why in zip(per_lb, outcomes, strict=True) if why}
+
+    async def _apply_lb(self, steps: list[Op]) -> str:
+        """One LB's steps in order; the first that fails stops them, and says why."""
+        for op in steps:
+            if isinstance(op, ReportError):
+                return op.reason
+            try:
+                await self._run(apply_op, op, self.layout)
+            except Exception as exc:
+                log.warning("converge failed", lb=getattr(op, "lb_id", None) or op.key,
+                            op=type(op).__name__, error=str(exc))
+                return f"{type(op).__name__}: {exc}"
+        return ""
+
+    async def _results(self, failures: Mapping[str, str]) -> dict[str, LbResult]:
+        """One result per desired LB (ACTIVE, or ERROR with the reason), DELETED for the gone."""
+
+        async def result(spec: LoadBalancerSpec) -> LbResult:
+            why = failures.get(spec.id, "")
+            stats = await self._run(haproxy.show_stat,
+                                    LbPaths(self.layout.lb_dir(self.layout.short_id(spec.id))))
+            return LbResult(spec.id, spec.generation, ERROR if why else ACTIVE,
+                            rollup(spec, stats), why)
+
+        accepted, clashes = split_short_id_clashes(self._desired, self.layout)
+        found = await asyncio.gather(*(result(spec) for spec in accepted.values()))
+        results = {r.lb_id: r for r in found}
+        for lb_id, reason in clashes.items():
+            spec = self._desired[lb_id]
+            results[lb_id] = LbResult(lb_id, spec.generation, ERROR, rollup(spec, None), reason)
+        for lb_id in sorted(self._known - set(self._desired)):
+            results[lb_id] = _deleted(lb_id)
+        self._known = (self._known | set(results)) - {
+            i for i, r in results.items() if r.provisioning_status == DELETED
+        }
+        return results
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)

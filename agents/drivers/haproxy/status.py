@@ -13,7 +13,7 @@ import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
-from splice.agents.haproxy_render import backend_name, frontend_name, server_name
+from splice.agents.drivers.haproxy.render import backend_name, frontend_name, server_name
 from splice.agents.model import LoadBalancerSpec
 from splice.events.lbaas import Member, Pool
 

@@ -274,7 +274,7 @@ def _server(member: Member) -> dict[str, Any]:
 @cache
 def _environment() -> jinja2.Environment:
     return jinja2.Environment(
-        loader=jinja2.PackageLoader("splice.agents", "templates"),
+        loader=jinja2.PackageLoader("splice.agents.drivers.haproxy", "templates"),
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from splice.agents.haproxy_render import LbPaths, digest
+from splice.agents.drivers.haproxy.render import LbPaths, digest
 from splice.agents.netns import process_alive
 
 HAPROXY = "haproxy"

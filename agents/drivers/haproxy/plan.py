@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from splice.agents.haproxy_render import LbPaths, digest, render
+from splice.agents.drivers.haproxy.render import LbPaths, digest, render
 from splice.agents.model import HostLayout, LoadBalancerSpec
 from splice.agents.netns import NamespaceLinks, VipLeg
 

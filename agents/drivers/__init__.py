@@ -1,0 +1,45 @@
+"""Host drivers, one per provider: each turns the services of its provider on this host into
+operations with a pure ``plan(desired, observed)``, applies them, and observes the host.
+
+A driver offers:
+
+* ``provider`` — the provider it serves (what the agent advertises, and the scheduler places by);
+* ``observe(desired)`` — what the host holds of its kind (its blocking calls off the loop);
+* ``plan(desired, observed)`` — pure: the operations that close the gap;
+* ``converge(desired)`` — observe, plan, apply; returns each service's result;
+* ``run_resync(interval_s, stop)`` and ``close()``.
+
+`DRIVERS` is the one table of them; an agent offers exactly the providers found here.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol
+
+from splice.agents.model import LoadBalancerSpec
+
+
+class Driver(Protocol):
+    provider: str
+
+    def __init__(self, host_name: str, state_dir: str | os.PathLike[str], *, prefix: str,
+                 on_report: Callable[[Any], Any] | None) -> None: ...
+
+    async def observe(self, desired: Mapping[str, LoadBalancerSpec]) -> Any: ...
+
+    def plan(self, desired: Mapping[str, LoadBalancerSpec], observed: Any) -> list[Any]: ...
+
+    async def converge(self, desired: Mapping[str, LoadBalancerSpec]) -> dict[str, Any]: ...
+
+    async def run_resync(self, interval_s: float, stop: Any) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def drivers() -> Mapping[str, type[Driver]]:
+    """The drivers by provider (imported here, not at import time of the agent's model)."""
+    from .haproxy import HaproxyDriver
+
+    return {HaproxyDriver.provider: HaproxyDriver}
