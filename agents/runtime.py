@@ -79,8 +79,11 @@ class Agent:
         providers: Iterable[str] = ("haproxy",),
         prefix: str = "spl-",
         resync_s: float = 30.0,
+        nc: Any = None,
     ) -> None:
+        """`nc`: the process's NATS connection (left open on stop); without it, one of its own."""
         self.nats_url, self.host = nats_url, host
+        self._shared_nc = nc
         self.providers = sorted(set(providers))
         # An agent offers exactly the providers it has drivers for (the scheduler places by
         # them); a service of any other provider placed here is reported ERROR.
@@ -294,8 +297,9 @@ class Agent:
                 await asyncio.wait_for(stop.wait(), timeout=HEARTBEAT_S)
 
     async def run(self, stop: asyncio.Event) -> None:
-        self._nc = await nats.connect(self.nats_url.split(","), name=f"splice-agent-{self.host}",
-                                      max_reconnect_attempts=-1, reconnect_time_wait=0.5)
+        self._nc = self._shared_nc or await nats.connect(
+            self.nats_url.split(","), name=f"splice-agent-{self.host}",
+            max_reconnect_attempts=-1, reconnect_time_wait=0.5)
         try:
             registered = await self._command(subjects.command(subjects.HOSTS, "host", "register"), {
                 "command_id": f"register-{self.host}-{uuid.uuid4().hex[:8]}",
@@ -316,7 +320,8 @@ class Agent:
                 self.save_snapshot()
             if self._pending_reports:
                 await asyncio.gather(*self._pending_reports, return_exceptions=True)
-            with contextlib.suppress(Exception):
-                await self._nc.drain()
+            if self._shared_nc is None:
+                with contextlib.suppress(Exception):
+                    await self._nc.drain()
             for driver in self.drivers.values():
                 driver.close()

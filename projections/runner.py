@@ -44,11 +44,16 @@ async def run_projector(
     *,
     batch_size: int = DEFAULT_BATCH,
     serve_queries: bool = True,
+    nc: Any = None,
 ) -> None:
-    """Project SPLICE_EVENTS into the read models at `db_url` and serve splice.qry.> until `stop`."""
+    """Project SPLICE_EVENTS into the read models at `db_url` and serve splice.qry.> until `stop`.
+
+    `nc`: the process's NATS connection, left open at the end; without it, one of its own."""
     store = open_store(db_url)
     projector = await asyncio.to_thread(Projector, store)
-    nc = await _connect(nats_url, "splice-projector")
+    own = nc is None
+    if own:
+        nc = await _connect(nats_url, "splice-projector")
     queries = QueryService(nc, store, lambda view: projector.positions.get(view, 0))
     try:
         if serve_queries:
@@ -56,8 +61,9 @@ async def run_projector(
         await _consume_forever(nc.jetstream(), projector, stop, batch_size)
     finally:
         await queries.stop()
-        with contextlib.suppress(Exception):
-            await nc.drain()
+        if own:
+            with contextlib.suppress(Exception):
+                await nc.drain()
         store.close()
 
 

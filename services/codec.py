@@ -3,13 +3,12 @@
 An event's payload is its wire Struct (`splice.events.contracts`) encoded as JSON; its topic is
 the Struct's stable type name (`ServiceTypeCreated`), not a Python path. An aggregate's first
 event names the aggregate's kind (`aggregate`), which is how the reader knows what to build.
-Events stored in an older schema are upcast on read: `upcast_v<N>_v<N+1>(state)` functions in
-`UPCASTERS`, keyed by type name, rewrite the stored JSON object before it is decoded.
+Events stored in an older schema are upcast on read with the one table of steps,
+`splice.events.upcasting`, before they are decoded (the read side uses the same table).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -18,6 +17,7 @@ from eventsourcing.persistence import Mapper, StoredEvent, Transcoder
 from eventsourcing.utils import get_topic
 
 from splice.events.contracts import EVENT_TYPES, EventMeta
+from splice.events.upcasting import current_version, upcast
 
 from .domain import SpliceAggregate
 from .registry import AGGREGATES
@@ -26,11 +26,6 @@ _encoder = msgspec.json.Encoder()
 _decoder = msgspec.json.Decoder()
 _typed_decoders = {name: msgspec.json.Decoder(t) for name, t in EVENT_TYPES.items()}
 _AGG_TOPICS = {name: get_topic(cls) for name, cls in AGGREGATES.items()}
-
-# type name -> {from_schema: upcaster}; each upcaster rewrites a v<N> object into v<N+1>.
-UPCASTERS: dict[str, dict[int, Callable[[dict[str, Any]], None]]] = {}
-CURRENT_SCHEMA: dict[str, int] = {}
-
 
 _NAMES: dict[type[EventMeta], str] = {cls: name for name, cls in EVENT_TYPES.items()}
 
@@ -50,15 +45,9 @@ class _Unused(Transcoder):
 
 def decode_payload(topic: str, data: bytes) -> EventMeta:
     """A stored payload as its wire Struct, upcast to the current schema first if needed."""
-    current = CURRENT_SCHEMA.get(topic, 1)
-    if current == 1:
+    if current_version(topic) == 1:
         return _typed_decoders[topic].decode(data)
-    state: dict[str, Any] = _decoder.decode(data)
-    version = int(state.get("schema", 1))
-    while version < current:
-        UPCASTERS[topic][version](state)
-        version += 1
-    state["schema"] = current
+    state: dict[str, Any] = upcast(topic, _decoder.decode(data))
     return msgspec.convert(state, EVENT_TYPES[topic])
 
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import nats
 from rich.console import Console
 
 from splice.events.eventlog import read_events
@@ -18,21 +17,21 @@ DEMO_COMMANDS: list[tuple[str, dict[str, Any]]] = [
     (
         "splice.cmd._admin.servicetype.create",
         {
-            "command_id": "demo-create-gold",
-            "actor": "demo",
-            "name": "gold",
-            "description": "L7 load balancing with haproxy",
-            "providers": {"loadbalancer": "haproxy", "firewall": "nftables"},
-        },
-    ),
-    (
-        "splice.cmd._admin.servicetype.create",
-        {
             "command_id": "demo-create-silver",
             "actor": "demo",
             "name": "silver",
             "description": "in-kernel L4 load balancing",
             "providers": {"loadbalancer": "nftables-l4", "tap": "tc-mirror"},
+        },
+    ),
+    (
+        "splice.cmd._admin.servicetype.create",
+        {
+            "command_id": "demo-create-gold",
+            "actor": "demo",
+            "name": "gold",
+            "description": "L7 load balancing with haproxy",
+            "providers": {"loadbalancer": "haproxy", "firewall": "nftables"},
         },
     ),
     (
@@ -47,33 +46,30 @@ DEMO_COMMANDS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 
-async def run_demo(url: str, out: Console) -> str | None:
-    """Send the demo's commands; returns the id of the haproxy service type (`gold`)."""
-    nc = await nats.connect(url)
+async def run_demo(nc: Any, url: str, out: Console) -> str | None:
+    """Send the demo's commands; returns the id of the haproxy service type (`gold`).
+
+    `silver` (nftables-l4) comes first, so it is the default at first; `gold` (haproxy, which
+    the local agent serves) is then made the default, so a load balancer created without a
+    service type is one this machine can serve.
+    """
     gold_id = None
-    try:
-        out.rule("demo: commands over NATS request/reply")
-        silver_id = None
-        for subject, body in DEMO_COMMANDS:
-            reply = json.loads(
-                (await nc.request(subject, json.dumps(body).encode(), timeout=10)).data
-            )
-            out.print(f"[bold]>[/] {subject} {json.dumps(body)}")
-            out.print(f"[bold]<[/] {json.dumps(reply)}", highlight=False)
-            if body.get("name") == "silver" and reply.get("ok"):
-                silver_id = reply["id"]
-            if body.get("name") == "gold" and reply.get("ok"):
-                gold_id = reply["id"]
-        if silver_id:
-            subject = "splice.cmd._admin.servicetype.set_default"
-            body = {"command_id": "demo-default-silver", "actor": "demo", "id": silver_id}
-            reply = json.loads(
-                (await nc.request(subject, json.dumps(body).encode(), timeout=10)).data
-            )
-            out.print(f"[bold]>[/] {subject} {json.dumps(body)}")
-            out.print(f"[bold]<[/] {json.dumps(reply)}", highlight=False)
-    finally:
-        await nc.close()
+    out.rule("demo: commands over NATS request/reply")
+
+    async def send(subject: str, body: dict[str, Any]) -> dict[str, Any]:
+        reply = dict(json.loads((await nc.request(subject, json.dumps(body).encode(),
+                                                  timeout=10)).data))
+        out.print(f"[bold]>[/] {subject} {json.dumps(body)}")
+        out.print(f"[bold]<[/] {json.dumps(reply)}", highlight=False)
+        return reply
+
+    for subject, body in DEMO_COMMANDS:
+        reply = await send(subject, body)
+        if body.get("name") == "gold" and reply.get("ok"):
+            gold_id = reply["id"]
+    if gold_id:
+        await send("splice.cmd._admin.servicetype.set_default",
+                   {"command_id": "demo-default-gold", "actor": "demo", "id": gold_id})
     out.rule("demo: the event log (stream SPLICE_EVENTS)")
 
     def show(ev: dict[str, Any]) -> None:

@@ -3,8 +3,9 @@
 One function per process (`run_up`, `serve`, `agent`, `projector`) builds its parts. A `Root`
 holds their lifecycle in one `contextlib.AsyncExitStack`, so they stop in the reverse order of
 their start, each within a deadline; SIGINT and SIGTERM set its `stop` event. Each process opens
-one NATS connection here (`Root.nc`), meant to be shared by its parts; until the parts accept a
-connection, they are given the URL and connect themselves (the load-balancer demo already uses it).
+one NATS connection here (`Root.nc`), which its parts share (the command service and its
+monitors, the projector, the agent, the demo). The command side's event store keeps one of its
+own: it runs on a thread with its own event loop, where an asyncio connection cannot follow.
 """
 
 from __future__ import annotations
@@ -117,8 +118,7 @@ class Root:
     async def command_service(self, url: str, env: Mapping[str, str] | None = None) -> Any:
         from splice.services.service import CommandService
 
-        # Shared connection: CommandService(url, nc=self.nc, env=…) once it takes one.
-        service = CommandService(url, env=dict(env or {}))
+        service = CommandService(url, env=dict(env or {}), nc=self.nc)
         await service.start()
         self.stack.push_async_callback(within, SERVICE_STOP_S, "command service", service.stop)
         return service
@@ -193,23 +193,21 @@ class AgentConfig:
     resync_s: float = 30.0
 
 
-def agent_part(url: str, cfg: AgentConfig) -> Part:
-    """The agent, run until its event is set (shared connection: `Agent(…, nc=root.nc)` once it
-    takes one)."""
+def agent_part(url: str, cfg: AgentConfig, nc: Any) -> Part:
+    """The agent on the process's connection, run until its event is set."""
     from splice.agents.runtime import Agent
 
     agent = Agent(url, cfg.host, cfg.state_dir, providers=cfg.providers, prefix=cfg.prefix,
-                  resync_s=cfg.resync_s)
+                  resync_s=cfg.resync_s, nc=nc)
     return agent.run
 
 
-def projector_part(url: str, db_url: str) -> Part:
-    """The projector, run until its event is set (shared connection: `run_projector(…, nc=root.nc)`
-    once it takes one)."""
+def projector_part(url: str, db_url: str, nc: Any) -> Part:
+    """The projector on the process's connection, run until its event is set."""
     from splice.projections.runner import run_projector
 
     async def part(stop: asyncio.Event) -> None:
-        await run_projector(url, db_url, stop)
+        await run_projector(url, db_url, stop, nc=nc)
 
     return part
 
@@ -220,7 +218,7 @@ def agent(url: str, cfg: AgentConfig) -> None:
     async def main() -> None:
         async with Root() as root:
             await root.connect(url, f"splice-agent-{cfg.host}")
-            root.start_parts([agent_part(url, cfg)])
+            root.start_parts([agent_part(url, cfg, root.nc)])
             await root.until_stopped(or_a_part_ends=True)
 
     run_process(main)
@@ -232,7 +230,7 @@ def projector(url: str, db_url: str, ready: Callable[[], object] = lambda: None)
     async def main() -> None:
         async with Root() as root:
             await root.connect(url, "splice-projector")
-            root.start_parts([projector_part(url, db_url)])
+            root.start_parts([projector_part(url, db_url, root.nc)])
             ready()
             await root.until_stopped(or_a_part_ends=True)
 
@@ -327,7 +325,7 @@ async def _up(cfg: UpConfig, out: Console, say: Callable[[str], None]) -> None:
             await root.command_service(url)
             _write_state_file(root, cfg.state_dir, url)
         if not root.stop.is_set():
-            root.start_parts(_local_parts(url, cfg.state_dir, say))
+            root.start_parts(_local_parts(url, cfg.state_dir, say, root.nc))
         if cfg.demo and not root.stop.is_set():
             _start_demo(root, url, out, say)
         elif not root.stop.is_set():
@@ -347,13 +345,13 @@ def _write_state_file(root: Root, state_dir: Path, url: str) -> None:
     state_file.write_text(json.dumps(info))
 
 
-def _local_parts(url: str, state_dir: Path, say: Callable[[str], None]) -> list[Part]:
+def _local_parts(url: str, state_dir: Path, say: Callable[[str], None], nc: Any) -> list[Part]:
     db = client.default_db(state_dir)
-    parts = [projector_part(url, db)]
+    parts = [projector_part(url, db, nc)]
     say(f"  read models: {db} (queries on splice.qry.<tenant>.<view>)")
     if agent_ok():
         host = socket.gethostname().split(".")[0]
-        parts.append(agent_part(url, AgentConfig(host, state_dir / "agent", ["haproxy"])))
+        parts.append(agent_part(url, AgentConfig(host, state_dir / "agent", ["haproxy"]), nc))
         say(f"  local agent: host [bold]{host}[/], provider haproxy")
     else:
         say("  [yellow]no local agent[/] (needs root and haproxy): commands only")
@@ -381,7 +379,7 @@ def _start_demo(root: Root, url: str, out: Console, say: Callable[[str], None]) 
 async def _run_demos(nc: Any, url: str, out: Console, with_lb: bool, demos: list[Any]) -> None:
     from splice.demo import run_demo
 
-    gold = await run_demo(url, out)
+    gold = await run_demo(nc, url, out)
     if with_lb:
         from splice.demo_lb import LoadBalancerDemo
 

@@ -1,8 +1,11 @@
 """A command-side world without I/O: the handlers over the library's in-memory store.
 
-`World.do(tenant, command)` runs one command exactly as the service does (acting context,
-handler, atomic save) and returns the decision's result or raises the domain error; `events()`
-lists the type names it produced. Used by the pure domain tests and the property-based test.
+`World.do(tenant, command)` runs one command through the production handlers and aggregates
+(acting context, the handler's decision, one save of everything it touched) and returns the
+reply's id or raises the domain error; `last` lists the type names of the events it produced.
+What the service adds around that — retries on conflicts, idempotency by command id, the
+JetStream store — is not here: the tests over NATS cover it. Used by the pure domain tests and
+the property-based tests.
 """
 
 from __future__ import annotations
@@ -14,8 +17,9 @@ import msgspec
 
 from splice.events import contracts as c
 from splice.services.codec import type_name
+from splice.services.common_handlers import SpliceApplication
 from splice.services.domain import Meta, acting, public_id
-from splice.services.handlers import COMMAND_HANDLERS, SpliceApplication
+from splice.services.handlers import COMMAND_HANDLERS
 
 TYPES = {name: cls for name, cls in vars(c).items() if isinstance(cls, type)}
 

@@ -117,6 +117,12 @@ def _show_verify(report: dict[str, Any]) -> None:
     for name, v in report["views"].items():
         if not v["compared"]:
             out.print(f"  view {name}: not compared (at seq {v['position']})")
+    aside = report.get("set_aside") or {}
+    if aside.get("live") or aside.get("rebuilt"):
+        out.print(f"  events set aside (a view could not apply them): {aside.get('live')} live, "
+                  f"{aside.get('rebuilt')} in the rebuild")
+        for ex in aside.get("examples", []):
+            out.print(f"    {json.dumps(ex, ensure_ascii=False)}", highlight=False)
     for name, t in report["tables"].items():
         if t["identical"]:
             continue

@@ -6,20 +6,18 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 import pytest
 
 from splice.agents.drivers.haproxy.plan import (
     DeleteBridge,
     DeleteLoadBalancer,
     EnsureBridge,
-    EnsureNamespace,
     EnsureVipLeg,
     KillStrayHaproxy,
     Observed,
     ObservedLB,
     Op,
-    RemoveOrphanNamespace,
-    ReportError,
     StartHaproxy,
     WriteConfigAndReload,
     desired_leg,
@@ -145,9 +143,15 @@ def test_start_carries_the_rendered_config_and_reload_only_when_it_differs() -> 
     assert isinstance(reload_op, WriteConfigAndReload) and reload_op.config == CONFIG
 
 
-def test_plan_is_pure() -> None:
-    desired, observed = {SPEC.id: SPEC}, world(bridges={})
-    assert plan(desired, observed) == plan(desired, observed)
+def test_a_converged_host_plans_nothing_and_one_changed_member_plans_one_reload() -> None:
+    assert plan({SPEC.id: SPEC}, world(converged())) == []
+    pool = next(iter(SPEC.state.pools.values()))
+    member = msgspec.structs.replace(pool.members[0], weight=pool.members[0].weight + 1)
+    state = msgspec.structs.replace(SPEC.state, pools={
+        **SPEC.state.pools, pool.id: msgspec.structs.replace(pool, members=[member, *pool.members[1:]])})
+    changed_spec = LoadBalancerSpec(SPEC.id, SPEC.network, state)
+    (op,) = plan({SPEC.id: changed_spec}, world(converged()))
+    assert isinstance(op, WriteConfigAndReload) and f"weight {member.weight}" in op.config
 
 
 def test_op_keys_serialise_per_lb_and_per_bridge() -> None:
@@ -155,8 +159,8 @@ def test_op_keys_serialise_per_lb_and_per_bridge() -> None:
     assert {op.key for op in ops} == {f"bridge:{BRIDGE}", f"lb:{SHORT}"}
 
 
-def test_unused_kinds_are_constructible() -> None:
-    # keep the op vocabulary importable and hashable (reports and logs use them)
-    ops: list[Op] = [EnsureNamespace("a", "spl-lb-a"), KillStrayHaproxy("a", 1),
-                     RemoveOrphanNamespace("a", "spl-lb-a", "spl-va"), ReportError("a", "i", "r")]
-    assert len(set(ops)) == 4
+def test_a_stray_haproxy_is_killed_before_its_slot_is_rebuilt() -> None:
+    stray = changed(namespace_exists=False, haproxy_pid=None, stray_netns_inode=4242)
+    ops = plan({SPEC.id: SPEC}, world(stray))
+    assert kinds(ops)[:2] == ["KillStrayHaproxy", "EnsureNamespace"]
+    assert isinstance(ops[0], KillStrayHaproxy) and ops[0].netns_inode == 4242
