@@ -13,7 +13,7 @@ Scopes: a tenant's own commands use its name as the tenant token; admin commands
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import msgspec
 
@@ -28,8 +28,18 @@ from .wire import Command, EventMeta, Failed, Ok
 ADMIN_TENANT = "_admin"
 HOST_TENANT = "_host"
 
-_ALL_COMMANDS: tuple[type[Command], ...] = (*network.COMMANDS, *lbaas_commands.COMMANDS, *advanced.COMMANDS)
-_ALL_EVENTS: tuple[type[EventMeta], ...] = (*network.EVENTS, *lbaas.EVENTS, *advanced.EVENTS)
+_FAMILIES = (network, lbaas, lbaas_commands, advanced)
+
+
+def _defined(base: type[Any]) -> list[Any]:
+    """The tagged Structs deriving from `base` that the families define, in their order."""
+    return [v for mod in _FAMILIES for v in vars(mod).values()
+            if isinstance(v, type) and issubclass(v, base) and v.__module__ == mod.__name__
+            and cast(Any, v).__struct_config__.tag is not None]
+
+
+_ALL_COMMANDS: tuple[type[Command], ...] = tuple(_defined(Command))
+_ALL_EVENTS: tuple[type[EventMeta], ...] = tuple(_defined(EventMeta))
 
 
 def _tag(t: type[Any]) -> str:

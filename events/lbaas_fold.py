@@ -16,35 +16,9 @@ from typing import Any
 import msgspec
 from msgspec import Struct
 
+from . import lbaas as ev
 from .advanced import ServiceChainAttached, ServiceChainDetached
-from .lbaas import (
-    HealthMonitorDeleted,
-    HealthMonitorSet,
-    L7PolicyDeleted,
-    L7PolicySet,
-    Listener,
-    ListenerCreated,
-    ListenerDeleted,
-    ListenerUpdated,
-    LoadBalancerCreated,
-    LoadBalancerDeleted,
-    LoadBalancerDeleteRequested,
-    LoadBalancerOperatingStatusChanged,
-    LoadBalancerProvisioned,
-    LoadBalancerProvisioningFailed,
-    LoadBalancerProvisioningTimedOut,
-    LoadBalancerScheduled,
-    LoadBalancerUpdated,
-    Member,
-    MemberCreated,
-    MemberDeleted,
-    MembersReplaced,
-    MemberUpdated,
-    Pool,
-    PoolCreated,
-    PoolDeleted,
-    PoolUpdated,
-)
+from .lbaas import Listener, Member, Pool
 from .wire import InsertionState
 
 
@@ -119,7 +93,7 @@ def _forget(s: LoadBalancerState, ids: Any) -> None:
         s.statuses.pop(i, None)
 
 
-def _created(s: LoadBalancerState, e: LoadBalancerCreated) -> None:
+def _created(s: LoadBalancerState, e: ev.LoadBalancerCreated) -> None:
     s.name, s.description = e.name, e.description
     s.vip_network_id, s.vip_address, s.vip_port_id = e.vip_network_id, e.vip_address, e.vip_port_id
     s.insertion, s.admin_state_up = e.insertion, e.admin_state_up
@@ -130,32 +104,32 @@ def _created(s: LoadBalancerState, e: LoadBalancerCreated) -> None:
     s.statuses, s.host, s.error, s.chains = {}, None, "", []
 
 
-def _updated(s: LoadBalancerState, e: LoadBalancerUpdated) -> None:
+def _updated(s: LoadBalancerState, e: ev.LoadBalancerUpdated) -> None:
     s.name, s.description, s.admin_state_up = e.name, e.description, e.admin_state_up
     _changed(s, e.generation)
 
 
-def _scheduled(s: LoadBalancerState, e: LoadBalancerScheduled) -> None:
+def _scheduled(s: LoadBalancerState, e: ev.LoadBalancerScheduled) -> None:
     s.host = e.host or None
 
 
-def _listener_set(s: LoadBalancerState, e: ListenerCreated | ListenerUpdated) -> None:
+def _listener_set(s: LoadBalancerState, e: ev.ListenerCreated | ev.ListenerUpdated) -> None:
     s.listeners[e.listener.id] = e.listener
     _changed(s, e.generation)
 
 
-def _listener_deleted(s: LoadBalancerState, e: ListenerDeleted) -> None:
+def _listener_deleted(s: LoadBalancerState, e: ev.ListenerDeleted) -> None:
     s.listeners.pop(e.listener_id, None)
     _forget(s, [e.listener_id])
     _changed(s, e.generation)
 
 
-def _pool_set(s: LoadBalancerState, e: PoolCreated | PoolUpdated) -> None:
+def _pool_set(s: LoadBalancerState, e: ev.PoolCreated | ev.PoolUpdated) -> None:
     s.pools[e.pool.id] = e.pool
     _changed(s, e.generation)
 
 
-def _pool_deleted(s: LoadBalancerState, e: PoolDeleted) -> None:
+def _pool_deleted(s: LoadBalancerState, e: ev.PoolDeleted) -> None:
     pool = s.pools.pop(e.pool_id, None)
     _forget(s, [e.pool_id, *(m.id for m in (pool.members if pool else []))])
     _changed(s, e.generation)
@@ -166,38 +140,38 @@ def _members(s: LoadBalancerState, pool_id: str, members: list[Member], generati
     _changed(s, generation)
 
 
-def _member_created(s: LoadBalancerState, e: MemberCreated) -> None:
+def _member_created(s: LoadBalancerState, e: ev.MemberCreated) -> None:
     _members(s, e.pool_id, [*s.pools[e.pool_id].members, e.member], e.generation)
 
 
-def _member_updated(s: LoadBalancerState, e: MemberUpdated) -> None:
+def _member_updated(s: LoadBalancerState, e: ev.MemberUpdated) -> None:
     members = [e.member if m.id == e.member.id else m for m in s.pools[e.pool_id].members]
     _members(s, e.pool_id, members, e.generation)
 
 
-def _member_deleted(s: LoadBalancerState, e: MemberDeleted) -> None:
+def _member_deleted(s: LoadBalancerState, e: ev.MemberDeleted) -> None:
     _forget(s, [e.member_id])
     _members(s, e.pool_id, [m for m in s.pools[e.pool_id].members if m.id != e.member_id],
              e.generation)
 
 
-def _members_replaced(s: LoadBalancerState, e: MembersReplaced) -> None:
+def _members_replaced(s: LoadBalancerState, e: ev.MembersReplaced) -> None:
     kept = {m.id for m in e.members}
     _forget(s, [m.id for m in s.pools[e.pool_id].members if m.id not in kept])
     _members(s, e.pool_id, list(e.members), e.generation)
 
 
-def _monitor_set(s: LoadBalancerState, e: HealthMonitorSet) -> None:
+def _monitor_set(s: LoadBalancerState, e: ev.HealthMonitorSet) -> None:
     _set_pool(s, e.pool_id, healthmonitor=e.healthmonitor)
     _changed(s, e.generation)
 
 
-def _monitor_deleted(s: LoadBalancerState, e: HealthMonitorDeleted) -> None:
+def _monitor_deleted(s: LoadBalancerState, e: ev.HealthMonitorDeleted) -> None:
     _set_pool(s, e.pool_id, healthmonitor=None)
     _changed(s, e.generation)
 
 
-def _policy_set(s: LoadBalancerState, e: L7PolicySet) -> None:
+def _policy_set(s: LoadBalancerState, e: ev.L7PolicySet) -> None:
     li = s.listeners[e.listener_id]
     policies = [p for p in li.l7policies if p.id != e.policy.id] + [e.policy]
     s.listeners[e.listener_id] = msgspec.structs.replace(
@@ -206,7 +180,7 @@ def _policy_set(s: LoadBalancerState, e: L7PolicySet) -> None:
     _changed(s, e.generation)
 
 
-def _policy_deleted(s: LoadBalancerState, e: L7PolicyDeleted) -> None:
+def _policy_deleted(s: LoadBalancerState, e: ev.L7PolicyDeleted) -> None:
     li = s.listeners[e.listener_id]
     s.listeners[e.listener_id] = msgspec.structs.replace(
         li, l7policies=[p for p in li.l7policies if p.id != e.policy_id]
@@ -214,32 +188,32 @@ def _policy_deleted(s: LoadBalancerState, e: L7PolicyDeleted) -> None:
     _changed(s, e.generation)
 
 
-def _delete_requested(s: LoadBalancerState, e: LoadBalancerDeleteRequested) -> None:
+def _delete_requested(s: LoadBalancerState, e: ev.LoadBalancerDeleteRequested) -> None:
     s.generation = e.generation
     s.provisioning_status = "PENDING_DELETE"
 
 
-def _provisioned(s: LoadBalancerState, e: LoadBalancerProvisioned) -> None:
+def _provisioned(s: LoadBalancerState, e: ev.LoadBalancerProvisioned) -> None:
     s.converged = max(s.converged, e.generation)
     if e.generation == s.generation and s.provisioning_status != "PENDING_DELETE":
         s.provisioning_status, s.error = "ACTIVE", ""
 
 
-def _failed(s: LoadBalancerState, e: LoadBalancerProvisioningFailed) -> None:
+def _failed(s: LoadBalancerState, e: ev.LoadBalancerProvisioningFailed) -> None:
     if e.generation == s.generation:
         s.provisioning_status, s.error = "ERROR", e.reason
 
 
-def _timed_out(s: LoadBalancerState, e: LoadBalancerProvisioningTimedOut) -> None:
+def _timed_out(s: LoadBalancerState, e: ev.LoadBalancerProvisioningTimedOut) -> None:
     s.provisioning_status, s.error = "ERROR", e.reason
 
 
-def _deleted(s: LoadBalancerState, e: LoadBalancerDeleted) -> None:
+def _deleted(s: LoadBalancerState, e: ev.LoadBalancerDeleted) -> None:
     s.provisioning_status, s.operating_status = "DELETED", "OFFLINE"
     s.deleted = True
 
 
-def _operating(s: LoadBalancerState, e: LoadBalancerOperatingStatusChanged) -> None:
+def _operating(s: LoadBalancerState, e: ev.LoadBalancerOperatingStatusChanged) -> None:
     if e.loadbalancer is not None:
         s.operating_status = e.loadbalancer
     for part in (e.listeners, e.pools, e.members):
@@ -260,29 +234,29 @@ def _by_tag(table: dict[type[Any], Callable[..., None]]) -> dict[str, Callable[.
 
 
 APPLIERS: dict[str, Callable[..., None]] = _by_tag({
-    LoadBalancerCreated: _created,
-    LoadBalancerUpdated: _updated,
-    LoadBalancerScheduled: _scheduled,
-    ListenerCreated: _listener_set,
-    ListenerUpdated: _listener_set,
-    ListenerDeleted: _listener_deleted,
-    PoolCreated: _pool_set,
-    PoolUpdated: _pool_set,
-    PoolDeleted: _pool_deleted,
-    MemberCreated: _member_created,
-    MemberUpdated: _member_updated,
-    MemberDeleted: _member_deleted,
-    MembersReplaced: _members_replaced,
-    HealthMonitorSet: _monitor_set,
-    HealthMonitorDeleted: _monitor_deleted,
-    L7PolicySet: _policy_set,
-    L7PolicyDeleted: _policy_deleted,
-    LoadBalancerDeleteRequested: _delete_requested,
-    LoadBalancerProvisioned: _provisioned,
-    LoadBalancerProvisioningFailed: _failed,
-    LoadBalancerProvisioningTimedOut: _timed_out,
-    LoadBalancerDeleted: _deleted,
-    LoadBalancerOperatingStatusChanged: _operating,
+    ev.LoadBalancerCreated: _created,
+    ev.LoadBalancerUpdated: _updated,
+    ev.LoadBalancerScheduled: _scheduled,
+    ev.ListenerCreated: _listener_set,
+    ev.ListenerUpdated: _listener_set,
+    ev.ListenerDeleted: _listener_deleted,
+    ev.PoolCreated: _pool_set,
+    ev.PoolUpdated: _pool_set,
+    ev.PoolDeleted: _pool_deleted,
+    ev.MemberCreated: _member_created,
+    ev.MemberUpdated: _member_updated,
+    ev.MemberDeleted: _member_deleted,
+    ev.MembersReplaced: _members_replaced,
+    ev.HealthMonitorSet: _monitor_set,
+    ev.HealthMonitorDeleted: _monitor_deleted,
+    ev.L7PolicySet: _policy_set,
+    ev.L7PolicyDeleted: _policy_deleted,
+    ev.LoadBalancerDeleteRequested: _delete_requested,
+    ev.LoadBalancerProvisioned: _provisioned,
+    ev.LoadBalancerProvisioningFailed: _failed,
+    ev.LoadBalancerProvisioningTimedOut: _timed_out,
+    ev.LoadBalancerDeleted: _deleted,
+    ev.LoadBalancerOperatingStatusChanged: _operating,
     ServiceChainAttached: _chain_attached,
     ServiceChainDetached: _chain_detached,
 })

@@ -17,57 +17,40 @@ appliers; the rules beyond types are `splice.events.lbaas_rules`, applied here a
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
 
+from splice.events import lbaas as ev
 from splice.events import lbaas_rules as rules
 from splice.events.contracts import (
     EventMeta,
-    HealthMonitor,
-    HealthMonitorDeleted,
-    HealthMonitorSet,
     InsertionState,
-    L7Policy,
-    L7PolicyDeleted,
-    L7PolicyIn,
-    L7PolicySet,
-    L7Rule,
-    L7RuleIn,
-    Listener,
-    ListenerCreated,
-    ListenerDeleted,
-    ListenerIn,
-    ListenerUpdated,
-    LoadBalancerCreated,
-    LoadBalancerDeleted,
-    LoadBalancerDeleteRequested,
-    LoadBalancerOperatingStatusChanged,
-    LoadBalancerProvisioned,
-    LoadBalancerProvisioningFailed,
-    LoadBalancerProvisioningTimedOut,
-    LoadBalancerScheduled,
-    LoadBalancerUpdated,
-    Member,
-    MemberCreated,
-    MemberDeleted,
-    MemberIn,
-    MembersReplaced,
-    MemberUpdated,
-    Pool,
-    PoolCreated,
-    PoolDeleted,
-    PoolIn,
-    PoolUpdated,
     ServiceChainAttached,
     ServiceChainDetached,
+)
+from splice.events.lbaas import (
+    HealthMonitor,
+    L7PolicyIn,
+    L7RuleIn,
+    Listener,
+    ListenerIn,
+    MemberIn,
+    Pool,
+    PoolIn,
 )
 from splice.events.lbaas_fold import LB_EVENT_TAGS, LoadBalancerState, apply
 
 from .domain import InUseError, InvalidError, NotFoundError, SpliceAggregate, stamp
+from .lbaas_tree import (
+    build_listener,
+    build_members,
+    build_policy,
+    build_pool,
+    build_rule,
+    check_pool_fits,
+    refusals,
+)
 
 PENDING = ("PENDING_CREATE", "PENDING_UPDATE", "PENDING_DELETE")
 
@@ -80,100 +63,6 @@ LEGAL_MOVES: dict[str, set[str]] = {
     "PENDING_DELETE": {"PENDING_DELETE", "DELETED", "ERROR"},
     "DELETED": set(),
 }
-
-
-def new_id() -> str:
-    return str(uuid.uuid4())
-
-
-@contextmanager
-def refusals() -> Iterator[None]:
-    """The rules' violations are the domain's `invalid` refusals, with the field named."""
-    try:
-        yield
-    except rules.RuleViolation as e:
-        raise InvalidError(e.message, e.field) from None
-
-
-# -- building parts from inputs (decisions: ids are chosen here) ------------------------------
-
-
-def build_members(members: list[MemberIn], where: str,
-                  keep: dict[tuple[str, int], str] | None = None) -> list[Member]:
-    rules.check_members(members, where)
-    fields = MemberIn.__struct_fields__
-    return [
-        Member(id=(keep or {}).get((m.address, m.protocol_port)) or new_id(),
-               **{f: getattr(m, f) for f in fields})
-        for m in members
-    ]
-
-
-def build_pool(p: PoolIn, where: str) -> Pool:
-    rules.check_persistence(p.session_persistence, p.protocol, f"{where}.session_persistence")
-    rules.check_monitor(p.healthmonitor, f"{where}.healthmonitor")
-    return Pool(
-        id=new_id(), name=p.name, protocol=p.protocol, lb_algorithm=p.lb_algorithm,
-        session_persistence=p.session_persistence,
-        members=build_members(p.members, f"{where}.members"),
-        healthmonitor=p.healthmonitor, admin_state_up=p.admin_state_up,
-    )
-
-
-def build_rule(r: L7RuleIn, where: str) -> L7Rule:
-    rules.check_rule(r, where)
-    return L7Rule(id=new_id(), **{f: getattr(r, f) for f in L7RuleIn.__struct_fields__})
-
-
-def _pool_named(pools: dict[str, Pool], name: str, field: str) -> str:
-    by_name = {p.name: p.id for p in pools.values()}
-    if name not in by_name:
-        raise rules.RuleViolation(f"no pool named {name!r}", field)
-    return by_name[name]
-
-
-def build_policy(p: L7PolicyIn, listener_protocol: str, pools: dict[str, Pool],
-                 where: str) -> L7Policy:
-    pool_id = p.redirect_pool_id
-    if p.redirect_pool is not None:
-        pool_id = _pool_named(pools, p.redirect_pool, f"{where}.redirect_pool")
-    rules.check_policy(p, listener_protocol, pool_id, {i: x.protocol for i, x in pools.items()},
-                       where)
-    return L7Policy(
-        id=new_id(), action=p.action, position=p.position, name=p.name,
-        redirect_pool_id=pool_id if p.action == "REDIRECT_TO_POOL" else None,
-        redirect_url=p.redirect_url if p.action == "REDIRECT_TO_URL" else None,
-        redirect_http_code=p.redirect_http_code,
-        rules=[build_rule(r, f"{where}.rules[{i}]") for i, r in enumerate(p.rules)],
-        admin_state_up=p.admin_state_up,
-    )
-
-
-def build_listener(li: ListenerIn, pools: dict[str, Pool], listeners: dict[str, Listener],
-                   where: str) -> Listener:
-    rules.check_listener(li, {x.protocol_port for x in listeners.values()},
-                         {x.name for x in listeners.values()}, where)
-    pool_id = li.default_pool_id
-    if li.default_pool is not None:
-        pool_id = _pool_named(pools, li.default_pool, f"{where}.default_pool")
-    if pool_id is not None:
-        check_pool_fits(pools, pool_id, li.protocol, f"{where}.default_pool_id")
-    policies = [build_policy(p, li.protocol, pools, f"{where}.l7policies[{i}]")
-                for i, p in enumerate(li.l7policies)]
-    return Listener(
-        id=new_id(), name=li.name, protocol=li.protocol, protocol_port=li.protocol_port,
-        connection_limit=li.connection_limit, timeout_client_data=li.timeout_client_data,
-        timeout_member_connect=li.timeout_member_connect,
-        timeout_member_data=li.timeout_member_data, default_pool_id=pool_id,
-        l7policies=sorted(policies, key=lambda p: p.position), admin_state_up=li.admin_state_up,
-    )
-
-
-def check_pool_fits(pools: dict[str, Pool], pool_id: str, protocol: str, field: str) -> None:
-    pool = pools.get(pool_id)
-    if pool is None:
-        raise rules.RuleViolation(f"pool {pool_id} is not in this load balancer", field)
-    rules.check_pool_protocol(protocol, pool.protocol, field)
 
 
 class ServiceMixin:
@@ -260,7 +149,7 @@ class LoadBalancer(ServiceMixin, SpliceAggregate):
         return cls.start(
             agg_id,
             stamp(
-                LoadBalancerCreated,
+                ev.LoadBalancerCreated,
                 name=name,
                 description=description,
                 vip_network_id=vip_network_id,
@@ -293,7 +182,7 @@ class LoadBalancer(ServiceMixin, SpliceAggregate):
         g = self._check_changeable()
         self.emit(
             stamp(
-                LoadBalancerUpdated,
+                ev.LoadBalancerUpdated,
                 name=self.name if name is None else name,
                 description=self.description if description is None else description,
                 admin_state_up=self.admin_state_up if admin_state_up is None else admin_state_up,
@@ -305,7 +194,7 @@ class LoadBalancer(ServiceMixin, SpliceAggregate):
     def add_listener(self, li: ListenerIn) -> str:
         g = self._check_changeable()
         listener = build_listener(li, self.pools, self.listeners, "$.listener")
-        self.emit(stamp(ListenerCreated, listener=listener, generation=g))
+        self.emit(stamp(ev.ListenerCreated, listener=listener, generation=g))
         return listener.id
 
     @refusals()
@@ -320,12 +209,12 @@ class LoadBalancer(ServiceMixin, SpliceAggregate):
             x.name == changes["name"] and x.id != listener_id for x in self.listeners.values()
         ):
             raise InvalidError(f"a listener named {changes['name']!r} exists", "$.name")
-        self.emit(stamp(ListenerUpdated, listener=msgspec.structs.replace(current, **changes), generation=g))
+        self.emit(stamp(ev.ListenerUpdated, listener=msgspec.structs.replace(current, **changes), generation=g))
 
     def delete_listener(self, listener_id: str) -> None:
         g = self._check_changeable()
         self._listener(listener_id, "$.id")
-        self.emit(stamp(ListenerDeleted, listener_id=listener_id, generation=g))
+        self.emit(stamp(ev.ListenerDeleted, listener_id=listener_id, generation=g))
 
     @refusals()
     def add_pool(self, p: PoolIn) -> str:
@@ -333,7 +222,7 @@ class LoadBalancer(ServiceMixin, SpliceAggregate):
         if any(x.name == p.name for x in self.pools.values()):
             raise InvalidError(f"a pool named {p.name!r} exists", "$.pool.name")
         pool = build_pool(p, "$.pool")
-        self.emit(stamp(PoolCreated, pool=pool, generation=g))
+        self.emit(stamp(ev.PoolCreated, pool=pool, generation=g))
         return pool.id
 
     @refusals()
@@ -346,7 +235,7 @@ class LoadBalancer(ServiceMixin, SpliceAggregate):
         updated = msgspec.structs.replace(current, **changes)
         rules.check_persistence(updated.session_persistence, updated.protocol,
                                 "$.session_persistence")
-        self.emit(stamp(PoolUpdated, pool=updated, generation=g))
+        self.emit(stamp(ev.PoolUpdated, pool=updated, generation=g))
 
     def delete_pool(self, pool_id: str) -> None:
         g = self._check_changeable()
@@ -354,7 +243,7 @@ class LoadBalancer(ServiceMixin, SpliceAggregate):
         for li in self.listeners.values():
             if li.default_pool_id == pool_id or any(p.redirect_pool_id == pool_id for p in li.l7policies):
                 raise InUseError(f"listener {li.name} uses this pool", "$.id")
-        self.emit(stamp(PoolDeleted, pool_id=pool_id, generation=g))
+        self.emit(stamp(ev.PoolDeleted, pool_id=pool_id, generation=g))
 
     @refusals()
     def add_member(self, pool_id: str, m: MemberIn) -> str:
@@ -363,7 +252,7 @@ class LoadBalancer(ServiceMixin, SpliceAggregate):
         if any((x.address, x.protocol_port) == (m.address, m.protocol_port) for x in pool.members):
             raise InvalidError(f"{m.address}:{m.protocol_port} is a member already", "$.member")
         member = build_members([m], "$.member")[0]
-        self.emit(stamp(MemberCreated, pool_id=pool_id, member=member, generation=g))
+        self.emit(stamp(ev.MemberCreated, pool_id=pool_id, member=member, generation=g))
         return member.id
 
     def update_member(self, pool_id: str, member_id: str, changes: dict[str, Any]) -> None:
@@ -374,7 +263,7 @@ class LoadBalancer(ServiceMixin, SpliceAggregate):
             raise NotFoundError(f"member {member_id} not found", "$.id")
         changes = {k: v for k, v in changes.items() if v is not None}
         self.emit(
-            stamp(MemberUpdated, pool_id=pool_id, member=msgspec.structs.replace(current, **changes), generation=g)
+            stamp(ev.MemberUpdated, pool_id=pool_id, member=msgspec.structs.replace(current, **changes), generation=g)
         )
 
     def delete_member(self, pool_id: str, member_id: str) -> None:
@@ -382,7 +271,7 @@ class LoadBalancer(ServiceMixin, SpliceAggregate):
         pool = self._pool(pool_id)
         if all(m.id != member_id for m in pool.members):
             raise NotFoundError(f"member {member_id} not found", "$.id")
-        self.emit(stamp(MemberDeleted, pool_id=pool_id, member_id=member_id, generation=g))
+        self.emit(stamp(ev.MemberDeleted, pool_id=pool_id, member_id=member_id, generation=g))
 
     @refusals()
     def replace_members(self, pool_id: str, members: list[MemberIn]) -> None:
@@ -390,27 +279,27 @@ class LoadBalancer(ServiceMixin, SpliceAggregate):
         pool = self._pool(pool_id)
         keep = {(m.address, m.protocol_port): m.id for m in pool.members}
         built = build_members(members, "$.members", keep)
-        self.emit(stamp(MembersReplaced, pool_id=pool_id, members=built, generation=g))
+        self.emit(stamp(ev.MembersReplaced, pool_id=pool_id, members=built, generation=g))
 
     @refusals()
     def set_healthmonitor(self, pool_id: str, hm: HealthMonitor) -> None:
         g = self._check_changeable()
         self._pool(pool_id)
         rules.check_monitor(hm, "$.healthmonitor")
-        self.emit(stamp(HealthMonitorSet, pool_id=pool_id, healthmonitor=hm, generation=g))
+        self.emit(stamp(ev.HealthMonitorSet, pool_id=pool_id, healthmonitor=hm, generation=g))
 
     def delete_healthmonitor(self, pool_id: str) -> None:
         g = self._check_changeable()
         if self._pool(pool_id).healthmonitor is None:
             raise NotFoundError("the pool has no health monitor", "$.pool_id")
-        self.emit(stamp(HealthMonitorDeleted, pool_id=pool_id, generation=g))
+        self.emit(stamp(ev.HealthMonitorDeleted, pool_id=pool_id, generation=g))
 
     @refusals()
     def add_policy(self, listener_id: str, p: L7PolicyIn) -> str:
         g = self._check_changeable()
         listener = self._listener(listener_id)
         policy = build_policy(p, listener.protocol, self.pools, "$.policy")
-        self.emit(stamp(L7PolicySet, listener_id=listener_id, policy=policy, generation=g))
+        self.emit(stamp(ev.L7PolicySet, listener_id=listener_id, policy=policy, generation=g))
         return policy.id
 
     def delete_policy(self, listener_id: str, policy_id: str) -> None:
@@ -418,9 +307,9 @@ class LoadBalancer(ServiceMixin, SpliceAggregate):
         listener = self._listener(listener_id)
         if all(p.id != policy_id for p in listener.l7policies):
             raise NotFoundError(f"L7 policy {policy_id} not found", "$.id")
-        self.emit(stamp(L7PolicyDeleted, listener_id=listener_id, policy_id=policy_id, generation=g))
+        self.emit(stamp(ev.L7PolicyDeleted, listener_id=listener_id, policy_id=policy_id, generation=g))
 
-    def _policy(self, listener_id: str, policy_id: str) -> L7Policy:
+    def _policy(self, listener_id: str, policy_id: str) -> ev.L7Policy:
         listener = self._listener(listener_id)
         policy = next((p for p in listener.l7policies if p.id == policy_id), None)
         if policy is None:
@@ -433,7 +322,7 @@ class LoadBalancer(ServiceMixin, SpliceAggregate):
         policy = self._policy(listener_id, policy_id)
         rule = build_rule(r, "$.rule")
         updated = msgspec.structs.replace(policy, rules=[*policy.rules, rule])
-        self.emit(stamp(L7PolicySet, listener_id=listener_id, policy=updated, generation=g))
+        self.emit(stamp(ev.L7PolicySet, listener_id=listener_id, policy=updated, generation=g))
         return rule.id
 
     def delete_rule(self, listener_id: str, policy_id: str, rule_id: str) -> None:
@@ -442,20 +331,20 @@ class LoadBalancer(ServiceMixin, SpliceAggregate):
         if all(r.id != rule_id for r in policy.rules):
             raise NotFoundError(f"L7 rule {rule_id} not found", "$.id")
         updated = msgspec.structs.replace(policy, rules=[r for r in policy.rules if r.id != rule_id])
-        self.emit(stamp(L7PolicySet, listener_id=listener_id, policy=updated, generation=g))
+        self.emit(stamp(ev.L7PolicySet, listener_id=listener_id, policy=updated, generation=g))
 
     def schedule(self, host: str | None) -> None:
         if host != self.host:
-            self.emit(stamp(LoadBalancerScheduled, host=host or "", previous_host=self.host))
+            self.emit(stamp(ev.LoadBalancerScheduled, host=host or "", previous_host=self.host))
 
     def request_delete(self) -> bool:
         """Start deleting; True when it is gone at once (never placed on a host)."""
         if self.deleted:
             raise NotFoundError("the load balancer is deleted", "$.id")
         self.check_not_in_chain()
-        self.emit(stamp(LoadBalancerDeleteRequested, generation=self.generation + 1))
+        self.emit(stamp(ev.LoadBalancerDeleteRequested, generation=self.generation + 1))
         if not self.host:
-            self.emit(stamp(LoadBalancerDeleted))
+            self.emit(stamp(ev.LoadBalancerDeleted))
             return True
         return False
 
@@ -466,15 +355,15 @@ class LoadBalancer(ServiceMixin, SpliceAggregate):
         if status == "DELETED":
             if self.provisioning_status != "PENDING_DELETE":
                 raise InvalidError("the load balancer is not being deleted", "$.status")
-            self.emit(stamp(LoadBalancerDeleted))
+            self.emit(stamp(ev.LoadBalancerDeleted))
             return True
         if generation > self.generation:
             raise InvalidError(f"generation {generation} does not exist yet", "$.generation")
         if status == "ACTIVE":
-            self.emit(stamp(LoadBalancerProvisioned, host=host, generation=generation))
+            self.emit(stamp(ev.LoadBalancerProvisioned, host=host, generation=generation))
         else:
             self.emit(
-                stamp(LoadBalancerProvisioningFailed, host=host, generation=generation, reason=reason or "unknown")
+                stamp(ev.LoadBalancerProvisioningFailed, host=host, generation=generation, reason=reason or "unknown")
             )
         return False
 
@@ -492,7 +381,7 @@ class LoadBalancer(ServiceMixin, SpliceAggregate):
         members = {k: v for k, v in changed.items() if k not in listeners and k not in pools}
         self.emit(
             stamp(
-                LoadBalancerOperatingStatusChanged,
+                ev.LoadBalancerOperatingStatusChanged,
                 loadbalancer=lb,
                 listeners=listeners,
                 pools=pools,
@@ -504,7 +393,7 @@ class LoadBalancer(ServiceMixin, SpliceAggregate):
         if self.provisioning_status in PENDING and generation == self.generation:
             self.emit(
                 stamp(
-                    LoadBalancerProvisioningTimedOut,
+                    ev.LoadBalancerProvisioningTimedOut,
                     generation=generation,
                     reason=f"{self.provisioning_status} for more than {deadline_s:g}s",
                 )
