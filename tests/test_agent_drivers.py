@@ -1,0 +1,50 @@
+"""An agent offers exactly the providers it has drivers for, and never serves another's services."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from splice.agents.drivers import drivers
+from splice.agents.runtime import Agent
+from splice.events.lbaas_fold import LoadBalancerState
+from splice.events.wire import InsertionState
+
+LB = "demo.loadbalancer.11111111-0000-4000-8000-000000000001"
+NET = "22222222-0000-4000-8000-000000000002"
+
+
+def test_an_agent_refuses_to_offer_a_provider_it_has_no_driver_for(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="nftables-l4"):
+        Agent("nats://127.0.0.1:1", "h1", tmp_path, providers=["haproxy", "nftables-l4"])
+    assert set(drivers()) == {"haproxy"}
+
+
+class Recording(Agent):
+    """The agent, with its reports kept instead of sent (no NATS in this test)."""
+
+    reports: list[tuple[str, int, str, str]]
+
+    async def _report(self, agg_id: str, generation: int, status: str, reason: str) -> None:
+        self.reports.append((agg_id, generation, status, reason))
+
+
+async def test_a_service_of_a_provider_without_a_driver_here_is_reported_error_not_served(
+    tmp_path: Path,
+) -> None:
+    agent = Recording("nats://127.0.0.1:1", "h1", tmp_path, providers=["haproxy"])
+    agent.reports = []
+    agent.networks[f"demo.network.{NET}"] = ("10.1.0.0/24", "10.1.0.1")
+    for provider, suffix in (("nftables-l4", "1"), ("haproxy", "2")):
+        agent.lbs[LB[:-1] + suffix] = LoadBalancerState(
+            vip_network_id=NET, vip_address="10.1.0.10", host="h1", generation=3,
+            insertion=InsertionState(mode="floating", service_type_id=NET, provider=provider))
+    desired = agent.desired()
+    await asyncio.sleep(0)  # the report is sent from a task
+    assert {p: sorted(d) for p, d in desired.items()} == {
+        "haproxy": ["11111111-0000-4000-8000-000000000002"]}
+    assert agent.reports == [(LB, 3, "ERROR", "host h1 has no driver for provider 'nftables-l4'")]
+    for driver in agent.drivers.values():
+        driver.close()
