@@ -40,24 +40,24 @@ Seconds = Annotated[int, Meta(ge=1, le=86400)]
 Millis = Annotated[int, Meta(ge=0, le=86_400_000)]
 ConnectionLimit = Annotated[int, Meta(ge=-1, le=1_000_000)]
 UrlPath = Annotated[
-    str, Meta(max_length=255, pattern=r"^/[A-Za-z0-9._~%/?=&+-]*$", description="An HTTP path.")
+    str, Meta(max_length=255, pattern=r"^/[A-Za-z0-9._~%/?=&+-]*$(?!\n)", description="An HTTP path.")
 ]
 ExpectedCodes = Annotated[
     str,
     Meta(
         max_length=64,
-        pattern=r"^[1-5]\d\d(-[1-5]\d\d)?(,[1-5]\d\d(-[1-5]\d\d)?)*$",
+        pattern=r"^[1-5][0-9][0-9](-[1-5][0-9][0-9])?(,[1-5][0-9][0-9](-[1-5][0-9][0-9])?)*$(?!\n)",
         description="HTTP status codes: '200', '200,202', '200-204'.",
     ),
 ]
-CookieName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
-HeaderName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9-]{1,64}$")]
+CookieName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9_-]{1,64}$(?!\n)")]
+HeaderName = Annotated[str, Meta(pattern=r"^[A-Za-z0-9-]{1,64}$(?!\n)")]
 RuleValue = Annotated[
     str,
     Meta(
         min_length=1,
         max_length=255,
-        pattern=r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029\"'\\`]*$",
+        pattern=r"""^[^\x00-\x1f\x7f-\x9f\u2028\u2029"'\\`]*$(?!\n)""",
         description="Compared with the request; no control characters, line separators, quotes or backslashes.",
     ),
 ]
@@ -65,7 +65,7 @@ RedirectUrl = Annotated[
     str,
     Meta(
         max_length=255,
-        pattern=r"^https?://[A-Za-z0-9.-]+(:\d{1,5})?(/[A-Za-z0-9._~%/?=&+-]*)?$",
+        pattern=r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?(/[A-Za-z0-9._~%/?=&+-]*)?$(?!\n)",
     ),
 ]
 Position = Annotated[int, Meta(ge=1, le=1000)]

@@ -160,7 +160,7 @@ class SetQuota(Command, tag="quota.set"):
     """Admin scope: a tenant's limits per resource kind (others keep the defaults)."""
 
     tenant: TenantName
-    limits: dict[Annotated[str, Meta(pattern=r"^[a-z]{1,32}$")], Limit]
+    limits: dict[Annotated[str, Meta(pattern=r"^[a-z]{1,32}$(?!\n)")], Limit]
 
 
 class QuotaCreated(EventMeta, tag="QuotaCreated"):

@@ -13,14 +13,17 @@ from typing import Annotated, Literal
 
 from msgspec import Meta, Struct
 
-_PRINTABLE = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$"  # no control chars, no line separators
+# Every pattern matches whole strings and means the same in Python and in ECMA-262 (JSON
+# Schema): Python's `$` also matches before a final newline, so each ends with `$(?!\n)`;
+# classes are explicit ASCII (`[0-9]`, never `\d`, which is Unicode in Python).
+_PRINTABLE = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029]*$(?!\n)"  # no control chars or line separators
 
 Name = Annotated[
     str,
     Meta(
         min_length=1,
         max_length=64,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$(?!\n)",
         description="A name: letters, digits, '_', '.', '-'; starts with a letter or digit.",
     ),
 ]
@@ -32,61 +35,61 @@ Token = Annotated[
     Meta(
         min_length=1,
         max_length=64,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]*$(?!\n)",
         description="An identifier usable as one NATS subject token.",
     ),
 ]
 TenantName = Annotated[
-    str, Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$", description="A tenant's name.")
+    str, Meta(pattern=r"^[a-z0-9][a-z0-9-]{0,62}$(?!\n)", description="A tenant's name.")
 ]
 Actor = Annotated[
     str,
     Meta(
         min_length=1,
         max_length=128,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@:-]*$",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.@:-]*$(?!\n)",
         description="Who sends the command (user, service or host name).",
     ),
 ]
 Uuid = Annotated[
     str,
     Meta(
-        pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$",
+        pattern=r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$(?!\n)",
         description="A resource id: a lowercase UUID.",
     ),
 ]
 IPv4 = Annotated[
     str,
     Meta(
-        pattern=r"^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$",
+        pattern=r"^(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}$(?!\n)",
         description="An IPv4 address, dotted quad.",
     ),
 ]
 Cidr = Annotated[
     str,
     Meta(
-        pattern=r"^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}/(3[0-2]|[12]?\d)$",
+        pattern=r"^(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}/(3[0-2]|[12]?[0-9])$(?!\n)",
         description="An IPv4 network in CIDR notation, host bits zero.",
     ),
 ]
-Mac = Annotated[str, Meta(pattern=r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")]
+Mac = Annotated[str, Meta(pattern=r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$(?!\n)")]
 PortNumber = Annotated[int, Meta(ge=1, le=65535)]
 PortRange = Annotated[
     str,
     Meta(
-        pattern=r"^\d{1,5}(-\d{1,5})?$",
+        pattern=r"^[0-9]{1,5}(-[0-9]{1,5})?$(?!\n)",
         max_length=11,
         description="A port or an inclusive range 'low-high' within 1-65535.",
     ),
 ]
 HostName = Annotated[
-    str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$", description="A host's name.")
+    str, Meta(pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$(?!\n)", description="A host's name.")
 ]
 ServiceKind = Literal["loadbalancer", "firewall", "nat", "tap"]
 Provider = Annotated[
     str,
     Meta(
-        pattern=r"^[a-z][a-z0-9-]{0,31}$",
+        pattern=r"^[a-z][a-z0-9-]{0,31}$(?!\n)",
         description="A provider name as agents advertise it, e.g. haproxy, nftables-l4.",
     ),
 ]

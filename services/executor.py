@@ -251,8 +251,11 @@ class CommandExecutor:
         if not decision.save:
             if not verified:
                 raise Unverified
-            if cmd.command_id is not None and not check_claim:
-                previous = self._previous(parsed, command_id)
+            # Nothing to write: a change to what already is (ok, the current version), or a
+            # repeat of a change, whose first answer is stored or remembered by the aggregate.
+            if cmd.command_id is not None:
+                previous = None if check_claim else self._previous(parsed, command_id)
+                previous = previous or self._remembered_by_probe(parsed, command_id)
                 if previous is not None:
                     return previous
             return Ok(id=result_id, version=target.version, seq=None, command_id=command_id)

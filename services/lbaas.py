@@ -180,15 +180,13 @@ class LoadBalancer(ServiceMixin, SpliceAggregate):
 
     def update(self, name: str | None, description: str | None, admin_state_up: bool | None) -> None:
         g = self._check_changeable()
-        self.emit(
-            stamp(
-                ev.LoadBalancerUpdated,
-                name=self.name if name is None else name,
-                description=self.description if description is None else description,
-                admin_state_up=self.admin_state_up if admin_state_up is None else admin_state_up,
-                generation=g,
-            )
-        )
+        new = (self.name if name is None else name,
+               self.description if description is None else description,
+               self.admin_state_up if admin_state_up is None else admin_state_up)
+        if new == (self.name, self.description, self.admin_state_up):
+            return  # nothing changes: no event
+        self.emit(stamp(ev.LoadBalancerUpdated, name=new[0], description=new[1],
+                        admin_state_up=new[2], generation=g))
 
     @refusals()
     def add_listener(self, li: ListenerIn) -> str:
@@ -209,7 +207,9 @@ class LoadBalancer(ServiceMixin, SpliceAggregate):
             x.name == changes["name"] and x.id != listener_id for x in self.listeners.values()
         ):
             raise InvalidError(f"a listener named {changes['name']!r} exists", "$.name")
-        self.emit(stamp(ev.ListenerUpdated, listener=msgspec.structs.replace(current, **changes), generation=g))
+        updated = msgspec.structs.replace(current, **changes)
+        if updated != current:
+            self.emit(stamp(ev.ListenerUpdated, listener=updated, generation=g))
 
     def delete_listener(self, listener_id: str) -> None:
         g = self._check_changeable()
@@ -235,7 +235,8 @@ class LoadBalancer(ServiceMixin, SpliceAggregate):
         updated = msgspec.structs.replace(current, **changes)
         rules.check_persistence(updated.session_persistence, updated.protocol,
                                 "$.session_persistence")
-        self.emit(stamp(ev.PoolUpdated, pool=updated, generation=g))
+        if updated != current:
+            self.emit(stamp(ev.PoolUpdated, pool=updated, generation=g))
 
     def delete_pool(self, pool_id: str) -> None:
         g = self._check_changeable()
@@ -262,9 +263,9 @@ class LoadBalancer(ServiceMixin, SpliceAggregate):
         if current is None:
             raise NotFoundError(f"member {member_id} not found", "$.id")
         changes = {k: v for k, v in changes.items() if v is not None}
-        self.emit(
-            stamp(ev.MemberUpdated, pool_id=pool_id, member=msgspec.structs.replace(current, **changes), generation=g)
-        )
+        updated = msgspec.structs.replace(current, **changes)
+        if updated != current:
+            self.emit(stamp(ev.MemberUpdated, pool_id=pool_id, member=updated, generation=g))
 
     def delete_member(self, pool_id: str, member_id: str) -> None:
         g = self._check_changeable()
@@ -286,6 +287,8 @@ class LoadBalancer(ServiceMixin, SpliceAggregate):
         g = self._check_changeable()
         self._pool(pool_id)
         rules.check_monitor(hm, "$.healthmonitor")
+        if self.pools[pool_id].healthmonitor == hm:
+            return
         self.emit(stamp(ev.HealthMonitorSet, pool_id=pool_id, healthmonitor=hm, generation=g))
 
     def delete_healthmonitor(self, pool_id: str) -> None:

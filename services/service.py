@@ -22,6 +22,7 @@ from nats.aio.msg import Msg
 
 from splice.events import subjects
 from splice.events.contracts import ADMIN_TENANT, COMMANDS, HOST_TENANT, Failed, Ok, scope_of
+from splice.events.wire import Token
 
 from .common_handlers import SpliceApplication
 from .executor import CommandExecutor, Parsed, app_env, failed
@@ -32,6 +33,7 @@ log = structlog.get_logger("splice.cmd")
 
 QUEUE_GROUP = "splice-cmd"
 MAX_PAYLOAD = 64 * 1024
+MAX_DEPTH = 32  # nesting of JSON arrays and objects; the deepest command needs 6
 TENANT_RE = re.compile(r"^(?:[a-z0-9][a-z0-9-]{0,62}|_admin|_host)$")
 _AT = re.compile(r" - at (?:`key` in )?`(\$[^`]*)`$")
 _MISSING = re.compile(r"missing required field `([^`]+)`")
@@ -41,32 +43,106 @@ _DECODERS = {t: msgspec.json.Decoder(t) for t in COMMANDS.values()}
 
 
 def parse(subject: str, data: bytes, max_payload: int = MAX_PAYLOAD) -> Parsed | Failed:
-    """Subject, size and body checks. Pure: no I/O."""
+    """Subject, size, depth and body checks. Pure: no I/O. A refusal echoes the body's
+    `command_id` whenever it can be read."""
+
+    def refuse(code: str, message: str, field: str) -> Failed:
+        return failed(code, message, field, _command_id(data[:max_payload]))
+
     parts = subjects.parse_command(subject)
     if parts is None:
-        return failed(
+        return refuse(
             "invalid", "command subjects are splice.cmd.<tenant>.<aggregate>.<verb>", "subject"
         )
     tenant, aggregate, verb = parts
     if not TENANT_RE.match(tenant):
-        return failed("invalid", f"{tenant!r} is not a valid tenant", "subject")
+        return refuse("invalid", f"{tenant!r} is not a valid tenant", "subject")
     cmd_type = COMMANDS.get((aggregate, verb))
     if cmd_type is None:
-        return failed("invalid", f"unknown command {aggregate}.{verb}", "subject")
+        return refuse("invalid", f"unknown command {aggregate}.{verb}", "subject")
     scope = scope_of(aggregate, verb)
     expected = {"admin": ADMIN_TENANT, "host": HOST_TENANT}.get(scope)
     if (expected is not None and tenant != expected) or (expected is None and tenant.startswith("_")):
         where = {"admin": "the admin scope (_admin)", "host": "agents (_host)"}.get(scope, "a tenant")
-        return failed("forbidden", f"{aggregate}.{verb} belongs to {where}", "subject")
+        return refuse("forbidden", f"{aggregate}.{verb} belongs to {where}", "subject")
     if len(data) > max_payload:
-        return failed("invalid", f"payload of {len(data)} bytes exceeds {max_payload}", "$")
+        return refuse("invalid", f"payload of {len(data)} bytes exceeds {max_payload}", "$")
+    if too_deep(data, MAX_DEPTH):
+        return refuse("invalid", f"JSON nested deeper than {MAX_DEPTH} levels", "$")
     try:
         cmd = _DECODERS[cmd_type].decode(data)
     except msgspec.ValidationError as e:
-        return failed("invalid", *_describe(e))
+        return refuse("invalid", *_describe(e))
     except msgspec.DecodeError as e:
-        return failed("invalid", str(e), "$")
+        return refuse("invalid", str(e), "$")
+    unknown = unknown_field(_plain.decode(data), _plain.decode(_encoder.encode(cmd)), "$")
+    if unknown is not None:
+        return refuse("invalid", f"unknown field `{unknown.rsplit('.', 1)[-1]}`", unknown)
     return Parsed(subject, tenant, aggregate, verb, cmd)
+
+
+def too_deep(data: bytes, limit: int) -> bool:
+    """Whether JSON arrays and objects nest deeper than `limit` (strings are skipped)."""
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return False  # the common case, without a scan
+    depth, in_string, escaped = 0, False, False
+    for byte in data:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > limit:
+                return True
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return False
+
+
+def unknown_field(sent: Any, known: Any, path: str) -> str | None:
+    """The JSON path of the first key `sent` has that the decoded command does not know.
+
+    `known` is the decoded command encoded again: every field it has (defaults included), so a
+    key of `sent` missing from it at the same place is not a field of the contract. The tag
+    (`type`) is the one key allowed beside the fields.
+    """
+    if isinstance(sent, dict) and isinstance(known, dict):
+        for key, value in sent.items():
+            if key not in known:
+                if path == "$" and key == "type":
+                    continue
+                return f"{path}.{key}"
+            found = unknown_field(value, known[key], f"{path}.{key}")
+            if found is not None:
+                return found
+    elif isinstance(sent, list) and isinstance(known, list):
+        for i, (a, b) in enumerate(zip(sent, known, strict=False)):
+            found = unknown_field(a, b, f"{path}[{i}]")
+            if found is not None:
+                return found
+    return None
+
+
+class _Id(msgspec.Struct):
+    command_id: Token | None = None
+
+
+_id_decoder = msgspec.json.Decoder(_Id)
+_plain = msgspec.json.Decoder()
+
+
+def _command_id(data: bytes) -> str | None:
+    """The command id of a body that was refused, when it can be read."""
+    try:
+        return _id_decoder.decode(data).command_id
+    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
+        return None
 
 
 def _describe(e: msgspec.ValidationError) -> tuple[str, str]:
@@ -182,7 +258,11 @@ class CommandService:
         self._sem.release()
 
     async def _serve(self, msg: Msg) -> None:
-        reply = await self.handle(msg.subject, msg.data)
+        try:
+            reply = await self.handle(msg.subject, msg.data)
+        except Exception:  # every request gets a reply; the error goes to the log only
+            log.exception("request failed unexpectedly", subject=msg.subject)
+            reply = failed("internal", "internal error")
         if msg.reply:
             try:
                 await msg.respond(_encoder.encode(reply))

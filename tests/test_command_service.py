@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -162,6 +163,31 @@ BAD_INPUTS: list[tuple[str, bytes | dict[str, Any], str, str]] = [
         "invalid",
         "$",
     ),
+    # Python's `$` matches before a final newline, ECMA-262's does not: refused everywhere
+    (CREATE, st("gold\n"), "invalid", "$.name"),
+    (CREATE, st("ok", actor="alice\n"), "invalid", "$.actor"),
+    (CREATE, st("ok", command_id="x\n"), "invalid", "$.command_id"),
+    (CREATE, st("ok", description="free text\n"), "invalid", "$.description"),
+    (CREATE, st("ok", providers={"loadbalancer": "haproxy\n"}), "invalid", "$.providers[...]"),
+    ("splice.cmd._admin.quota.set", {"tenant": "acme\n", "limits": {}}, "invalid", "$.tenant"),
+    # Python's `\d` is Unicode; the contracts' digits are ASCII only
+    ("splice.cmd.acme.network.create", {"name": "n", "cidr": "1\u0660.0.0.0/24"}, "invalid",
+     "$.cidr"),
+    ("splice.cmd.acme.firewall.create",
+     {"name": "f", "rules": [{"action": "allow", "destination_port": "\u0668\u0660"}]},
+     "invalid", "$.rules[0].destination_port"),
+    ("splice.cmd.acme.firewall.create",
+     {"name": "f", "rules": [{"action": "allow", "source_port": "\uff11\uff10\uff12\uff14"}]},
+     "invalid", "$.rules[0].source_port"),
+    # unknown fields are named, at any depth
+    (CREATE, st("ok", nmae="typo"), "invalid", "$.nmae"),
+    ("splice.cmd.acme.firewall.create",
+     {"name": "f", "rules": [{"action": "allow", "protcol": "tcp"}]}, "invalid",
+     "$.rules[0].protcol"),
+    # nesting: refused before decoding, whatever the depth
+    (CREATE, b'{"name": "ok", "providers": {"loadbalancer": "haproxy"}, "x": '
+     + b"[" * 1000 + b"]" * 1000 + b"}", "invalid", "$"),
+    (CREATE, b'{"x": ' + b'{"a": ' * 40 + b"1" + b"}" * 40 + b"}", "invalid", "$"),
 ]
 
 
@@ -175,6 +201,9 @@ async def test_bad_input_gets_structured_error_naming_the_field_and_appends_noth
         assert reply["error"]["field"] == field, (subject, body, reply)
         assert reply["error"]["message"]
         assert "Traceback" not in reply["error"]["message"]
+        sent_id = body.get("command_id") if isinstance(body, dict) else None
+        if isinstance(sent_id, str) and re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_-]*", sent_id):
+            assert reply["command_id"] == sent_id, (subject, body, reply)  # echoed when readable
     assert await stream_messages(fresh_nats.url) == []
     # and the service still works afterwards
     assert (await request(nc, CREATE, st("after")))["ok"] is True
