@@ -202,3 +202,54 @@ async def test_the_agent_restarts_from_its_snapshot_and_repairs_what_changed_mea
         assert time.monotonic() < deadline, "the load balancer was not repaired"
         await asyncio.sleep(0.2)
     assert len(await off_loop(lb_namespaces)) == 1
+
+
+# The five load balancers the command side used to accept and the agent then refused: each is
+# now refused with the field named (nothing stored), or ends ACTIVE and serving.
+FIVE: dict[str, tuple[dict[str, Any], dict[str, Any], str | None]] = {
+    "HTTP_COOKIE with a cookie name": (
+        {"session_persistence": {"type": "HTTP_COOKIE", "cookie_name": "sid"}}, {},
+        "$.pools[0].session_persistence.cookie_name"),
+    "a PATH rule with a key": (
+        {}, {"l7policies": [{"action": "REJECT", "rules": [
+            {"type": "PATH", "compare_type": "EQUAL_TO", "value": "/x", "key": "k"}]}]},
+        "$.listeners[0].l7policies[0].rules[0].key"),
+    "a monitor delay over 3600 s": (
+        {"healthmonitor": {"type": "HTTP", "delay": 7200, "timeout": 5}}, {}, None),
+    "a listener timeout of 0": ({}, {"timeout_client_data": 0}, None),
+    "connection_limit 0": ({}, {"connection_limit": 0}, "$.listeners[0].connection_limit"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(FIVE))
+async def test_each_case_the_agent_used_to_refuse_is_refused_naming_the_field_or_serves(
+    world: dict[str, Any], case: str
+) -> None:
+    nc, fab, url = world["nc"], world["fab"], world["url"]
+    pool_extra, listener_extra, field = FIVE[case]
+    body = create_body(fab, world["net"])
+    body["pools"][0].pop("healthmonitor")
+    body["pools"][0].update(pool_extra)
+    body["listeners"][0].update(listener_extra)
+    msg = await nc.request(f"splice.cmd.{T}.loadbalancer.create", json.dumps(
+        {"command_id": str(uuid.uuid4()), "actor": "e2e", **body}).encode(), timeout=15)
+    reply = json.loads(msg.data)
+    if field is not None:
+        assert reply["ok"] is False and reply["error"]["field"] == field, reply
+        return
+    assert reply["ok"] is True, reply
+    lb = reply["id"]
+    evs = await wait_event(url, lb, lambda e: any(
+        t in ("LoadBalancerProvisioned", "LoadBalancerProvisioningFailed") for t, _ in e))
+    assert not any(t == "LoadBalancerProvisioningFailed" for t, _ in evs), evs
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            if (await get(fab, "10.77.7.100", 80)).status == 200:
+                break
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, "ACTIVE but not serving"
+        await asyncio.sleep(0.2)
+    await cmd(nc, f"{T}.loadbalancer.delete", {"id": lb})
+    await wait_event(url, lb, lambda e: e[-1][0] == "LoadBalancerDeleted")
