@@ -12,6 +12,7 @@ Tenants `_admin` (administrators) and `_host` (agents) are tokens like any other
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -20,6 +21,8 @@ STREAM = "SPLICE_EVENTS"
 
 ADMIN = "_admin"
 HOSTS = "_host"
+# The tenant token of command and query subjects: a tenant's name, or `_admin` or `_host`.
+TENANT_TOKEN = re.compile(r"(?:[a-z0-9][a-z0-9-]{0,62}|_admin|_host)")
 
 # Headers of every stored event message.
 H_VERSION = "Splice-Version"  # the aggregate's version after this event
@@ -88,6 +91,23 @@ def parse_command(subject: str) -> CommandSubject | None:
     if len(parts) != 5 or parts[0] != PREFIX or parts[1] != "cmd":
         return None
     return CommandSubject(parts[2], parts[3], parts[4])
+
+
+class QuerySubject(NamedTuple):
+    tenant: str
+    view: str
+
+
+def parse_query(subject: str) -> QuerySubject | None:
+    parts = subject.split(".")
+    if len(parts) != 4 or parts[0] != PREFIX or parts[1] != "qry":
+        return None
+    return QuerySubject(parts[2], parts[3])
+
+
+def events_of_tenant(tenant: str) -> str:
+    """A filter: every event of one tenant."""
+    return f"{PREFIX}.evt.{tenant}.>"
 
 
 def topic_of(subject: str, headers: Mapping[str, str] | None) -> str:

@@ -50,7 +50,7 @@ log = structlog.get_logger("splice.projections")
 
 MAX_LIMIT = 1000
 DEFAULT_LIMIT = 100
-_TENANT = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_-]{0,63}$")
+_TENANT = re.compile(f"^{subjects.TENANT_TOKEN.pattern}$")  # one grammar with commands
 _RESERVED = {"limit", "cursor", "offset", "min_seq", "wait", "tenant"}
 
 
@@ -84,15 +84,15 @@ class Query:
 
 
 def parse_subject(subject: str) -> tuple[str, View]:
-    tokens = subject.split(".")
-    if len(tokens) != 4 or not _TENANT.match(tokens[2]):
+    parts = subjects.parse_query(subject)
+    if parts is None or not subjects.TENANT_TOKEN.fullmatch(parts.tenant):
         raise QueryError("invalid", "expected splice.qry.<tenant>.<view>", "subject")
-    view = QUERY_VIEWS.get(tokens[3])
+    view = QUERY_VIEWS.get(parts.view)
     if view is None:
         raise QueryError(
-            "not_found", f"no view {tokens[3]!r}; views: {', '.join(QUERY_VIEWS)}", "subject"
+            "not_found", f"no view {parts.view!r}; views: {', '.join(QUERY_VIEWS)}", "subject"
         )
-    return tokens[2], view
+    return parts.tenant, view
 
 
 def _int(body: dict[str, Any], key: str, lo: int, hi: int | None, default: int) -> int:

@@ -45,7 +45,7 @@ def resource_filter(resource_id: str) -> str:
 
 
 def tenant_filter(tenant: str) -> str:
-    return f"{subjects.PREFIX}.evt.{tenant}.>"
+    return subjects.events_of_tenant(tenant)
 
 
 async def read_events(

@@ -34,7 +34,6 @@ log = structlog.get_logger("splice.cmd")
 QUEUE_GROUP = "splice-cmd"
 MAX_PAYLOAD = 64 * 1024
 MAX_DEPTH = 32  # nesting of JSON arrays and objects; the deepest command needs 6
-TENANT_RE = re.compile(r"^(?:[a-z0-9][a-z0-9-]{0,62}|_admin|_host)$")
 _AT = re.compile(r" - at (?:`key` in )?`(\$[^`]*)`$")
 _MISSING = re.compile(r"missing required field `([^`]+)`")
 
@@ -55,7 +54,7 @@ def parse(subject: str, data: bytes, max_payload: int = MAX_PAYLOAD) -> Parsed |
             "invalid", "command subjects are splice.cmd.<tenant>.<aggregate>.<verb>", "subject"
         )
     tenant, aggregate, verb = parts
-    if not TENANT_RE.match(tenant):
+    if not subjects.TENANT_TOKEN.fullmatch(tenant):
         return refuse("invalid", f"{tenant!r} is not a valid tenant", "subject")
     cmd_type = COMMANDS.get((aggregate, verb))
     if cmd_type is None:

@@ -33,6 +33,7 @@ from typing import Any
 from rich.console import Console
 
 from splice.agents.model import NetworkSpec
+from splice.events import subjects
 
 NET = "10.77.9"
 VIP = f"{NET}.100"
@@ -111,11 +112,11 @@ class LoadBalancerDemo:
 
     async def wait_for(self, topic: str, deadline: float = 60) -> dict[str, Any]:
         js = self.nc.jetstream()
-        subject = f"splice.evt.{TENANT}.loadbalancer.{self.lb_id}.{topic}"
+        subject = subjects.event(TENANT, "loadbalancer", self.lb_id, topic)
         end = time.monotonic() + deadline
         while time.monotonic() < end:
             with contextlib.suppress(Exception):
-                m = await js.get_last_msg("SPLICE_EVENTS", subject, direct=True)
+                m = await js.get_last_msg(subjects.STREAM, subject, direct=True)
                 return dict(json.loads(m.data))
             await asyncio.sleep(0.1)
         raise TimeoutError(f"no {topic} within {deadline}s")
