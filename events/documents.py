@@ -41,8 +41,8 @@ def components(
     """Every command, reply and event type (and the `extra` types) as a schema component.
 
     Returns (the component name of each message, by its wire name: ``servicetype.create``,
-    ``Ok``, ``ServiceTypeCreated``, or its key in `extra`; the components). Commands' ``type``
-    is not required.
+    ``Ok``, ``ServiceTypeCreated``, or its key in `extra`, which names the component of a type
+    that is not a Struct; the components). Commands' ``type`` is not required.
     """
     named: dict[str, Any] = {
         **{f"{agg}.{verb}": t for (agg, verb), t in COMMANDS.items()},
@@ -53,7 +53,13 @@ def components(
     }
     refs, comps = msgspec.json.schema_components(list(named.values()), ref_template=ref_template)
     prefix = ref_template.split("{name}")[0]
-    names = {key: ref["$ref"].removeprefix(prefix) for key, ref in zip(named, refs, strict=True)}
+    names: dict[str, str] = {}
+    for key, ref in zip(named, refs, strict=True):
+        if "$ref" in ref:
+            names[key] = ref["$ref"].removeprefix(prefix)
+        else:  # not a Struct (an optional one, a list of them): a component of its own
+            names[key] = key
+            comps[key] = ref
     for agg, verb in COMMANDS:
         comp = comps[names[f"{agg}.{verb}"]]
         required = [f for f in comp.get("required", []) if f != TAG_FIELD]
@@ -61,7 +67,70 @@ def components(
             comp["required"] = required
         else:
             comp.pop("required", None)
+    _strict_commands(comps, [names[f"{agg}.{verb}"] for agg, verb in COMMANDS], prefix)
     return names, comps
+
+
+def _refs(schema: Any, prefix: str) -> set[str]:
+    """The component names `schema` refers to directly."""
+    found: set[str] = set()
+    if isinstance(schema, dict):
+        for key, value in schema.items():
+            if key == "$ref" and isinstance(value, str) and value.startswith(prefix):
+                found.add(value.removeprefix(prefix))
+            else:
+                found |= _refs(value, prefix)
+    elif isinstance(schema, list):
+        for value in schema:
+            found |= _refs(value, prefix)
+    return found
+
+
+def _reachable(comps: dict[str, Any], roots: list[str], prefix: str) -> set[str]:
+    seen: set[str] = set()
+    todo = list(roots)
+    while todo:
+        name = todo.pop()
+        if name not in seen:
+            seen.add(name)
+            todo.extend(_refs(comps[name], prefix) - seen)
+    return seen
+
+
+def _retarget(schema: Any, prefix: str, renamed: dict[str, str]) -> Any:
+    if isinstance(schema, dict):
+        out = {}
+        for key, value in schema.items():
+            name = value.removeprefix(prefix) if key == "$ref" and isinstance(value, str) else ""
+            out[key] = prefix + renamed[name] if name in renamed else _retarget(
+                value, prefix, renamed
+            )
+        return out
+    if isinstance(schema, list):
+        return [_retarget(v, prefix, renamed) for v in schema]
+    return schema
+
+
+def _strict_commands(comps: dict[str, Any], commands: list[str], prefix: str) -> None:
+    """Commands refuse unknown fields at any depth; events tolerate them.
+
+    Every object type a command is made of gets ``additionalProperties: false``; a type that
+    events use too is copied first (``<Name>.command``), so events stay open.
+    """
+    others = [n for n in comps if n not in commands]
+    strict = _reachable(comps, commands, prefix)
+    shared = strict & _reachable(comps, [n for n in others if n not in strict], prefix)
+    renamed = {name: f"{name}.command" for name in sorted(shared)}
+    clash = set(renamed.values()) & set(comps)
+    if clash:
+        raise ValueError(f"strict copies clash with components: {sorted(clash)}")
+    for name in renamed:
+        comps[renamed[name]] = comps[name]
+    for name in [*(strict - shared), *renamed.values()]:
+        comp = _retarget(comps[name], prefix, renamed)
+        if "properties" in comp:
+            comp["additionalProperties"] = False
+        comps[name] = comp
 
 
 def json_schema() -> dict[str, Any]:

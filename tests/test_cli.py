@@ -126,11 +126,12 @@ def test_schema_lists_every_command_reply_and_event(tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     doc = json.loads(out.read_text())
     tenant = {"admin": "_admin", "host": "_host", "tenant": "<tenant>"}
-    assert set(doc["commands"]) == {
-        f"splice.cmd.{tenant[scope_of(a, v)]}.{a}.{v}" for a, v in COMMANDS
-    }
-    assert set(doc["events"]) == set(EVENT_TYPES)
-    assert set(doc["replies"]) == {"Ok", "Failed"}
+    commands = doc["$defs"]["commands"]["$defs"]
+    assert set(commands) == {f"{a}.{v}" for a, v in COMMANDS}
+    for a, v in COMMANDS:
+        assert f"splice.cmd.{tenant[scope_of(a, v)]}.{a}.{v}" in commands[f"{a}.{v}"]["description"]
+    assert set(doc["$defs"]["events"]["$defs"]) == set(EVENT_TYPES)
+    assert set(doc["$defs"]["replies"]["$defs"]) == {"Ok", "Failed"}
     create = doc["$defs"]["CreateServiceType"]
     assert "name" in create["required"] and "providers" in create["required"]
     assert create["properties"]["name"]["maxLength"] == 64

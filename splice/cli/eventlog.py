@@ -79,14 +79,14 @@ OutFileOpt = Annotated[Path | None, typer.Option("--out", help="Write to this fi
 
 def schema(out_file: OutFileOpt = None) -> None:
     """Write the JSON Schema of every command, reply and event."""
-    from splice.events.contracts import json_schema
+    from splice.events.documents import json_schema
 
     _write_json(json_schema(), out_file)
 
 
 def asyncapi(out_file: OutFileOpt = None) -> None:
-    """Write the AsyncAPI 3.0 document of the whole message API (commands, replies, events)."""
-    from splice.events.contracts import asyncapi as document
+    """Write the AsyncAPI 3.0 document of the whole message API (commands, queries, events)."""
+    from splice.documents import asyncapi as document
 
     _write_json(document(), out_file)
 
