@@ -167,7 +167,7 @@ def parse_query(tenant: str, view: View, body: Any) -> Query:
         if "tenant" in body:
             if tenant != ADMIN_TENANT:
                 raise QueryError("forbidden", "only _admin may query another tenant", "$.tenant")
-            if not isinstance(body["tenant"], str) or not _TENANT.match(body["tenant"]):
+            if not isinstance(body["tenant"], str) or not _TENANT.fullmatch(body["tenant"]):
                 raise QueryError("invalid", "Expected a tenant token", "$.tenant")
             q.only_tenant = body["tenant"]
     elif "tenant" in body:
