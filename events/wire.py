@@ -94,6 +94,37 @@ Provider = Annotated[
     ),
 ]
 
+# -- limits of every request body, checked before it is decoded -------------------------------
+
+MAX_PAYLOAD = 64 * 1024
+MAX_DEPTH = 32  # nesting of JSON arrays and objects; the deepest command needs 6
+
+
+def too_deep(data: bytes, limit: int) -> bool:
+    """Whether JSON arrays and objects nest deeper than `limit` (strings are skipped)."""
+    if data.count(b"[") + data.count(b"{") <= limit:
+        return False  # the common case, without a scan
+    depth, in_string, escaped = 0, False, False
+    for byte in data:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            if depth > limit:
+                return True
+        elif byte in (0x5D, 0x7D):
+            depth -= 1
+    return False
+
+
+
 # -- commands -----------------------------------------------------------------------------
 
 

@@ -40,6 +40,7 @@ import structlog
 
 from splice.events import subjects
 from splice.events.contracts import ADMIN_TENANT
+from splice.events.wire import MAX_DEPTH, MAX_PAYLOAD, too_deep
 
 from .envelope import format_ns, parse_rfc3339_ns
 from .schema import decode_value
@@ -288,6 +289,10 @@ class QueryService:
     async def answer(self, subject: str, data: bytes) -> dict[str, Any]:
         try:
             tenant, view = parse_subject(subject)
+            if len(data) > MAX_PAYLOAD:
+                raise QueryError("invalid", f"query of {len(data)} bytes exceeds {MAX_PAYLOAD}", "$")
+            if too_deep(data, MAX_DEPTH):
+                raise QueryError("invalid", f"JSON nested deeper than {MAX_DEPTH} levels", "$")
             try:
                 body = json.loads(data) if data.strip() else {}
             except ValueError as e:

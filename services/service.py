@@ -22,7 +22,7 @@ from nats.aio.msg import Msg
 
 from splice.events import subjects
 from splice.events.contracts import ADMIN_TENANT, COMMANDS, HOST_TENANT, Failed, Ok, scope_of
-from splice.events.wire import Token
+from splice.events.wire import MAX_DEPTH, MAX_PAYLOAD, Token, too_deep
 
 from .common_handlers import SpliceApplication
 from .executor import CommandExecutor, Parsed, app_env, failed
@@ -32,8 +32,6 @@ __all__ = ["CommandService", "Parsed", "app_env", "failed", "parse"]
 log = structlog.get_logger("splice.cmd")
 
 QUEUE_GROUP = "splice-cmd"
-MAX_PAYLOAD = 64 * 1024
-MAX_DEPTH = 32  # nesting of JSON arrays and objects; the deepest command needs 6
 _AT = re.compile(r" - at (?:`key` in )?`(\$[^`]*)`$")
 _MISSING = re.compile(r"missing required field `([^`]+)`")
 
@@ -78,30 +76,6 @@ def parse(subject: str, data: bytes, max_payload: int = MAX_PAYLOAD) -> Parsed |
     if unknown is not None:
         return refuse("invalid", f"unknown field `{unknown.rsplit('.', 1)[-1]}`", unknown)
     return Parsed(subject, tenant, aggregate, verb, cmd)
-
-
-def too_deep(data: bytes, limit: int) -> bool:
-    """Whether JSON arrays and objects nest deeper than `limit` (strings are skipped)."""
-    if data.count(b"[") + data.count(b"{") <= limit:
-        return False  # the common case, without a scan
-    depth, in_string, escaped = 0, False, False
-    for byte in data:
-        if in_string:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:  # backslash
-                escaped = True
-            elif byte == 0x22:  # quote
-                in_string = False
-        elif byte == 0x22:
-            in_string = True
-        elif byte in (0x5B, 0x7B):  # [ {
-            depth += 1
-            if depth > limit:
-                return True
-        elif byte in (0x5D, 0x7D):
-            depth -= 1
-    return False
 
 
 def unknown_field(sent: Any, known: Any, path: str) -> str | None:

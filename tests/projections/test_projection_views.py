@@ -105,6 +105,13 @@ async def test_each_tenant_sees_only_its_own_rows_and_reads_service_types(
     assert only_admin["items"] and {i["tenant"] for i in only_admin["items"]} == {"_admin"}
 
 
+def nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
 @pytest.mark.parametrize(
     ("subject", "body", "code", "field"),
     [
@@ -118,6 +125,8 @@ async def test_each_tenant_sees_only_its_own_rows_and_reads_service_types(
         ("splice.qry._admin.audit", [1], "invalid", "$"),
         ("splice.qry._admin.servicetypes", {"default": "yes"}, "invalid", "$.default"),
         ("splice.qry._admin.servicetypes", {"tenant": "acme"}, "invalid", "$.tenant"),
+        ("splice.qry._admin.audit", {"tenant": "acme\n"}, "invalid", "$.tenant"),
+        ("splice.qry._admin.audit", {"x": nested(200)}, "invalid", "$"),
         ("splice.qry._admin.nosuch", {}, "not_found", "subject"),
         ("splice.qry.a.b.c", {}, "invalid", "subject"),
     ],
