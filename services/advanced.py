@@ -149,13 +149,10 @@ class Firewall(PlacedMixin, ServiceMixin, SpliceAggregate):
         return len(rest)
 
     def update(self, name: str | None, default_action: str | None) -> None:
-        self.emit(
-            stamp(
-                FirewallUpdated,
-                name=self.name if name is None else name,
-                default_action=self.default_action if default_action is None else default_action,
-            )
-        )
+        new = (self.name if name is None else name,
+               self.default_action if default_action is None else default_action)
+        if new != (self.name, self.default_action):
+            self.emit(stamp(FirewallUpdated, name=new[0], default_action=new[1]))
 
     def insert_rule(self, rule: FirewallRuleIn, before: str | None, after: str | None) -> str:
         if len(self.rules) >= 500:

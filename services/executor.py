@@ -248,6 +248,8 @@ class CommandExecutor:
         decision = COMMAND_HANDLERS[type(cmd)](app, parsed.tenant, cmd)
         target = decision.subject
         result_id = decision.result_id or public_id(target.id)
+        # only what changed is written: a command that changes nothing appends nothing
+        decision.save = [agg for agg in decision.save if agg.pending_events]
         if not decision.save:
             if not verified:
                 raise Unverified

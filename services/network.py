@@ -174,7 +174,8 @@ class Port(SpliceAggregate):
         )
 
     def update(self, name: str | None, host: str | None) -> None:
-        self.emit(stamp(PortUpdated, name=name, host=host))
+        if (name, host) != (self.name, self.host):
+            self.emit(stamp(PortUpdated, name=name, host=host))
 
     def delete(self) -> None:
         self.emit(stamp(PortDeleted))

@@ -58,6 +58,8 @@ class ServiceType(SpliceAggregate):
         )
 
     def update(self, name: str, description: str, providers: dict[str, str]) -> None:
+        if (name, description, providers) == (self.name, self.description, self.providers):
+            return  # nothing changes: no event
         self.emit(stamp(ServiceTypeUpdated, name=name, description=description, providers=providers))
 
     def set_default(self) -> None:

@@ -410,3 +410,20 @@ async def test_a_repeated_one_event_change_has_one_effect_and_the_same_reply_als
     assert [m["payload"]["description"] for m in updates] == ["once", "later"]
     assert not [m for m in await stream_messages(fresh_nats.url)
                 if m["subject"] == f"splice.idem._admin.{body['command_id']}"]
+
+
+async def test_an_update_that_changes_nothing_appends_nothing_and_answers_the_current_version(
+    service: CommandService, nc: Any, fresh_nats: NatsServer
+) -> None:
+    created = await request(nc, CREATE, st("same", description="d"))
+    changed = await request(nc, UPDATE, {"id": created["id"], "description": "e"})
+    assert changed["ok"] is True and changed["version"] == created["version"] + 1
+    before = len(await stream_messages(fresh_nats.url))
+    again = await request(nc, UPDATE, {"id": created["id"], "description": "e"})
+    assert again["ok"] is True, again
+    assert (again["version"], again["seq"]) == (changed["version"], None)
+    assert len(await stream_messages(fresh_nats.url)) == before
+    # a repeat of the change itself still gets its first answer
+    body = {"command_id": str(uuid.uuid4()), "id": created["id"], "description": "f"}
+    first = await request(nc, UPDATE, body)
+    assert await request(nc, UPDATE, body) == first
