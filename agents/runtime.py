@@ -185,12 +185,13 @@ class Agent:
                 lb, NetworkSpec(state.vip_network_id, *net), state)
         return out
 
-    async def converge(self) -> dict[str, LbResult]:
+    async def converge(self) -> tuple[set[str], dict[str, LbResult]]:
+        """Converge every driver; returns the ids that were desired, and the results."""
         desired = self.desired()
         results: dict[str, LbResult] = {}
         for provider, driver in self.drivers.items():
             results.update(await driver.converge(desired[provider]))
-        return results
+        return {i for wanted in desired.values() for i in wanted}, results
 
     async def _converge_loop(self, stop: asyncio.Event) -> None:
         await self.ready.wait()
@@ -201,31 +202,32 @@ class Agent:
                 continue
             self._dirty.clear()
             try:
-                results = await self.converge()
+                wanted, results = await self.converge()
             except Exception:
                 log.exception("converge failed; retrying on the next change or resync")
                 await asyncio.sleep(1)
                 self._dirty.set()
                 continue
             self.converges += 1
-            await self._report_results(results)
+            await self._report_results(wanted, results)
             self.save_snapshot()
 
     async def _resync(self, stop: asyncio.Event) -> None:
         await asyncio.gather(*(d.run_resync(self.resync_s, stop) for d in self.drivers.values()))
 
-    async def _report_results(self, results: dict[str, LbResult]) -> None:
+    async def _report_results(self, wanted: set[str], results: dict[str, LbResult]) -> None:
+        """Report what this converge did: the generation it served (not a newer one that came
+        in meanwhile), and DELETED only for what it was asked to remove."""
         by_uuid = {public(agg_id): (agg_id, s) for agg_id, s in self.lbs.items()}
         for lb_uuid, result in results.items():
-            if lb_uuid not in by_uuid:
+            if lb_uuid not in wanted or lb_uuid not in by_uuid or result.generation is None:
                 continue
-            agg_id, state = by_uuid[lb_uuid]
-            live = state.host == self.host and state.provisioning_status != "PENDING_DELETE"
-            if live and result.provisioning_status in ("ACTIVE", "ERROR"):
-                await self._report(agg_id, state.generation, result.provisioning_status,
-                                   result.reason)
-        for agg_id, state in list(self.lbs.items()):  # converged away from this host: say so
-            if state.host == self.host and state.provisioning_status == "PENDING_DELETE":
+            if result.provisioning_status in ("ACTIVE", "ERROR"):
+                await self._report(by_uuid[lb_uuid][0], result.generation,
+                                   result.provisioning_status, result.reason)
+        for lb_uuid, (agg_id, state) in by_uuid.items():  # converged away from this host
+            if (lb_uuid not in wanted and state.host == self.host
+                    and state.provisioning_status == "PENDING_DELETE"):
                 await self._report(agg_id, state.generation, "DELETED", "")
 
     async def _report(self, agg_id: str, generation: int, status: str, reason: str) -> None:

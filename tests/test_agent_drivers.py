@@ -48,3 +48,19 @@ async def test_a_service_of_a_provider_without_a_driver_here_is_reported_error_n
     assert agent.reports == [(LB, 3, "ERROR", "host h1 has no driver for provider 'nftables-l4'")]
     for driver in agent.drivers.values():
         driver.close()
+
+
+async def test_deleted_is_reported_only_for_what_the_converge_removed(tmp_path: Path) -> None:
+    """A delete that arrives while a converge still serves the load balancer is reported by the
+    next converge, the one that removes it (not by the one in flight)."""
+    agent = Recording("nats://127.0.0.1:1", "h1", tmp_path, providers=["haproxy"])
+    agent.reports = []
+    agent.lbs[LB] = LoadBalancerState(host="h1", generation=4,
+                                      provisioning_status="PENDING_DELETE")
+    lb = LB.rsplit(".", 1)[1]
+    await agent._report_results({lb}, {})  # in flight: it still served the load balancer
+    assert agent.reports == []
+    await agent._report_results(set(), {})  # the next one, without it
+    assert agent.reports == [(LB, 4, "DELETED", "")]
+    for driver in agent.drivers.values():
+        driver.close()
