@@ -253,7 +253,13 @@ def run_query(store: Store, q: Query) -> dict[str, Any]:
 
 
 class QueryService:
-    """Answers ``splice.qry.>`` from the store; queries run in threads of their own."""
+    """Answers ``splice.qry.>`` from the store.
+
+    Queries run concurrently: each request is a task (at most `max_in_flight`; past that, an
+    immediate `unavailable` to retry), its SQL on a small thread pool, and a query waiting for
+    `min_seq` holds no thread. A page too big for one NATS message is cut to fit (fewer items
+    and a `next` cursor); a single row too big for it is refused with a hint.
+    """
 
     def __init__(
         self,
@@ -261,13 +267,16 @@ class QueryService:
         store: Store,
         position: Callable[[str], int],
         queue: str = "splice-query",
+        max_in_flight: int = 64,
     ) -> None:
         self.nc = nc
         self.store = store
         self.position = position
         self.queue = queue
-        self._pool = ThreadPoolExecutor(2, thread_name_prefix="splice-query")
+        self.max_in_flight = max_in_flight
+        self._pool = ThreadPoolExecutor(4, thread_name_prefix="splice-query")
         self._sub: Any = None
+        self._tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         self._sub = await self.nc.subscribe(subjects.QUERIES, queue=self.queue, cb=self._on)
@@ -279,12 +288,43 @@ class QueryService:
             except Exception:  # noqa: S110 - connection already closing
                 pass
             self._sub = None
+        for task in self._tasks:
+            task.cancel()
+        if self._tasks:
+            await asyncio.wait(self._tasks, timeout=5)
         self._pool.shutdown(wait=True)
 
     async def _on(self, msg: Any) -> None:
-        reply = await self.answer(msg.subject, msg.data)
-        if msg.reply:
+        """Called one message at a time by nats-py: hand each to a task of its own."""
+        if len(self._tasks) >= self.max_in_flight:
+            busy = QueryError("unavailable", f"{len(self._tasks)} queries in flight: retry in "
+                              "a moment (about 0.1 s)", None)
+            await self._send(msg, busy.reply())
+            return
+        task = asyncio.create_task(self._serve(msg))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _serve(self, msg: Any) -> None:
+        try:
+            reply = await self.answer(msg.subject, msg.data)
+        except Exception:  # every query gets a reply; the error goes to the log only
+            log.exception("query failed unexpectedly", subject=msg.subject)
+            reply = QueryError("internal", "the query failed; see the projector's log",
+                               None).reply()
+        await self._send(msg, reply)
+
+    async def _send(self, msg: Any, reply: dict[str, Any]) -> None:
+        if not msg.reply:
+            return
+        try:
             await self.nc.publish(msg.reply, json.dumps(reply).encode())
+        except Exception as e:  # connection lost: the client retries
+            log.warning("query reply not sent", subject=msg.subject, error=str(e))
+
+    def _fits(self, reply: dict[str, Any]) -> bool:
+        limit = int(getattr(self.nc, "max_payload", 0) or 1024 * 1024)
+        return len(json.dumps(reply).encode()) <= limit - 1024  # room for headers
 
     async def answer(self, subject: str, data: bytes) -> dict[str, Any]:
         try:
@@ -300,9 +340,15 @@ class QueryService:
             q = parse_query(tenant, view, body)
             position = await self._caught_up(q)
             loop = asyncio.get_running_loop()
-            reply = await loop.run_in_executor(self._pool, run_query, self.store, q)
-            reply["position"] = position
-            return reply
+            while True:
+                reply = await loop.run_in_executor(self._pool, run_query, self.store, q)
+                reply["position"] = position
+                if self._fits(reply):
+                    return reply
+                if len(reply["items"]) <= 1:
+                    raise QueryError("invalid", "one row is bigger than a NATS message: "
+                                     "narrow the query with a filter", "$.limit")
+                q.limit = len(reply["items"]) // 2  # a smaller page, with `next` to the rest
         except QueryError as e:
             return e.reply()
         except Exception:

@@ -75,6 +75,7 @@ class NatsServer:
     http_port: int = 0
     log_file: Path | None = None
     extra_config: str = ""
+    max_payload: str = "1MB"  # the largest message a client may publish (and a reply may be)
     die_with_parent: bool = False  # SIGTERM the server if the process that started it dies
     proc: subprocess.Popen[bytes] | None = None
 
@@ -95,7 +96,7 @@ class NatsServer:
         lines = [
             f'server_name: "{self.name}"',
             f"listen: {self.host}:{self.port}",
-            "max_payload: 1MB",
+            f"max_payload: {self.max_payload}",
             "jetstream {",
             f'  store_dir: "{self.store_dir / "jetstream"}"',
             "  sync_interval: always",
