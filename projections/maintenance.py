@@ -10,7 +10,8 @@ Verify takes one consistent snapshot of the live database (positions and rows in
 transaction), rebuilds into a scratch database of the same kind (a temporary SQLite file, or a
 temporary PostgreSQL database on the same server) up to the live position, and compares the
 tables row by row. Events a view set aside (live or in the rebuild) are reported under
-``set_aside``, and then the read models are not called identical: they skipped something.
+``set_aside``, and then the read models are not called identical: they skipped something. So
+are read models behind the stream (``behind``: events stored after the live position).
 """
 
 from __future__ import annotations
@@ -142,7 +143,9 @@ async def verify(
     finally:
         live.close()
     target = min((positions.get(v.name, 0) for v in views), default=0)
-    report: dict[str, Any] = {"position": target, "views": {}, "tables": {}}
+    stream_end = await last_event_seq(js)
+    report: dict[str, Any] = {"position": target, "stream_position": stream_end,
+                              "behind": max(0, stream_end - target), "views": {}, "tables": {}}
     with scratch_database(db_url) as scratch_url:
         scratch = open_store(scratch_url)
         try:
@@ -177,5 +180,6 @@ async def verify(
         all(t["identical"] for t in report["tables"].values())
         and all(v["compared"] for v in report["views"].values())
         and not (aside["live"] or aside["rebuilt"])
+        and report["behind"] == 0
     )
     return report

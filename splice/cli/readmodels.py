@@ -114,6 +114,9 @@ def _show_verify(report: dict[str, Any]) -> None:
         )
         return
     out.print(f"[red]differences[/] at seq {report['position']}:")
+    if report.get("behind"):
+        out.print(f"  the read models are {report['behind']} event(s) behind the stream "
+                  f"(at seq {report['position']}, the stream at {report['stream_position']})")
     for name, v in report["views"].items():
         if not v["compared"]:
             out.print(f"  view {name}: not compared (at seq {v['position']})")

@@ -60,6 +60,7 @@ async def test_an_interrupted_rebuild_resumes_where_it_stopped_and_verifies_iden
     report = await asyncio.wait_for(verify(js, db_url), 60)
     assert report["identical"], report
     assert report["tables"]["audit"]["rows"] == 1530
+    assert (report["behind"], report["stream_position"]) == (0, 1530)
 
 
 async def test_verify_reports_rows_that_differ_from_a_rebuild(js: Any, db_url: str) -> None:
@@ -84,3 +85,18 @@ async def test_verify_reports_rows_that_differ_from_a_rebuild(js: Any, db_url: s
     assert report["tables"]["audit"]["missing"] == 1
     assert report["tables"]["audit"]["examples"]["missing"] == [[5]]
     assert report["tables"]["resources"]["identical"] is True
+
+
+async def test_verify_says_how_far_behind_the_stream_the_read_models_are(
+    js: Any, db_url: str, fresh_nats: NatsServer
+) -> None:
+    await rebuild(js, db_url)
+    appender = Appender(fresh_nats.url)
+    try:
+        appender.append(list(servicetype_history(2, 1)))  # stored after the rebuild
+    finally:
+        appender.close()
+    report = await verify(js, db_url)
+    assert report["behind"] > 0 and report["stream_position"] == 1530 + report["behind"]
+    assert report["identical"] is False  # the rows match, but not the stream
+    assert all(t["identical"] for t in report["tables"].values())
