@@ -211,6 +211,10 @@ class EventMeta(Struct, kw_only=True, forbid_unknown_fields=False):
     correlation_id: str
     schema: int = 1
     aggregate: str | None = None  # on an aggregate's first event: the aggregate's kind
+    # The tenant whose command made this event (a shared aggregate, such as an admin service
+    # type, is changed by many tenants' commands): a command id is scoped to its tenant.
+    # Absent on older events, which count as the aggregate's own tenant's.
+    command_tenant: str | None = None
 
 
 class InsertionState(Struct, kw_only=True):

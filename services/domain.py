@@ -9,8 +9,9 @@ Aggregate ids are strings ``<tenant>.<aggregate>.<uuid>`` so that the event stor
 aggregate on its own subject ``splice.evt.<tenant>.<aggregate>.<uuid>.<EventType>``. The public
 id of a resource (in replies, in the CLI) is the uuid part.
 
-Who acts (actor, command id, correlation id) is set once per command with `acting(...)`; every
-event payload made by `stamp()` during that command carries it, with the decision's time.
+Who acts (actor, command id, correlation id, and the tenant whose command it is) is set once
+per command with `acting(...)`; every event payload made by `stamp()` during that command
+carries it, with the decision's time.
 """
 
 from __future__ import annotations
@@ -99,6 +100,7 @@ class Meta:
     actor: str
     command_id: str
     correlation_id: str
+    tenant: str | None = None  # the command's tenant (its subject's); None: not a tenant's
 
 
 _SYSTEM = Meta("system", "-", "-")  # frozen: safe to share
@@ -125,6 +127,7 @@ def stamp(cls: type[E], **fields: Any) -> E:
         actor=m.actor,
         command_id=m.command_id,
         correlation_id=m.correlation_id,
+        command_tenant=m.tenant,
         **fields,
     )
 
@@ -177,7 +180,10 @@ class SpliceAggregate(BaseAggregate[str]):
 
         def apply(self, aggregate: Any) -> None:
             aggregate.when(self.payload)
-            aggregate.remember_command(self.payload.command_id, self.originator_version)
+            payload = self.payload
+            aggregate.remember_command(
+                payload.command_tenant, payload.command_id, self.originator_version
+            )
 
     @dataclass(frozen=True)
     class Created(CanInitAggregate[str], Event):
@@ -194,7 +200,7 @@ class SpliceAggregate(BaseAggregate[str]):
         return cls._create(cls.Created, id=agg_id, payload=payload, timestamp=payload.timestamp)
 
     def emit(self, payload: EventMeta) -> None:
-        done = self.applied_version(payload.command_id)
+        done = self.applied_version(payload.command_tenant, payload.command_id)
         if done is not None:
             raise AlreadyAppliedError(self.id, done)
         self.trigger_event(self.Event, payload=payload, timestamp=payload.timestamp)
@@ -218,9 +224,26 @@ class SpliceAggregate(BaseAggregate[str]):
     # the commands that changed this aggregate lately (idempotency without a separate claim)
     RECENT_COMMANDS: ClassVar[int] = 128
 
+    def _command_key(self, tenant: str | None, command_id: str) -> str | tuple[str, str]:
+        """How a command is remembered: a command id is scoped to its tenant.
+
+        A shared aggregate (an admin service type, the host registry, a tenant's quota that the
+        admin sets) is changed by many tenants' commands, and their ids may be equal. A command
+        of the aggregate's own tenant (or of none, as on events stored before events named
+        their command's tenant) is keyed by its id alone; another tenant's by (tenant, id). A
+        string never equals a tuple, so the two kinds of key never meet.
+        """
+        if tenant is None:
+            return command_id
+        agg_id = self.id
+        n = len(tenant)
+        if agg_id.startswith(tenant) and agg_id[n : n + 1] == ".":
+            return command_id
+        return (tenant, command_id)
+
     def __deepcopy__(self, memo: dict[int, Any]) -> Self:
-        """The repository hands out copies of cached aggregates: the command ids (strings to
-        ints) need no deep copy, the rest of the state does."""
+        """The repository hands out copies of cached aggregates: the remembered commands
+        (immutable keys to ints) need no deep copy, the rest of the state does."""
         new = object.__new__(type(self))
         for key, value in self.__dict__.items():
             if key == "_recent_commands":
@@ -229,19 +252,21 @@ class SpliceAggregate(BaseAggregate[str]):
                 new.__dict__[key] = copy.deepcopy(value, memo)
         return new
 
-    def remember_command(self, command_id: str, version: int) -> None:
-        recent: dict[str, int] | None = self.__dict__.get("_recent_commands")
+    def remember_command(self, tenant: str | None, command_id: str, version: int) -> None:
+        recent: dict[str | tuple[str, str], int] | None = self.__dict__.get("_recent_commands")
         if recent is None:
             recent = self.__dict__["_recent_commands"] = {}
-        recent[command_id] = version
+        recent[self._command_key(tenant, command_id)] = version
         if len(recent) > self.RECENT_COMMANDS:
             del recent[next(iter(recent))]
 
-    def applied_version(self, command_id: str) -> int | None:
-        """The version at which a stored event of `command_id` left this aggregate, if any.
+    def applied_version(self, tenant: str | None, command_id: str) -> int | None:
+        """The version at which a stored event of `tenant`'s `command_id` left this aggregate.
 
-        Only events already stored count (not the ones this decision is adding).
+        Only events already stored count (not the ones this decision is adding); a command of
+        another tenant with the same id is another command.
         """
-        version = self.__dict__.get("_recent_commands", {}).get(command_id)
+        key = self._command_key(tenant, command_id)
+        version = self.__dict__.get("_recent_commands", {}).get(key)
         stored = self.version - len(self.pending_events)
         return version if version is not None and version <= stored else None

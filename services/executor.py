@@ -128,7 +128,7 @@ class CommandExecutor:
         if probe is None:
             return None
         agg = self.app.get_or_none(probe)
-        done = agg.applied_version(command_id) if agg is not None else None
+        done = agg.applied_version(parsed.tenant, command_id) if agg is not None else None
         return None if done is None else self._remembered(probe, done, command_id)
 
     def _evict(self, agg_ids: Iterable[str]) -> None:
@@ -177,6 +177,7 @@ class CommandExecutor:
             actor=cmd.actor,
             command_id=command_id,
             correlation_id=cmd.correlation_id or command_id,
+            tenant=parsed.tenant,  # a command id is its tenant's: events remember both
         )
         attempt = 0
         fresh = False  # whether this attempt's aggregates were read from the stream

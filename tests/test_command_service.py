@@ -427,3 +427,62 @@ async def test_an_update_that_changes_nothing_appends_nothing_and_answers_the_cu
     body = {"command_id": str(uuid.uuid4()), "id": created["id"], "description": "f"}
     first = await request(nc, UPDATE, body)
     assert await request(nc, UPDATE, body) == first
+
+
+async def test_a_command_id_is_scoped_to_its_tenant_also_on_shared_aggregates(
+    service: CommandService, nc: Any, fresh_nats: NatsServer
+) -> None:
+    """t2 sending the command id t1 used for loadbalancer.create creates t2's load balancer.
+
+    Both creates change the admin's service type (it counts its users) and the host registry:
+    what those shared aggregates remember of t1's command must not answer t2's.
+    """
+    st_reply = await request(nc, CREATE, st("shared-lb"))
+    assert st_reply["ok"] is True
+    reg = {"command_id": str(uuid.uuid4()), "actor": "agent", "host": "h1", "providers": ["haproxy"]}
+    assert (await request(nc, "splice.cmd._host.host.register", reg))["ok"] is True
+    nets = {}
+    for tenant in ("t1", "t2"):
+        net = {"command_id": str(uuid.uuid4()), "actor": "it", "name": "web", "cidr": "10.20.0.0/24"}
+        nets[tenant] = await request(nc, f"splice.cmd.{tenant}.network.create", net)
+        assert nets[tenant]["ok"] is True, nets[tenant]
+    same = str(uuid.uuid4())
+
+    def lb(tenant: str) -> dict[str, Any]:
+        return {"command_id": same, "actor": "it", "name": "lb", "vip_network_id": nets[tenant]["id"],
+                "service_type_id": st_reply["id"]}
+
+    first = await request(nc, "splice.cmd.t1.loadbalancer.create", lb("t1"))
+    assert first["ok"] is True, first
+    theirs = await request(nc, "splice.cmd.t2.loadbalancer.create", lb("t2"))
+    assert theirs["ok"] is True, theirs
+    assert theirs["id"] not in (first["id"], st_reply["id"])
+    # a repeat of each tenant's command gets that tenant's first reply
+    assert await request(nc, "splice.cmd.t2.loadbalancer.create", lb("t2")) == theirs
+    assert await request(nc, "splice.cmd.t1.loadbalancer.create", lb("t1")) == first
+    events = await event_messages(fresh_nats.url)
+    created = [m for m in events if m["headers"]["Splice-Topic"] == "LoadBalancerCreated"]
+    assert sorted(m["subject"].split(".")[2] for m in created) == ["t1", "t2"]
+    assert any(m["subject"].startswith(f"splice.evt.t2.loadbalancer.{theirs['id']}.") for m in created)
+    used = [m["payload"] for m in events if m["headers"]["Splice-Topic"] == "ServiceTypeUsed"]
+    assert [(p["command_id"], p["command_tenant"]) for p in used] == [(same, "t1"), (same, "t2")]
+
+
+async def test_a_one_event_change_on_a_shared_aggregate_is_not_taken_for_another_tenants_command(
+    service: CommandService, nc: Any, fresh_nats: NatsServer
+) -> None:
+    """A tenant's quota is changed by its own creates and by the admin's quota.set."""
+    same = str(uuid.uuid4())
+    net = {"command_id": same, "actor": "it", "name": "a", "cidr": "10.1.0.0/24"}
+    assert (await request(nc, "splice.cmd.t1.network.create", net))["ok"] is True
+    limits = {"command_id": same, "actor": "admin", "tenant": "t1", "limits": {"network": 1}}
+    set_reply = await request(nc, "splice.cmd._admin.quota.set", limits)
+    assert set_reply["ok"] is True, set_reply
+    assert await request(nc, "splice.cmd._admin.quota.set", limits) == set_reply
+    set_events = [m for m in await event_messages(fresh_nats.url)
+                  if m["headers"]["Splice-Topic"] == "QuotaLimitsSet"]
+    assert [m["payload"]["command_tenant"] for m in set_events] == ["_admin"]
+    # the limit was set: t1's next network is over it
+    more = {"command_id": str(uuid.uuid4()), "actor": "it", "name": "b", "cidr": "10.2.0.0/24"}
+    over = await request(nc, "splice.cmd.t1.network.create", more)
+    assert over["ok"] is False and over["error"]["code"] == "quota_exceeded", over
