@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import json
 from collections.abc import Callable
 from datetime import UTC, datetime
@@ -64,8 +62,8 @@ async def read_events(
     try:
         end = None if follow else await last_seq(js, subject, stream)
         if limit != 0 and end != 0:
-            with contextlib.suppress(asyncio.CancelledError):  # Ctrl-C while following
-                await follower.run(until=end)
+            # a cancellation (Ctrl-C while following, a stopping `splice up`) ends the caller too
+            await follower.run(until=end)
     finally:
         await nc.close()
     return count

@@ -116,6 +116,8 @@ CASES = [
     pytest.param(0.5, signal.SIGINT, ["--demo"], id="SIGINT-during-start-up"),
     pytest.param(2.0, signal.SIGINT, ["--demo"], id="SIGINT-at-2s"),
     pytest.param(4.0, signal.SIGINT, ["--demo"], id="SIGINT-at-4s"),
+    pytest.param("demo: the event log", signal.SIGINT, ["--demo"],
+                 id="SIGINT-while-demo-reads-the-log"),
     pytest.param("reports generation", signal.SIGINT, ["--demo"], id="SIGINT-while-demo-builds"),
     pytest.param("curl http://", signal.SIGINT, ["--demo"], id="SIGINT-while-demo-curls"),
     pytest.param("Serving commands", signal.SIGINT, ["--demo"], id="SIGINT-after-serving"),
