@@ -25,6 +25,7 @@ import asyncio
 import contextlib
 import json
 import os
+import re
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
@@ -57,6 +58,15 @@ class Snapshot(msgspec.Struct, kw_only=True):
     seq: int = 0
     lbs: dict[str, LoadBalancerState] = {}  # by aggregate id <tenant>.loadbalancer.<uuid>
     networks: dict[str, tuple[str, str]] = {}  # network aggregate id -> (cidr, gateway)
+
+
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
+
+
+def one_line(text: str) -> str:
+    """A reason as the report's contract takes it: no line breaks or control characters
+    (haproxy's own words come on several lines)."""
+    return _CONTROL.sub(" ", text).strip()
 
 
 def public(agg_id: str) -> str:
@@ -243,7 +253,7 @@ class Agent:
             "command_id": f"report-{self.host}-{public(agg_id)}-{generation}-{status}",
             "actor": f"agent:{self.host}", "tenant": tenant(agg_id),
             "loadbalancer_id": public(agg_id), "host": self.host,
-            "generation": generation, "status": status, "reason": reason[:255],
+            "generation": generation, "status": status, "reason": one_line(reason)[:255],
         }
         if await self._command(subjects.command(subjects.HOSTS, "loadbalancer", "report"), body):
             self._reported[agg_id] = key

@@ -64,3 +64,16 @@ async def test_deleted_is_reported_only_for_what_the_converge_removed(tmp_path: 
     assert agent.reports == [(LB, 4, "DELETED", "")]
     for driver in agent.drivers.values():
         driver.close()
+
+
+def test_a_reason_in_haproxys_own_words_is_one_line_the_report_contract_takes() -> None:
+    import msgspec
+
+    from splice.agents.runtime import one_line
+    from splice.events.wire import Description
+
+    words = "haproxy failed to start: [NOTICE] x\n[ALERT]\t(1) : socket path too long\r\n"
+    assert one_line(words) == "haproxy failed to start: [NOTICE] x [ALERT] (1) : socket path too long"
+    assert msgspec.convert(one_line(words), Description)
+    with pytest.raises(msgspec.ValidationError):
+        msgspec.convert(words, Description)  # what the agent used to send, and was refused

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,8 +26,9 @@ def run(
 
 
 @pytest.fixture
-def splice_up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str, str], Path]]:
-    state = tmp_path / "state"
+def splice_up() -> Iterator[tuple[subprocess.Popen[str], dict[str, str], Path]]:
+    # a short path: haproxy's sockets live under the state directory (at most 97 bytes)
+    state = Path(tempfile.mkdtemp(prefix="splcli-", dir="/tmp")) / "state"
     env = dict(os.environ, SPLICE_STATE_DIR=str(state), SPLICE_ACTOR="cli-test")
     env.pop("SPLICE_NATS_URL", None)
     proc = subprocess.Popen(
@@ -50,6 +53,7 @@ def splice_up(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[str], dict[str,
                 proc.wait(60)  # the demo deletes its load balancer on the way out
             except subprocess.TimeoutExpired:
                 proc.kill()
+        shutil.rmtree(state.parent, ignore_errors=True)
 
 
 def test_splice_up_serves_the_cli_without_flags_and_stops_cleanly_on_ctrl_c(

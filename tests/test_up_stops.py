@@ -9,9 +9,11 @@ temporary directory of it is left behind.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -87,16 +89,25 @@ def before() -> tuple[set[str], set[str]]:
 
 
 @pytest.fixture
-def start_up(tmp_path: Path) -> Iterator[object]:
+def short_tmp() -> Iterator[Path]:
+    """A directory with a short path: haproxy's sockets live under the state directory, and
+    pytest's own temporary paths grow past haproxy's limit on socket paths."""
+    path = Path(tempfile.mkdtemp(prefix="splup-", dir="/tmp"))
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def start_up(short_tmp: Path) -> Iterator[object]:
     runs: list[Running] = []
 
     def start(*args: str) -> Running:
-        tmp = tmp_path / "tmp"
+        tmp = short_tmp / "tmp"
         tmp.mkdir(exist_ok=True)
         env = dict(os.environ, TMPDIR=str(tmp), SPLICE_LOG_LEVEL="WARNING")
         env.pop("SPLICE_NATS_URL", None)
         proc = subprocess.Popen(
-            [SPLICE, "up", "--state-dir", str(tmp_path / "state"), *args],
+            [SPLICE, "up", "--state-dir", str(short_tmp / "state"), *args],
             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1,
         )
         running = Running(proc, time.monotonic())
@@ -129,7 +140,7 @@ CASES = [
 
 @pytest.mark.parametrize(("when", "sig", "flags"), CASES)
 def test_splice_up_stops_within_seconds_and_leaves_nothing_behind(
-    start_up, before, tmp_path: Path, when: float | str, sig: signal.Signals, flags: list[str]
+    start_up, before, short_tmp: Path, when: float | str, sig: signal.Signals, flags: list[str]
 ) -> None:
     running: Running = start_up(*flags)
     if isinstance(when, str):
@@ -153,5 +164,5 @@ def test_splice_up_stops_within_seconds_and_leaves_nothing_behind(
     assert _spl_namespaces() - namespaces == set(), running.output()
     assert _spl_links() - links == set(), running.output()
     # what it ran: nats-server and haproxy (state dir), the demo's web servers (TMPDIR)
-    assert _live_processes_mentioning(str(tmp_path)) == [], running.output()
-    assert list((tmp_path / "tmp").iterdir()) == [], "the demo's temporary files are left"
+    assert _live_processes_mentioning(str(short_tmp)) == [], running.output()
+    assert list((short_tmp / "tmp").iterdir()) == [], "the demo's temporary files are left"

@@ -54,6 +54,7 @@ from splice.agents.model import HostLayout, LoadBalancerSpec
 
 log = structlog.get_logger(__name__)
 
+MAX_SOCKET_PATH = 97  # haproxy's limit on a unix socket's path (sun_path, less its own margin)
 ACTIVE = "ACTIVE"
 ERROR = "ERROR"
 DELETED = "DELETED"
@@ -109,6 +110,10 @@ class HaproxyDriver:
     ) -> None:
         self.host_name = host_name
         self.layout = HostLayout(state_dir=str(state_dir), prefix=prefix)
+        longest = LbPaths(self.layout.lb_dir("0" * 8)).master_socket
+        if len(longest.encode()) > MAX_SOCKET_PATH:  # haproxy will refuse to start: say why now
+            log.warning("state directory too long for haproxy's sockets: use a shorter one",
+                        state_dir=str(state_dir), socket=longest, limit=MAX_SOCKET_PATH)
         self.on_report = on_report
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="splice-agent")
         self._converging = asyncio.Lock()
