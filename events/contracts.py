@@ -17,7 +17,7 @@ from typing import Any, Literal, cast
 
 import msgspec
 
-from . import advanced, lbaas, lbaas_commands, network
+from . import advanced, lbaas, lbaas_commands, network, subjects
 from .advanced import *  # noqa: F403 - re-exported contracts
 from .lbaas import *  # noqa: F403
 from .lbaas_commands import *  # noqa: F403
@@ -25,8 +25,8 @@ from .network import *  # noqa: F403
 from .wire import *  # noqa: F403
 from .wire import Command, EventMeta
 
-ADMIN_TENANT = "_admin"
-HOST_TENANT = "_host"
+ADMIN_TENANT = subjects.ADMIN
+HOST_TENANT = subjects.HOSTS
 
 _FAMILIES = (network, lbaas, lbaas_commands, advanced)
 

@@ -43,9 +43,14 @@ async def read_events(
     follow: bool = False,
     limit: int | None = None,
     stream: str = subjects.STREAM,
+    nc: Any = None,
 ) -> int:
-    """Print events through `show`; returns how many. Without `follow`, stops at the end."""
-    nc = await nats.connect(url.split(","), connect_timeout=5)
+    """Print events through `show`; returns how many. Without `follow`, stops at the end.
+
+    `nc`: the process's NATS connection, left open; without it, one of its own for the read."""
+    own = nc is None
+    if own:
+        nc = await nats.connect(url.split(","), connect_timeout=5)
     js = nc.jetstream()
     count = 0
 
@@ -65,5 +70,6 @@ async def read_events(
             # a cancellation (Ctrl-C while following, a stopping `splice up`) ends the caller too
             await follower.run(until=end)
     finally:
-        await nc.close()
+        if own:
+            await nc.close()
     return count

@@ -61,7 +61,7 @@ def delete_loadbalancer(app: SpliceApplication, tenant: str, cmd: c.DeleteLoadBa
 def update_loadbalancer(app: SpliceApplication, tenant: str, cmd: c.UpdateLoadBalancer) -> Decision:
     lb = _lb(app, tenant, cmd.id, "$.id")
     lb.update(cmd.name, cmd.description, cmd.admin_state_up)
-    return Decision(lb, _changed(lb))
+    return Decision(lb, [lb])
 
 
 def _on_lb(method: Callable[[LoadBalancer, Any], str | None]) -> Handler:
@@ -70,14 +70,10 @@ def _on_lb(method: Callable[[LoadBalancer, Any], str | None]) -> Handler:
     def handler(app: SpliceApplication, tenant: str, cmd: Any) -> Decision:
         lb = _lb(app, tenant, cmd.loadbalancer_id)
         result = method(lb, cmd)
-        return Decision(lb, _changed(lb), result_id=result)
+        return Decision(lb, [lb], result_id=result)
 
     return handler
 
-
-def _changed(lb: LoadBalancer) -> list[Any]:
-    """What to save: nothing when the command changed nothing (no event, no new generation)."""
-    return [lb] if lb.pending_events else []
 
 
 def _fields(cmd: Any, names: tuple[str, ...]) -> dict[str, Any]:

@@ -80,6 +80,6 @@ async def run_demo(nc: Any, url: str, out: Console) -> str | None:
             highlight=False,
         )
 
-    await read_events(url, show)
+    await read_events(url, show, nc=nc)
     out.rule()
     return gold_id

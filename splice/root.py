@@ -64,6 +64,17 @@ def on_stop_signals(stop: asyncio.Event, say: Callable[[str], object] | None = N
         signal.signal(sig, handler)
 
 
+async def cancel_until_done(tasks: Sequence[asyncio.Task[Any]]) -> None:
+    """Cancel `tasks` until they are done. One cancel is not enough on Python 3.11: a
+    cancellation that lands as an inner `asyncio.wait_for` completes is lost (nats-py's
+    requests use one), and the task goes on."""
+    while pending := [t for t in tasks if not t.done()]:
+        for t in pending:
+            t.cancel()
+        await asyncio.wait(pending, timeout=0.1)
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
 def signals_interrupt() -> None:
     """SIGINT and SIGTERM raise KeyboardInterrupt: a stop before or after the event loop."""
 
@@ -135,8 +146,7 @@ class Root:
             _, late = await asyncio.wait(tasks, timeout=deadline)
             for t in late:
                 log.warning("part did not stop in time; cancelled", part=t.get_coro())
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await cancel_until_done(tasks)
 
         self.stack.push_async_callback(stop_them)
 
@@ -365,9 +375,7 @@ def _start_demo(root: Root, url: str, out: Console, say: Callable[[str], None]) 
     task = asyncio.create_task(_run_demos(root.nc, url, out, agent_ok(), demos))
 
     async def stop_demo() -> None:
-        if not task.done():
-            task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        await cancel_until_done([task])
         for lb_demo in demos:
             say("cleaning up the demo ...")
             with contextlib.suppress(Exception):

@@ -143,8 +143,9 @@ class HaproxyDriver:
         async with self._converging:
             self._desired = dict(desired)
             observed = await self.observe(self._desired)
-            failures = await self._apply_all(self.plan(self._desired, observed))
-            results = await self._results(failures)
+            accepted, clashes = split_short_id_clashes(self._desired, self.layout)
+            failures = await self._apply_all(self.plan(self._desired, observed), accepted)
+            results = await self._results(failures, accepted, clashes)
             self._report(results)
             return results
 
@@ -169,9 +170,9 @@ class HaproxyDriver:
 
     # ------------------------------------------------------------------ apply
 
-    async def _apply_all(self, ops: list[Op]) -> dict[str, str]:
+    async def _apply_all(self, ops: list[Op],
+                         accepted: Mapping[str, LoadBalancerSpec]) -> dict[str, str]:
         """Apply the plan; returns, by LB id, why its steps stopped (absent: all done)."""
-        accepted, _ = split_short_id_clashes(self._desired, self.layout)
         owner = {self.layout.short_id(i): i for i in accepted}
         per_lb: dict[str, list[Op]] = {}
         for op in ops:
@@ -200,7 +201,8 @@ class HaproxyDriver:
                 return f"{type(op).__name__}: {exc}"
         return ""
 
-    async def _results(self, failures: Mapping[str, str]) -> dict[str, LbResult]:
+    async def _results(self, failures: Mapping[str, str], accepted: Mapping[str, LoadBalancerSpec],
+                       clashes: Mapping[str, str]) -> dict[str, LbResult]:
         """One result per desired LB (ACTIVE, or ERROR with the reason), DELETED for the gone."""
 
         async def result(spec: LoadBalancerSpec) -> LbResult:
@@ -210,7 +212,6 @@ class HaproxyDriver:
             return LbResult(spec.id, spec.generation, ERROR if why else ACTIVE,
                             rollup(spec, stats), why)
 
-        accepted, clashes = split_short_id_clashes(self._desired, self.layout)
         found = await asyncio.gather(*(result(spec) for spec in accepted.values()))
         results = {r.lb_id: r for r in found}
         for lb_id, reason in clashes.items():

@@ -5,9 +5,9 @@ gap, in order. Every step is idempotent, so re-planning after a partial failure 
 (level-triggered). Only objects whose names carry the host's prefix are ever planned for
 deletion; the observer never even reports the others.
 
-The reconciler runs the same pieces (:func:`plan_bridges`, :func:`plan_lb`,
-:func:`plan_orphan`, :func:`plan_bridge_cleanup`) per key under per-key locks; :func:`plan`
-composes them for the whole host and is what the table tests pin down.
+:func:`plan` composes the pieces (:func:`plan_bridges`, :func:`plan_lb`, :func:`plan_orphan`,
+:func:`plan_bridge_cleanup`) for the whole host; the driver runs exactly it, and the table tests
+pin it down.
 """
 
 from __future__ import annotations
