@@ -189,9 +189,35 @@ class ListenerIn(Struct, kw_only=True):
 
 
 # -- events ---------------------------------------------------------------------------------
+#
+# Every change to a load balancer's tree carries the generation it moves to (`TreeChange`). A
+# change to a listener or a pool carries the part whole (created, updated) or names it by id
+# (`ListenerChange`, `PoolChange`: the part itself, or its L7 policies, members, health monitor).
+# These bases carry no tag: they are no events of their own.
 
 
-class LoadBalancerCreated(EventMeta, tag="LoadBalancerCreated"):
+class TreeChange(EventMeta, kw_only=True):
+    """A change to the load balancer or its tree, its creation too: the generation it moves to.
+
+    Keyword-only, so that `generation` comes after each event's own fields.
+    """
+
+    generation: int
+
+
+class ListenerChange(TreeChange):
+    """A change to one listener, named by id: the listener itself or its L7 policies."""
+
+    listener_id: str
+
+
+class PoolChange(TreeChange):
+    """A change to one pool, named by id: the pool itself, its members or its health monitor."""
+
+    pool_id: str
+
+
+class LoadBalancerCreated(TreeChange, tag="LoadBalancerCreated"):
     name: str
     description: str
     vip_network_id: str
@@ -201,14 +227,12 @@ class LoadBalancerCreated(EventMeta, tag="LoadBalancerCreated"):
     admin_state_up: bool
     pools: list[Pool]
     listeners: list[Listener]
-    generation: int
 
 
-class LoadBalancerUpdated(EventMeta, tag="LoadBalancerUpdated"):
+class LoadBalancerUpdated(TreeChange, tag="LoadBalancerUpdated"):
     name: str
     description: str
     admin_state_up: bool
-    generation: int
 
 
 class LoadBalancerScheduled(EventMeta, tag="LoadBalancerScheduled"):
@@ -216,85 +240,64 @@ class LoadBalancerScheduled(EventMeta, tag="LoadBalancerScheduled"):
     previous_host: str | None = None
 
 
-class ListenerCreated(EventMeta, tag="ListenerCreated"):
+class ListenerCreated(TreeChange, tag="ListenerCreated"):
     listener: Listener
-    generation: int
 
 
-class ListenerUpdated(EventMeta, tag="ListenerUpdated"):
+class ListenerUpdated(TreeChange, tag="ListenerUpdated"):
     listener: Listener
-    generation: int
 
 
-class ListenerDeleted(EventMeta, tag="ListenerDeleted"):
-    listener_id: str
-    generation: int
+class ListenerDeleted(ListenerChange, tag="ListenerDeleted"):
+    pass
 
 
-class PoolCreated(EventMeta, tag="PoolCreated"):
+class PoolCreated(TreeChange, tag="PoolCreated"):
     pool: Pool
-    generation: int
 
 
-class PoolUpdated(EventMeta, tag="PoolUpdated"):
+class PoolUpdated(TreeChange, tag="PoolUpdated"):
     pool: Pool
-    generation: int
 
 
-class PoolDeleted(EventMeta, tag="PoolDeleted"):
-    pool_id: str
-    generation: int
+class PoolDeleted(PoolChange, tag="PoolDeleted"):
+    pass
 
 
-class MemberCreated(EventMeta, tag="MemberCreated"):
-    pool_id: str
+class MemberCreated(PoolChange, tag="MemberCreated"):
     member: Member
-    generation: int
 
 
-class MemberUpdated(EventMeta, tag="MemberUpdated"):
-    pool_id: str
+class MemberUpdated(PoolChange, tag="MemberUpdated"):
     member: Member
-    generation: int
 
 
-class MemberDeleted(EventMeta, tag="MemberDeleted"):
-    pool_id: str
+class MemberDeleted(PoolChange, tag="MemberDeleted"):
     member_id: str
-    generation: int
 
 
-class MembersReplaced(EventMeta, tag="MembersReplaced"):
-    pool_id: str
+class MembersReplaced(PoolChange, tag="MembersReplaced"):
     members: list[Member]
-    generation: int
 
 
-class HealthMonitorSet(EventMeta, tag="HealthMonitorSet"):
-    pool_id: str
+class HealthMonitorSet(PoolChange, tag="HealthMonitorSet"):
     healthmonitor: HealthMonitor
-    generation: int
 
 
-class HealthMonitorDeleted(EventMeta, tag="HealthMonitorDeleted"):
-    pool_id: str
-    generation: int
+class HealthMonitorDeleted(PoolChange, tag="HealthMonitorDeleted"):
+    pass
 
 
-class L7PolicySet(EventMeta, tag="L7PolicySet"):
-    listener_id: str
+class L7PolicySet(ListenerChange, tag="L7PolicySet"):
     policy: L7Policy
-    generation: int
 
 
-class L7PolicyDeleted(EventMeta, tag="L7PolicyDeleted"):
-    listener_id: str
+class L7PolicyDeleted(ListenerChange, tag="L7PolicyDeleted"):
     policy_id: str
-    generation: int
 
 
-class LoadBalancerDeleteRequested(EventMeta, tag="LoadBalancerDeleteRequested"):
-    generation: int
+class LoadBalancerDeleteRequested(TreeChange, tag="LoadBalancerDeleteRequested"):
+    pass
 
 
 class LoadBalancerProvisioned(EventMeta, tag="LoadBalancerProvisioned"):

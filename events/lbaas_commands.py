@@ -53,13 +53,40 @@ class DeleteLoadBalancer(Command, tag="loadbalancer.delete"):
     id: Uuid
 
 
-class CreateListener(Command, tag="listener.create"):
+# A command on a part of the tree names its load balancer, and the parts above the one it
+# changes: the listener of an L7 policy, and its policy for an L7 rule; the pool of a member or
+# a health monitor. These bases are untagged (`tag=False`): they are no commands of their own.
+
+
+class TreeCommand(Command, tag=False):
+    """A command on a part of one load balancer's tree."""
+
     loadbalancer_id: Uuid
+
+
+class ListenerCommand(TreeCommand, tag=False):
+    """A command on a listener's L7 policies."""
+
+    listener_id: Uuid
+
+
+class PolicyCommand(ListenerCommand, tag=False):
+    """A command on an L7 policy's rules."""
+
+    policy_id: Uuid
+
+
+class PoolCommand(TreeCommand, tag=False):
+    """A command on a pool's members or health monitor."""
+
+    pool_id: Uuid
+
+
+class CreateListener(TreeCommand, tag="listener.create"):
     listener: ListenerIn
 
 
-class UpdateListener(Command, tag="listener.update"):
-    loadbalancer_id: Uuid
+class UpdateListener(TreeCommand, tag="listener.update"):
     id: Uuid
     name: Name | None = None
     connection_limit: ConnectionLimit | None = None
@@ -70,18 +97,15 @@ class UpdateListener(Command, tag="listener.update"):
     admin_state_up: bool | None = None
 
 
-class DeleteListener(Command, tag="listener.delete"):
-    loadbalancer_id: Uuid
+class DeleteListener(TreeCommand, tag="listener.delete"):
     id: Uuid
 
 
-class CreatePool(Command, tag="pool.create"):
-    loadbalancer_id: Uuid
+class CreatePool(TreeCommand, tag="pool.create"):
     pool: PoolIn
 
 
-class UpdatePool(Command, tag="pool.update"):
-    loadbalancer_id: Uuid
+class UpdatePool(TreeCommand, tag="pool.update"):
     id: Uuid
     name: Name | None = None
     lb_algorithm: Algorithm | None = None
@@ -90,20 +114,15 @@ class UpdatePool(Command, tag="pool.update"):
     admin_state_up: bool | None = None
 
 
-class DeletePool(Command, tag="pool.delete"):
-    loadbalancer_id: Uuid
+class DeletePool(TreeCommand, tag="pool.delete"):
     id: Uuid
 
 
-class CreateMember(Command, tag="member.create"):
-    loadbalancer_id: Uuid
-    pool_id: Uuid
+class CreateMember(PoolCommand, tag="member.create"):
     member: MemberIn
 
 
-class UpdateMember(Command, tag="member.update"):
-    loadbalancer_id: Uuid
-    pool_id: Uuid
+class UpdateMember(PoolCommand, tag="member.update"):
     id: Uuid
     weight: Weight | None = None
     backup: bool | None = None
@@ -111,54 +130,37 @@ class UpdateMember(Command, tag="member.update"):
     name: Name | None = None
 
 
-class DeleteMember(Command, tag="member.delete"):
-    loadbalancer_id: Uuid
-    pool_id: Uuid
+class DeleteMember(PoolCommand, tag="member.delete"):
     id: Uuid
 
 
-class ReplaceMembers(Command, tag="member.batch_update"):
+class ReplaceMembers(PoolCommand, tag="member.batch_update"):
     """Replace a pool's members with this list (members with the same address:port keep ids)."""
 
-    loadbalancer_id: Uuid
-    pool_id: Uuid
     members: list[MemberIn]
 
 
-class SetHealthMonitor(Command, tag="healthmonitor.set"):
-    loadbalancer_id: Uuid
-    pool_id: Uuid
+class SetHealthMonitor(PoolCommand, tag="healthmonitor.set"):
     healthmonitor: HealthMonitor
 
 
-class DeleteHealthMonitor(Command, tag="healthmonitor.delete"):
-    loadbalancer_id: Uuid
-    pool_id: Uuid
+class DeleteHealthMonitor(PoolCommand, tag="healthmonitor.delete"):
+    pass
 
 
-class CreateL7Policy(Command, tag="l7policy.create"):
-    loadbalancer_id: Uuid
-    listener_id: Uuid
+class CreateL7Policy(ListenerCommand, tag="l7policy.create"):
     policy: L7PolicyIn
 
 
-class DeleteL7Policy(Command, tag="l7policy.delete"):
-    loadbalancer_id: Uuid
-    listener_id: Uuid
+class DeleteL7Policy(ListenerCommand, tag="l7policy.delete"):
     id: Uuid
 
 
-class CreateL7Rule(Command, tag="l7rule.create"):
-    loadbalancer_id: Uuid
-    listener_id: Uuid
-    policy_id: Uuid
+class CreateL7Rule(PolicyCommand, tag="l7rule.create"):
     rule: L7RuleIn
 
 
-class DeleteL7Rule(Command, tag="l7rule.delete"):
-    loadbalancer_id: Uuid
-    listener_id: Uuid
-    policy_id: Uuid
+class DeleteL7Rule(PolicyCommand, tag="l7rule.delete"):
     id: Uuid
 
 
