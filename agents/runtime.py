@@ -90,9 +90,12 @@ class Agent:
         prefix: str = "spl-",
         resync_s: float = 30.0,
         nc: Any = None,
+        js_prefix: str | None = None,
     ) -> None:
-        """`nc`: the process's NATS connection (left open on stop); without it, one of its own."""
+        """`nc`: the process's NATS connection (left open on stop); without it, one of its own.
+        `js_prefix`: the JetStream API as a host's account imports it (None: the services')."""
         self.nats_url, self.host = nats_url, host
+        self.js_prefix = js_prefix
         self._shared_nc = nc
         self.providers = sorted(set(providers))
         # An agent offers exactly the providers it has drivers for (the scheduler places by
@@ -171,7 +174,8 @@ class Agent:
         self._dirty.set()
 
     async def _consume(self, stop: asyncio.Event) -> None:
-        follower = Follower(self._nc.jetstream(), SUBJECTS, self.on_event, after=self.seq,
+        js = self._nc.jetstream(prefix=self.js_prefix) if self.js_prefix else self._nc.jetstream()
+        follower = Follower(js, SUBJECTS, self.on_event, after=self.seq,
                             name=f"agent-{self.host}", on_caught_up=self._caught_up)
         await follower.run(stop)
 

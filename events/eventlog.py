@@ -44,14 +44,16 @@ async def read_events(
     limit: int | None = None,
     stream: str = subjects.STREAM,
     nc: Any = None,
+    js_prefix: str | None = None,
 ) -> int:
     """Print events through `show`; returns how many. Without `follow`, stops at the end.
 
-    `nc`: the process's NATS connection, left open; without it, one of its own for the read."""
+    `nc`: the process's NATS connection, left open; without it, one of its own for the read.
+    `js_prefix`: the JetStream API as this connection's account imports it (not the services')."""
     own = nc is None
     if own:
         nc = await nats.connect(url.split(","), connect_timeout=5)
-    js = nc.jetstream()
+    js = nc.jetstream(prefix=js_prefix) if js_prefix else nc.jetstream()
     count = 0
 
     async def take(d: Delivery) -> None:

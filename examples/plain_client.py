@@ -1,9 +1,11 @@
 """A plain nats-py client: imports nothing from Splice.
 
-    python examples/plain_client.py nats://127.0.0.1:PORT
+    python examples/plain_client.py nats://127.0.0.1:PORT CREDENTIALS_FILE
 
-Sends one command, prints the reply, finds the event in the stream, then sends a malformed
-command and shows its structured error.
+As the operator (`<state dir>/credentials/admin-admin.json` of `splice up`): sends one command,
+prints the reply, finds the event in the stream, then sends a malformed command and shows its
+structured error. Everyone but Splice's own services reads the stream through the JetStream API
+that their account imports under the prefix `JS.SPLICE.API`.
 """
 
 import asyncio
@@ -14,8 +16,8 @@ import uuid
 import nats
 
 
-async def main(url: str) -> None:
-    nc = await nats.connect(url)
+async def main(url: str, me: dict[str, str]) -> None:
+    nc = await nats.connect(url, user=me["user"], password=me["password"])
     command = {
         "command_id": str(uuid.uuid4()),
         "actor": "alice",
@@ -29,7 +31,7 @@ async def main(url: str) -> None:
     reply = json.loads(msg.data)
     print("reply:", json.dumps(reply))
 
-    js = nc.jetstream()
+    js = nc.jetstream(prefix="JS.SPLICE.API")
     # the resource's newest event is at reply["seq"]; its creation is on its own subject
     newest = await js.get_msg("SPLICE_EVENTS", reply["seq"], direct=True)
     print("newest:", newest.subject)
@@ -43,4 +45,6 @@ async def main(url: str) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1]))
+    with open(sys.argv[2]) as f:
+        credentials = json.load(f)
+    asyncio.run(main(sys.argv[1], credentials))

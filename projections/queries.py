@@ -307,7 +307,13 @@ class QueryService:
 
     async def _serve(self, msg: Any) -> None:
         try:
-            reply = await self.answer(msg.subject, msg.data)
+            parts = subjects.parse_query(msg.subject)
+            sender = subjects.sender_of(msg.headers)
+            if parts is not None and not sender.may_query(parts.tenant):
+                reply = QueryError("forbidden", f"account {sender.account} may not query "
+                                   f"{parts.tenant}'s views", "subject").reply()
+            else:
+                reply = await self.answer(msg.subject, msg.data)
         except Exception:  # every query gets a reply; the error goes to the log only
             log.exception("query failed unexpectedly", subject=msg.subject)
             reply = QueryError("internal", "the query failed; see the projector's log",

@@ -80,11 +80,18 @@ def _fields(cmd: Any, names: tuple[str, ...]) -> dict[str, Any]:
     return {n: getattr(cmd, n) for n in names}
 
 
+def _placed(app: SpliceApplication, cmd: c.ReportProvisioning | c.ReportOperatingStatus) -> Any:
+    """The load balancer a host reports about, if the log places it on that host."""
+    lb = _lb(app, cmd.tenant, cmd.loadbalancer_id)
+    if lb.host != cmd.host:
+        where = f"on {lb.host}" if lb.host else "on no host"
+        raise InvalidError(f"the load balancer is placed {where}, not on {cmd.host}", "$.host")
+    return lb
+
+
 def report_provisioning(app: SpliceApplication, tenant: str, cmd: c.ReportProvisioning) -> Decision:
     t = Touched()
-    lb = _lb(app, cmd.tenant, cmd.loadbalancer_id)
-    if lb.host and lb.host != cmd.host:
-        raise InvalidError(f"the load balancer is placed on {lb.host}, not {cmd.host}", "$.host")
+    lb = _placed(app, cmd)
     t.add(lb)
     if lb.report(cmd.host, cmd.generation, cmd.status, cmd.reason):
         _lb_gone(app, cmd.tenant, t, lb)
@@ -94,7 +101,7 @@ def report_provisioning(app: SpliceApplication, tenant: str, cmd: c.ReportProvis
 def report_operating_status(
     app: SpliceApplication, tenant: str, cmd: c.ReportOperatingStatus
 ) -> Decision:
-    lb = _lb(app, cmd.tenant, cmd.loadbalancer_id)
+    lb = _placed(app, cmd)
     lb.report_status(cmd.loadbalancer, {**cmd.listeners, **cmd.pools, **cmd.members})
     return Decision(lb, [lb])
 

@@ -24,6 +24,7 @@ from splice.events import subjects
 from splice.events.contracts import ADMIN_TENANT, COMMANDS, HOST_TENANT, Failed, Ok, scope_of
 from splice.events.wire import MAX_DEPTH, MAX_PAYLOAD, Token, too_deep
 
+from . import senders
 from .common_handlers import SpliceApplication
 from .executor import CommandExecutor, Parsed, app_env, failed
 
@@ -232,7 +233,7 @@ class CommandService:
 
     async def _serve(self, msg: Msg) -> None:
         try:
-            reply = await self.handle(msg.subject, msg.data)
+            reply = await self.handle(msg.subject, msg.data, msg.headers)
         except Exception:  # every request gets a reply; the error goes to the log only
             log.exception("request failed unexpectedly", subject=msg.subject)
             reply = failed("internal", "internal error")
@@ -242,13 +243,21 @@ class CommandService:
             except Exception as e:  # connection lost: the client will retry
                 log.warning("reply not sent", subject=msg.subject, error=str(e))
 
-    async def handle(self, subject: str, data: bytes) -> Ok | Failed:
+    async def handle(
+        self, subject: str, data: bytes, headers: dict[str, str] | None = None
+    ) -> Ok | Failed:
+        """`headers`: the request's, where the server names its sender (`Nats-Request-Info`)."""
         started = time.perf_counter()
         parsed = parse(subject, data, self.max_payload)
         if isinstance(parsed, Failed):
             self._log(subject, None, parsed, started, 0)
             return parsed
         cmd = parsed.command
+        refusal = senders.refusal(parsed.tenant, cmd, subjects.sender_of(headers))
+        if refusal is not None:
+            refused = failed("forbidden", refusal.message, refusal.field, cmd.command_id)
+            self._log(subject, parsed, refused, started, 0)
+            return refused
         command_id = cmd.command_id or str(uuid.uuid4())
         loop = asyncio.get_running_loop()
         executor = self._executor

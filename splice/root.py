@@ -27,7 +27,9 @@ import structlog
 from rich.console import Console
 
 from splice import client
+from splice.auth import strip_userinfo
 from splice.natsserver import NatsServer, free_port, port_is_free
+from splice.tls import self_signed
 
 log = structlog.get_logger("splice.root")
 
@@ -38,6 +40,7 @@ SERVICE_STOP_S = 3.0
 CONNECTION_CLOSE_S = 1.0
 SERVER_STOP_S = 5.0
 
+DEMO_TENANT = "demo"  # the tenant whose credentials `splice up` writes beside the operator's
 Part = Callable[[asyncio.Event], Coroutine[Any, Any, None]]  # runs until its event is set
 
 
@@ -201,6 +204,7 @@ class AgentConfig:
     providers: list[str]
     prefix: str = "spl-"
     resync_s: float = 30.0
+    js_prefix: str | None = None  # a host's own account reads events through imported API
 
 
 def agent_part(url: str, cfg: AgentConfig, nc: Any) -> Part:
@@ -208,7 +212,7 @@ def agent_part(url: str, cfg: AgentConfig, nc: Any) -> Part:
     from splice.agents.runtime import Agent
 
     agent = Agent(url, cfg.host, cfg.state_dir, providers=cfg.providers, prefix=cfg.prefix,
-                  resync_s=cfg.resync_s, nc=nc)
+                  resync_s=cfg.resync_s, nc=nc, js_prefix=cfg.js_prefix)
     return agent.run
 
 
@@ -262,6 +266,7 @@ class UpConfig:
     port: int = 0  # 0: 4222 if free, else a free one
     nats_url: str | None = None  # an existing NATS instead of the embedded one
     demo: bool = False
+    tls: bool = False  # the embedded server speaks TLS only, with a certificate of its own
 
 
 def agent_ok() -> bool:
@@ -306,9 +311,20 @@ def _embedded_server(root: Root, cfg: UpConfig) -> tuple[NatsServer, str]:
         else:
             port = free_port()
             note = " (port 4222 is taken by another server, so Splice picked a free one)"
+    tls = None
+    if cfg.tls:
+        tls = self_signed(cfg.state_dir / client.TLS_DIR)
+        os.environ["SSL_CERT_FILE"] = str(tls.ca)  # every connection of this process trusts it
+        note += f"\n  TLS only: clients trust {tls.ca} (SSL_CERT_FILE)"
     server = NatsServer(
-        store_dir=cfg.state_dir / "nats", port=port, name="splice-up", die_with_parent=True
+        store_dir=cfg.state_dir / "nats",
+        port=port,
+        name="splice-up",
+        die_with_parent=True,
+        auth_dir=cfg.state_dir / client.CREDENTIALS_DIR,  # the operator's and the demo's too
+        tls=tls,
     )
+    server.issue("tenant", DEMO_TENANT)
     root.stack.callback(server.stop, SERVER_STOP_S)  # also when start() gives up half-way
     server.start()
     return server, note
@@ -321,19 +337,23 @@ async def _up(cfg: UpConfig, out: Console, say: Callable[[str], None]) -> None:
     agent (they stop after the demo: the agent removes the demo's load balancer), the demo (a
     task that is cancelled, then cleans up with a deadline)."""
     async with Root(lambda text: say(f"[dim]{text}[/]")) as root:
-        url, note = cfg.nats_url or "", ""
+        url, public, note = cfg.nats_url or "", strip_userinfo(cfg.nats_url or ""), ""
         if cfg.nats_url is None:
             server, note = _embedded_server(root, cfg)
-            url = server.url
-        say(f"[bold green]Splice is up.[/] NATS listens on [bold]{url}[/]{note}")
+            url, public = server.url, server.public_url
+        say(f"[bold green]Splice is up.[/] NATS listens on [bold]{public}[/]{note}")
         say(f"  state directory: {cfg.state_dir}")
+        if cfg.nats_url is None:
+            creds = cfg.state_dir / client.CREDENTIALS_DIR
+            say(f"  credentials: {creds} (the CLI uses the operator's; "
+                f"`splice credentials issue tenant NAME` makes more)")
         say("  try: [bold]splice servicetype list[/] or [bold]splice events[/]; Ctrl-C stops")
         await asyncio.sleep(0)  # a signal during the server's start has set `stop` by now
         if not root.stop.is_set():
             await root.connect(url, "splice-up")
         if not root.stop.is_set():
             await root.command_service(url)
-            _write_state_file(root, cfg.state_dir, url)
+            _write_state_file(root, cfg.state_dir, public)
         if not root.stop.is_set():
             root.start_parts(_local_parts(url, cfg.state_dir, say, root.nc))
         if cfg.demo and not root.stop.is_set():

@@ -147,8 +147,10 @@ def test_a_plain_nats_client_script_gets_the_documented_reply_and_finds_the_even
     _, env, state_file = splice_up
     url = json.loads(state_file.read_text())["nats_url"]
     script = Path(__file__).parent.parent / "examples" / "plain_client.py"
+    admin = state_file.parent / "credentials" / "admin-admin.json"
     res = subprocess.run(
-        [sys.executable, str(script), url], capture_output=True, text=True, timeout=60, env=env
+        [sys.executable, str(script), url, str(admin)],
+        capture_output=True, text=True, timeout=60, env=env,
     )
     assert res.returncode == 0, res.stderr
     lines = {

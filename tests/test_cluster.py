@@ -83,6 +83,7 @@ def make_cluster(root: Path, size: int = 3) -> Cluster:
                 cluster_port=cluster_ports[i],
                 routes=routes,
                 http_port=http_ports[i],
+                auth_dir=root / "auth",  # one set of accounts and users for the whole cluster
             )
         )
     return Cluster(nodes)

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from splice.auth import Registry
 from splice.natsserver import nats_server_binary
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,7 +94,18 @@ def block(text: str, name: str) -> str:
     return m.group(1)
 
 
-def test_three_nats_nodes_with_jetstream_and_fsync_always(config: dict[str, Any]) -> None:
+def with_accounts(conf: Path, tmp: Path) -> Path:
+    """A copy of `conf` beside the `auth/accounts.conf` that the credentials volume holds."""
+    copy = tmp / conf.name
+    copy.write_text(conf.read_text())
+    registry = Registry(tmp / "auth")
+    (tmp / "auth" / "accounts.conf").write_text(registry.server_config())
+    return copy
+
+
+def test_three_nats_nodes_with_jetstream_and_fsync_always(
+    config: dict[str, Any], tmp_path: Path
+) -> None:
     nodes = nats_services(config)
     assert len(nodes) == 3, sorted(config["services"])
     declared = set((config.get("volumes") or {}).keys())
@@ -119,14 +131,19 @@ def test_three_nats_nodes_with_jetstream_and_fsync_always(config: dict[str, Any]
         vol = [src for src, t in mounts(s) if Path(store.group(1)).is_relative_to(t)]
         assert vol and vol[0] in declared, f"{name}: store {store.group(1)} not on a named volume"
         data_volumes.add(vol[0])
+        # permissions: the accounts made by `splice credentials init`, in a volume beside it
+        assert re.search(r'^\s*include\s+"auth/accounts.conf"', text, re.M), "no accounts"
+        assert ("splice-auth", str(Path(conf_target).parent / "auth")) in mounts(s), name
         cluster = block(text, "cluster")
         for other in nodes:
             assert re.search(rf"//{re.escape(other)}:\d+", cluster), f"no route to {other}"
         server_names.add(flag(command, "--name", "-n", "--server_name"))
         assert s.get("healthcheck", {}).get("test"), f"{name} has no healthcheck"
-        # the real server parses the file
+        # the real server parses the file, with the accounts `splice credentials init` makes
         res = subprocess.run(
-            [nats_server_binary(), "-c", str(conf), "-t"], capture_output=True, text=True
+            [nats_server_binary(), "-c", str(with_accounts(conf, tmp_path)), "-t"],
+            capture_output=True,
+            text=True,
         )
         assert res.returncode == 0, res.stdout + res.stderr
     assert len(data_volumes) == 3, f"nodes must not share a store: {data_volumes}"
@@ -144,7 +161,11 @@ def test_two_command_service_replicas_on_the_cluster_with_r3(config: dict[str, A
         assert (ROOT / build.get("dockerfile", "Dockerfile")).is_file()
         url = flag([str(a) for a in s["command"]], "--nats-url")
         assert url and set(url.split(",")) == cluster_urls, f"{name}: --nats-url {url}"
-        assert str((s.get("environment") or {}).get("JETSTREAM_REPLICAS")) == "3", name
+        env = s.get("environment") or {}
+        assert str(env.get("JETSTREAM_REPLICAS")) == "3", name
+        # the services connect with their own credentials, from the credentials volume
+        creds = Path(str(env.get("SPLICE_CREDS")))
+        assert any(creds.is_relative_to(t) for src, t in mounts(s) if src == "splice-auth"), name
         deps = s.get("depends_on") or {}
         for n in nodes:
             assert n in deps, f"{name} does not wait for {n}"

@@ -291,6 +291,7 @@ def test_a_pool_in_use_by_a_listener_cannot_be_deleted(w: World) -> None:
 
 def test_operating_status_is_recorded_on_transitions_only(w: World) -> None:
     b = setup(w)
+    w.cmd("_host", "RegisterHost", host="h1", providers=["haproxy"])
     lb = w.cmd(T, "CreateLoadBalancer", vip_network_id=b["net"], **tree())
     member = next(iter(w.get(T, "loadbalancer", lb).pools.values())).members[0].id
     w.cmd("_host", "ReportOperatingStatus", tenant=T, loadbalancer_id=lb, host="h1",
@@ -302,6 +303,9 @@ def test_operating_status_is_recorded_on_transitions_only(w: World) -> None:
     w.cmd("_host", "ReportOperatingStatus", tenant=T, loadbalancer_id=lb, host="h1",
           members={member: "ERROR"})
     assert w.get(T, "loadbalancer", lb).statuses[member] == "ERROR"
+    # a host reports only about what the log places on it
+    err(w, InvalidError, "_host", "ReportOperatingStatus", tenant=T, loadbalancer_id=lb,
+        host="h2", members={member: "ONLINE"})
 
 
 # -- firewall, NAT, tap, chains ---------------------------------------------------------------

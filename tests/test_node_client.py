@@ -68,7 +68,7 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
 
 
 @pytest.fixture
-def splice_stack(tmp_path: Path) -> Iterator[tuple[str, Path]]:
+def splice_stack(tmp_path: Path) -> Iterator[tuple[NatsServer, Path]]:
     """nats-server, `splice serve` and `splice projector`; stopped afterwards, failed or not."""
     server = NatsServer(store_dir=tmp_path / "nats")
     procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -87,7 +87,7 @@ def splice_stack(tmp_path: Path) -> Iterator[tuple[str, Path]]:
                 [SPLICE, *args], env=env, stdout=log, stderr=subprocess.STDOUT
             )
         _wait_until_answering(server.url, procs)
-        yield server.url, tmp_path
+        yield server, tmp_path
     finally:
         for proc in procs.values():
             _stop(proc)
@@ -95,18 +95,22 @@ def splice_stack(tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
 
 def test_the_node_client_drives_splice_from_the_documents_alone(
-    splice_stack: tuple[str, Path],
+    splice_stack: tuple[NatsServer, Path],
 ) -> None:
-    url, tmp = splice_stack
+    server, tmp = splice_stack
+    assert server.registry is not None
     node = shutil.which("node")
     assert node, "node is missing: ./dev setup installs Debian's nodejs"
     assert (NODE_DIR / "node_modules" / "nats").is_dir(), "Node packages missing: ./dev setup"
     schema, api = tmp / "schema.json", tmp / "asyncapi.json"
     schema.write_text(json.dumps(json_schema()))
     api.write_text(json.dumps(asyncapi()))
+    creds = server.registry.path_of("admin", "admin")  # the operator's, as `splice up` keeps it
     res = subprocess.run(
-        [node, str(NODE_DIR / "client.mjs"), url, str(schema), str(api), "nodeclient"],
+        [node, str(NODE_DIR / "client.mjs"), server.public_url, str(schema), str(api),
+         "nodeclient"],
         capture_output=True, text=True, timeout=60, cwd=NODE_DIR,
+        env={**os.environ, "SPLICE_CREDS": str(creds)},
     )
     logs = "".join(p.read_text()[-3000:] for p in sorted(tmp.glob("*.log")))
     assert res.returncode == 0, f"{res.stdout}\n{res.stderr}\n{logs}"
@@ -114,7 +118,7 @@ def test_the_node_client_drives_splice_from_the_documents_alone(
     assert summary["ok"] is True
 
     # what the client saw, seen in the stream: the repeat and the refused commands wrote nothing
-    events = asyncio.run(event_messages(url))
+    events = asyncio.run(event_messages(server.url))  # the services' own view of the stream
     by_command: dict[str, list[str]] = {}
     for ev in events:
         by_command.setdefault(ev["payload"]["command_id"], []).append(ev["subject"])

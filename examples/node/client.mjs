@@ -3,7 +3,10 @@
 // (`splice schema`) before they are sent, and every reply against the reply schema its
 // operation names. Nothing here imports Splice.
 //
-//   node client.mjs NATS_URL schema.json asyncapi.json [tenant]
+//   SPLICE_CREDS=credentials.json node client.mjs NATS_URL schema.json asyncapi.json [tenant]
+//
+// It connects with the user and password of a Splice credentials file (the operator's, for
+// `splice up`: <state dir>/credentials/admin-admin.json; it sends an admin command).
 //
 // It creates a service type (admin scope), a network and a load balancer with a pool of two
 // members and a listener, reads the status tree (waiting for its own write with min_seq),
@@ -106,7 +109,10 @@ async function query(nc, view, body) {
 }
 
 async function main() {
-  const nc = await connect({ servers: url, name: "splice-node-example" });
+  const creds = process.env.SPLICE_CREDS ? JSON.parse(readFileSync(process.env.SPLICE_CREDS, "utf8")) : {};
+  const nc = await connect({
+    servers: url, name: "splice-node-example", user: creds.user, pass: creds.password,
+  });
   try {
     const run = randomUUID().slice(0, 8);
     const actor = "node-example";

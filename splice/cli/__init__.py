@@ -3,13 +3,38 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
 from splice import logs
-from splice.cli import commands, eventlog, readmodels, reads, running, servicetypes
+from splice.cli import (
+    commands,
+    common,
+    credentials,
+    eventlog,
+    readmodels,
+    reads,
+    running,
+    servicetypes,
+)
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+
+
+@app.callback()
+def _who(
+    creds: Annotated[
+        Path | None,
+        typer.Option(
+            "--creds",
+            envvar="SPLICE_CREDS",
+            help="Credentials file to connect with (default: the running `splice up`'s operator).",
+        ),
+    ] = None,
+) -> None:
+    common.CREDS[:] = [str(creds)] if creds else []
 
 
 def _build(root: typer.Typer) -> typer.Typer:
@@ -19,6 +44,7 @@ def _build(root: typer.Typer) -> typer.Typer:
     eventlog.register(root)
     reads.register(root)
     root.add_typer(readmodels.projections_app, name="projections")
+    root.add_typer(credentials.credentials_app, name="credentials")
     commands.register(root)
     return root
 

@@ -17,6 +17,7 @@ from typing import Annotated, Any
 
 import msgspec
 import typer
+from nats.errors import NoRespondersError
 
 from splice import client
 from splice.cli.common import err, out, url_of
@@ -32,15 +33,22 @@ def send(
     verb: str,
     body: dict[str, Any],
     output: str,
-    tenant: str,
+    tenant: str | None,
     timeout: float = 10.0,
 ) -> dict[str, Any]:
-    """Send one command and print its reply; exits 1 when it is refused, 3 without a reply."""
+    """Send one command and print its reply; exits 1 when it is refused, 3 without a reply.
+    Without a tenant: the credentials' own tenant, else `demo`."""
     url = url_of(nats_url)
+    if tenant is None:
+        tenant = url.tenant if url.tenant and not url.tenant.startswith("_") else "demo"
     body = client.command_body(body)
     subject = f"splice.cmd.{tenant}.{aggregate}.{verb}"
     try:
         reply = asyncio.run(client.request(url, subject, body, timeout))
+    except NoRespondersError:
+        reply = client.forbidden(url, f"{tenant}'s commands") if url.tenant else {
+            "ok": False, "error": {"code": "unavailable", "message": "no command service answers",
+                                   "field": None}}
     except Exception as e:
         err.print(f"[red]no reply[/] on {subject}: {e}")
         raise typer.Exit(3) from e
@@ -131,8 +139,10 @@ def command_for(app: typer.Typer, aggregate: str, verb: str, cmd: type[Command])
     opt = inspect.Parameter.KEYWORD_ONLY
     if scope == "tenant":
         params.append(inspect.Parameter(
-            "tenant", opt, default="demo",
-            annotation=Annotated[str, typer.Option(envvar="SPLICE_TENANT", help="Your tenant.")]))
+            "tenant", opt, default=None,
+            annotation=Annotated[str | None, typer.Option(
+                envvar="SPLICE_TENANT",
+                help="Your tenant (default: your credentials' tenant, else demo).")]))
     params += [
         inspect.Parameter("command_id", opt, default=None,
                           annotation=Annotated[str | None, typer.Option(help="Idempotency key.")]),

@@ -40,10 +40,14 @@ DbOpt = Annotated[
 LogLevelOpt = Annotated[str, typer.Option(envvar="SPLICE_LOG_LEVEL")]
 
 
-def url_of(nats_url: str | None, state_dir: Path | None = None) -> str:
-    """The NATS URL to use; without one and without a running `splice up`, say so and exit 2."""
+CREDS: list[str] = []  # `splice --creds FILE` ($SPLICE_CREDS), set by the app's callback
+
+
+def url_of(nats_url: str | None, state_dir: Path | None = None) -> client.Bus:
+    """The bus to talk to, and as whom; without a NATS URL and without a running `splice up`,
+    say so and exit 2."""
     try:
-        return client.resolve_url(nats_url, state_dir)
+        return client.resolve(nats_url, state_dir, CREDS[0] if CREDS else None)
     except client.NotRunning as e:
         err.print(
             "[red]No running `splice up` found[/] (looked in "

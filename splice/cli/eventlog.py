@@ -12,8 +12,10 @@ from typing import Annotated, Any
 
 import msgspec
 import typer
+from nats.errors import NoRespondersError
 
-from splice.cli.common import NatsUrlOpt, OutputOpt, out, url_of
+from splice.cli.common import NatsUrlOpt, OutputOpt, err, out, url_of
+from splice.events import subjects
 
 
 def _parse_since(value: str) -> datetime:
@@ -29,7 +31,10 @@ def events(
     follow: Annotated[
         bool, typer.Option("--follow", "-f", help="Keep printing new events.")
     ] = False,
-    subject: Annotated[str, typer.Option(help="Subject filter.")] = "splice.evt.>",
+    subject: Annotated[
+        str | None,
+        typer.Option(help="Subject filter (default: every event your credentials may read)."),
+    ] = None,
     limit: Annotated[int | None, typer.Option(help="Stop after this many events.")] = None,
     nats_url: NatsUrlOpt = None,
     output: OutputOpt = "table",
@@ -37,7 +42,9 @@ def events(
     """Read the event log (the JetStream stream), from a sequence or a time; -f follows it."""
     from splice.events.eventlog import read_events
 
-    url = url_of(nats_url)
+    bus = url_of(nats_url)
+    if subject is None:
+        subject = subjects.events_of_tenant(bus.own_tenant) if bus.own_tenant else subjects.EVENTS
     start_time = _parse_since(since) if since else None
 
     def show(ev: dict[str, Any]) -> None:
@@ -52,18 +59,23 @@ def events(
                 highlight=False,
             )
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(
-            read_events(
-                url,
-                show,
-                subject=subject,
-                from_seq=from_seq,
-                start_time=start_time,
-                follow=follow,
-                limit=limit,
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(
+                read_events(
+                    bus.url,
+                    show,
+                    js_prefix=bus.js_prefix,
+                    subject=subject,
+                    from_seq=from_seq,
+                    start_time=start_time,
+                    follow=follow,
+                    limit=limit,
+                )
             )
-        )
+    except NoRespondersError:
+        err.print(f"[red]forbidden[/]: the bus does not let these credentials read {subject}")
+        raise typer.Exit(1) from None
 
 
 def _write_json(doc: object, out_file: Path | None) -> None:

@@ -30,8 +30,12 @@ TenantOpt = Annotated[str, typer.Option("--tenant", "-t", help="Tenant to ask as
 
 
 def query(nats_url: str | None, tenant: str, view: str, body: dict[str, Any]) -> dict[str, Any]:
-    """One query over NATS; prints a structured error and exits 1 when it fails."""
-    reply = asyncio.run(client.query(url_of(nats_url), tenant, view, body))
+    """One query over NATS; prints a structured error and exits 1 when it fails. A tenant's
+    credentials ask as that tenant."""
+    bus = url_of(nats_url)
+    if bus.own_tenant and tenant == ADMIN:
+        tenant = bus.own_tenant
+    reply = asyncio.run(client.query(bus, tenant, view, body))
     if not reply.get("ok"):
         e = reply.get("error", {})
         err.print(f"[red]{e.get('code')}[/]: {e.get('message')} (field: {e.get('field')})")

@@ -33,7 +33,7 @@ def serve(
 ) -> None:
     """Run the command service against an existing NATS (one replica of the queue group)."""
     logs.configure(log_level)
-    root.serve(url_of(nats_url), {"JETSTREAM_REPLICAS": str(replicas)})
+    root.serve(url_of(nats_url).url, {"JETSTREAM_REPLICAS": str(replicas)})
 
 
 def agent(
@@ -47,15 +47,16 @@ def agent(
 ) -> None:
     """Run the host agent: converge this host's load balancers to the event stream."""
     logs.configure(log_level)
-    url = url_of(nats_url)
+    bus = url_of(nats_url)
     cfg = root.AgentConfig(
         host=host or socket.gethostname().split(".")[0],
         state_dir=state_dir or client.default_state_dir() / "agent",
         providers=provider or ["haproxy"],
         prefix=prefix,
         resync_s=resync,
+        js_prefix=bus.js_prefix,
     )
-    root.agent(url, cfg)
+    root.agent(bus.url, cfg)
 
 
 def projector(
@@ -65,7 +66,7 @@ def projector(
 ) -> None:
     """Run the projector: fold the event stream into the read models and answer queries."""
     logs.configure(log_level)
-    url = url_of(nats_url)
+    url = url_of(nats_url).url
     db_url = db or client.default_db()
 
     def ready() -> None:
@@ -87,12 +88,15 @@ def up(
         str | None, typer.Option("--nats-url", help="Use this NATS instead of the embedded one.")
     ] = None,
     demo: Annotated[bool, typer.Option(help="Send a few commands and show the event log.")] = False,
+    tls: Annotated[
+        bool, typer.Option(help="TLS only, with a certificate authority made in the state dir.")
+    ] = False,
     log_level: LogLevelOpt = "WARNING",
 ) -> None:
     """Run Splice on this machine: embedded nats-server (JetStream, fsync always) + command service."""
     logs.configure(log_level)
     try:
-        root.run_up(root.UpConfig(state_dir, port, nats_url, demo), out)
+        root.run_up(root.UpConfig(state_dir, port, nats_url, demo, tls), out)
     except root.AlreadyRunning as e:
         err.print(f"[red]splice up is already running[/] (pid {e.info['pid']}, {e.info['nats_url']})")
         raise typer.Exit(1) from None
