@@ -429,6 +429,7 @@ async def test_an_update_that_changes_nothing_appends_nothing_and_answers_the_cu
     assert await request(nc, UPDATE, body) == first
 
 
+@pytest.mark.trust
 async def test_a_command_id_is_scoped_to_its_tenant_also_on_shared_aggregates(
     service: CommandService, nc: Any, fresh_nats: NatsServer
 ) -> None:
@@ -468,6 +469,7 @@ async def test_a_command_id_is_scoped_to_its_tenant_also_on_shared_aggregates(
     assert [(p["command_id"], p["command_tenant"]) for p in used] == [(same, "t1"), (same, "t2")]
 
 
+@pytest.mark.trust
 async def test_a_one_event_change_on_a_shared_aggregate_is_not_taken_for_another_tenants_command(
     service: CommandService, nc: Any, fresh_nats: NatsServer
 ) -> None:

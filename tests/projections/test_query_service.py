@@ -42,6 +42,7 @@ async def small_world(tmp_path: Path) -> AsyncIterator[Any]:
         server.stop()
 
 
+@pytest.mark.trust
 async def test_a_query_waiting_for_its_write_blocks_no_other_query(small_world: Any) -> None:
     nc = small_world
     await command(nc, CREATE, name="gold", providers={"loadbalancer": "haproxy"})
@@ -56,6 +57,7 @@ async def test_a_query_waiting_for_its_write_blocks_no_other_query(small_world: 
     assert waited["error"]["field"] == "$.min_seq"
 
 
+@pytest.mark.trust
 async def test_a_page_too_big_for_one_message_is_cut_to_fit_and_the_cursor_reaches_the_rest(
     small_world: Any,
 ) -> None:

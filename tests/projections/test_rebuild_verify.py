@@ -87,6 +87,7 @@ async def test_verify_reports_rows_that_differ_from_a_rebuild(js: Any, db_url: s
     assert report["tables"]["resources"]["identical"] is True
 
 
+@pytest.mark.trust
 async def test_verify_says_how_far_behind_the_stream_the_read_models_are(
     js: Any, db_url: str, fresh_nats: NatsServer
 ) -> None:

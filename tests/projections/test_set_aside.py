@@ -65,6 +65,7 @@ async def history(fresh_nats: NatsServer) -> AsyncIterator[tuple[Any, dict[str, 
     await nc.close()
 
 
+@pytest.mark.trust
 async def test_a_bad_event_is_set_aside_with_a_record_and_the_next_ones_are_applied(
     history: tuple[Any, dict[str, int]], db_url: str
 ) -> None:
@@ -103,6 +104,7 @@ async def test_a_bad_event_is_set_aside_with_a_record_and_the_next_ones_are_appl
     assert {r["seq"] for r in report["set_aside"]["examples"]} == {seq["boom"], seq["unreadable"]}
 
 
+@pytest.mark.trust
 def test_a_batch_of_bad_events_is_set_aside_event_by_event(db_url: str) -> None:
     def event(seq: int, description: str) -> Event:
         return Event(seq, seq, "_admin", "servicetype", f"st{seq % 7}", "ServiceTypeUpdated",
