@@ -1,15 +1,28 @@
-"""Firewalls, NAT (port forwarding), taps and service chains."""
+"""Firewalls, NAT (port forwarding), taps and service chains.
+
+A firewall's and a NAT's state is `splice.events.advanced_fold`'s (`FirewallState`,
+`NatState`), changed only by that module's appliers, as the host agent changes its own copy;
+the aggregates decide and read it through read-only properties.
+"""
 
 from __future__ import annotations
 
 import ipaddress
 import uuid
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import msgspec
 
+from splice.events.advanced_fold import (
+    FIREWALL_EVENT_TAGS,
+    NAT_EVENT_TAGS,
+    FirewallState,
+    NatState,
+    apply,
+)
 from splice.events.contracts import (
     Classifier,
+    EventMeta,
     FirewallCreated,
     FirewallDeleted,
     FirewallRule,
@@ -85,17 +98,49 @@ class PlacedMixin:
         self.host = e.host or None
 
 
-class Firewall(PlacedMixin, ServiceMixin, SpliceAggregate):
-    AGGREGATE = "firewall"
-    KIND: ClassVar[str] = "firewall"
+class FoldedMixin:
+    """An aggregate whose state is a fold's (`splice.events.advanced_fold`), kept in ``state``
+    and changed only by that fold's appliers; its fields are read through read-only
+    properties (set on the class by `_read_through`), as `LoadBalancer` reads `lbaas_fold`."""
+
+    STATE: ClassVar[type[FirewallState] | type[NatState]]
+    APPLIED_TAGS: ClassVar[frozenset[str]]  # applied by the fold, not by when_* methods
 
     if TYPE_CHECKING:
+        state: Any
+
+    def when(self, payload: EventMeta) -> None:
+        state = self.__dict__.get("state")
+        if state is None:
+            state = self.__dict__["state"] = self.STATE()
+        apply(state, payload)
+
+
+def _read_only(field: str) -> property:
+    return property(lambda self: getattr(self.state, field))
+
+
+def _read_through(cls: type[FoldedMixin]) -> None:
+    for field in cls.STATE.__struct_fields__:
+        setattr(cls, field, _read_only(field))
+
+
+class Firewall(FoldedMixin, PlacedMixin, ServiceMixin, SpliceAggregate):
+    AGGREGATE = "firewall"
+    KIND: ClassVar[str] = "firewall"
+    STATE = FirewallState
+    APPLIED_TAGS = FIREWALL_EVENT_TAGS
+
+    if TYPE_CHECKING:  # the state's fields, read-only (set on the class by _read_through)
+        state: FirewallState
         name: str
         rules: list[FirewallRule]
         default_action: str
         insertion: InsertionState
         network_id: str | None
         port_ids: list[str]
+        host: str | None
+        chains: list[str]  # type: ignore[assignment]  # the fold keeps a list
 
     @classmethod
     def create(
@@ -175,40 +220,22 @@ class Firewall(PlacedMixin, ServiceMixin, SpliceAggregate):
         self.check_not_in_chain()
         self.emit(stamp(FirewallDeleted))
 
-    def when_FirewallCreated(self, e: FirewallCreated) -> None:
-        self.name, self.rules, self.default_action = e.name, list(e.rules), e.default_action
-        self.insertion, self.network_id, self.port_ids = e.insertion, e.network_id, list(e.port_ids)
-        self.chains, self.host = set(), None
 
-    def when_FirewallUpdated(self, e: FirewallUpdated) -> None:
-        self.name, self.default_action = e.name, e.default_action
-
-    def when_FirewallRuleInserted(self, e: FirewallRuleInserted) -> None:
-        self.rules.insert(e.index, e.rule)
-
-    def when_FirewallRuleMoved(self, e: FirewallRuleMoved) -> None:
-        rule = next(r for r in self.rules if r.id == e.rule_id)
-        self.rules = [r for r in self.rules if r.id != e.rule_id]
-        self.rules.insert(e.index, rule)
-
-    def when_FirewallRuleRemoved(self, e: FirewallRuleRemoved) -> None:
-        self.rules = [r for r in self.rules if r.id != e.rule_id]
-
-    def when_FirewallDeleted(self, e: FirewallDeleted) -> None:
-        self.deleted = True
-
-
-class Nat(ServiceMixin, SpliceAggregate):
+class Nat(FoldedMixin, ServiceMixin, SpliceAggregate):
     """Port forwarding (DNAT) on a router's external address."""
 
     AGGREGATE = "nat"
     KIND: ClassVar[str] = "nat"
+    STATE = NatState
+    APPLIED_TAGS = NAT_EVENT_TAGS
     port_count = 0
 
-    if TYPE_CHECKING:
+    if TYPE_CHECKING:  # the state's fields, read-only (set on the class by _read_through)
+        state: NatState
         name: str
         insertion: InsertionState
         forwards: list[PortForward]
+        chains: list[str]  # type: ignore[assignment]  # the fold keeps a list
 
     @classmethod
     def create(
@@ -248,18 +275,9 @@ class Nat(ServiceMixin, SpliceAggregate):
         self.check_not_in_chain()
         self.emit(stamp(NatDeleted))
 
-    def when_NatCreated(self, e: NatCreated) -> None:
-        self.name, self.insertion, self.forwards = e.name, e.insertion, list(e.port_forwards)
-        self.chains = set()
 
-    def when_PortForwardAdded(self, e: PortForwardAdded) -> None:
-        self.forwards.append(e.forward)
-
-    def when_PortForwardRemoved(self, e: PortForwardRemoved) -> None:
-        self.forwards = [f for f in self.forwards if f.id != e.forward_id]
-
-    def when_NatDeleted(self, e: NatDeleted) -> None:
-        self.deleted = True
+_read_through(Firewall)
+_read_through(Nat)
 
 
 class Tap(PlacedMixin, ServiceMixin, SpliceAggregate):

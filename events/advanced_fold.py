@@ -1,0 +1,184 @@
+"""The one fold of a firewall and of a NAT: their state as Structs, and the appliers of their events.
+
+The aggregates (command side) and the host agent (desired state) both hold a `FirewallState`
+or a `NatState` and change it with `apply`, so neither keeps a parallel copy of the state or
+of the rules that build it (as `lbaas_fold` does for load balancers).
+
+Only applying lives here: no decisions, no checks, no clocks. Appliers are chosen by the
+event's stable wire name (its msgspec tag), never by its Python class name. They change the
+state's own containers (insert into, filter, append to its lists) and replace the values in
+them, never change a value in place, and never keep an event's list as the state's own: an
+event stays as it was stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from msgspec import Struct
+
+from . import advanced as ev
+from .advanced import FirewallRule, PortForward
+from .wire import InsertionState
+
+
+class FirewallState(Struct, kw_only=True):
+    """Everything the events of one firewall say, as of its last applied event."""
+
+    name: str = ""
+    rules: list[FirewallRule] = []  # in the order they are evaluated: first match wins
+    default_action: str = "deny"  # allow | deny: what happens to a flow no rule matches
+    insertion: InsertionState | None = None
+    network_id: str | None = None  # floating (bump-in-the-wire): the network of its two ports
+    port_ids: list[str] = []
+    host: str | None = None  # floating: where the scheduler placed it
+    chains: list[str] = []
+    deleted: bool = False
+
+    @property
+    def router_id(self) -> str | None:
+        return self.insertion.router_id if self.insertion else None
+
+
+class NatState(Struct, kw_only=True):
+    """Everything the events of one NAT (port forwarding on a router) say."""
+
+    name: str = ""
+    insertion: InsertionState | None = None
+    forwards: list[PortForward] = []  # in the order they were added
+    chains: list[str] = []
+    deleted: bool = False
+
+    @property
+    def router_id(self) -> str | None:
+        return self.insertion.router_id if self.insertion else None
+
+
+S = TypeVar("S", FirewallState, NatState)
+
+
+def tag_of(event: Any) -> str:
+    return str(type(event).__struct_config__.tag)
+
+
+def apply(state: FirewallState | NatState, event: Any) -> bool:
+    """Apply one event in place; False when it is not an event of the state's kind."""
+    applier = APPLIERS[type(state)].get(tag_of(event))
+    if applier is None:
+        return False
+    applier(state, event)
+    return True
+
+
+def fold(events: list[Any], state: S) -> S:
+    """`state` (a fresh `FirewallState()` or `NatState()`) after `events`."""
+    for e in events:
+        apply(state, e)
+    return state
+
+
+def fold_firewall(events: list[Any]) -> FirewallState:
+    return fold(events, FirewallState())
+
+
+def fold_nat(events: list[Any]) -> NatState:
+    return fold(events, NatState())
+
+
+# -- appliers: firewall -----------------------------------------------------------------------
+
+
+def _fw_created(s: FirewallState, e: ev.FirewallCreated) -> None:
+    s.name, s.rules, s.default_action = e.name, list(e.rules), e.default_action
+    s.insertion, s.network_id, s.port_ids = e.insertion, e.network_id, list(e.port_ids)
+    s.host, s.chains, s.deleted = None, [], False
+
+
+def _fw_updated(s: FirewallState, e: ev.FirewallUpdated) -> None:
+    s.name, s.default_action = e.name, e.default_action
+
+
+def _rule_inserted(s: FirewallState, e: ev.FirewallRuleInserted) -> None:
+    s.rules.insert(e.index, e.rule)
+
+
+def _rule_moved(s: FirewallState, e: ev.FirewallRuleMoved) -> None:
+    rule = next(r for r in s.rules if r.id == e.rule_id)
+    s.rules = [r for r in s.rules if r.id != e.rule_id]
+    s.rules.insert(e.index, rule)
+
+
+def _rule_removed(s: FirewallState, e: ev.FirewallRuleRemoved) -> None:
+    s.rules = [r for r in s.rules if r.id != e.rule_id]
+
+
+def _fw_scheduled(s: FirewallState, e: ev.ServiceScheduled) -> None:
+    s.host = e.host or None
+
+
+def _fw_deleted(s: FirewallState, e: ev.FirewallDeleted) -> None:
+    s.deleted = True
+
+
+# -- appliers: NAT ----------------------------------------------------------------------------
+
+
+def _nat_created(s: NatState, e: ev.NatCreated) -> None:
+    s.name, s.insertion, s.forwards = e.name, e.insertion, list(e.port_forwards)
+    s.chains, s.deleted = [], False
+
+
+def _forward_added(s: NatState, e: ev.PortForwardAdded) -> None:
+    s.forwards.append(e.forward)
+
+
+def _forward_removed(s: NatState, e: ev.PortForwardRemoved) -> None:
+    s.forwards = [f for f in s.forwards if f.id != e.forward_id]
+
+
+def _nat_deleted(s: NatState, e: ev.NatDeleted) -> None:
+    s.deleted = True
+
+
+# -- appliers: both ---------------------------------------------------------------------------
+
+
+def _chain_attached(s: FirewallState | NatState, e: ev.ServiceChainAttached) -> None:
+    if e.chain_id not in s.chains:
+        s.chains = [*s.chains, e.chain_id]
+
+
+def _chain_detached(s: FirewallState | NatState, e: ev.ServiceChainDetached) -> None:
+    s.chains = [c for c in s.chains if c != e.chain_id]
+
+
+def _by_tag(table: dict[type[Any], Callable[..., None]]) -> dict[str, Callable[..., None]]:
+    return {str(t.__struct_config__.tag): f for t, f in table.items()}
+
+
+FIREWALL_APPLIERS: dict[str, Callable[..., None]] = _by_tag({
+    ev.FirewallCreated: _fw_created,
+    ev.FirewallUpdated: _fw_updated,
+    ev.FirewallRuleInserted: _rule_inserted,
+    ev.FirewallRuleMoved: _rule_moved,
+    ev.FirewallRuleRemoved: _rule_removed,
+    ev.ServiceScheduled: _fw_scheduled,
+    ev.FirewallDeleted: _fw_deleted,
+    ev.ServiceChainAttached: _chain_attached,
+    ev.ServiceChainDetached: _chain_detached,
+})
+NAT_APPLIERS: dict[str, Callable[..., None]] = _by_tag({
+    ev.NatCreated: _nat_created,
+    ev.PortForwardAdded: _forward_added,
+    ev.PortForwardRemoved: _forward_removed,
+    ev.NatDeleted: _nat_deleted,
+    ev.ServiceChainAttached: _chain_attached,
+    ev.ServiceChainDetached: _chain_detached,
+})
+APPLIERS: dict[type[Any], dict[str, Callable[..., None]]] = {
+    FirewallState: FIREWALL_APPLIERS,
+    NatState: NAT_APPLIERS,
+}
+FIREWALL_EVENT_TAGS = frozenset(FIREWALL_APPLIERS)
+NAT_EVENT_TAGS = frozenset(NAT_APPLIERS)
