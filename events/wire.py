@@ -164,6 +164,7 @@ ErrorCode = Literal[
     "forbidden",
     "internal",
     "unavailable",
+    "poisoned",  # the aggregate holds an event that cannot be read: refused until repaired
     # domain codes
     "name_taken",
     "default_required",
@@ -175,10 +176,17 @@ ErrorCode = Literal[
 ]
 
 
+RetryAfterMs = Annotated[
+    int,
+    Meta(ge=0, description="With `unavailable`: milliseconds to wait before sending it again."),
+]
+
+
 class Error(Struct, kw_only=True):
     code: ErrorCode
     message: str
     field: str | None = None
+    retry_after_ms: RetryAfterMs | None = None
 
 
 class Ok(Struct, kw_only=True):

@@ -3,131 +3,46 @@
 The transport only: several replicas share the load through one queue group; for each request
 it checks the subject and the size, decodes and validates the body (msgspec), hands the command
 to the executor (`executor.py`: idempotency, conflicts, retries) on a worker thread, and replies.
-Every reply is structured; no traceback goes on the wire.
+Every reply is structured; no traceback goes on the wire, and none is bigger than the server's
+maximum payload (a long error is cut to fit).
+
+The request's checks are `requests.py`'s (`parse`, `fit`); back-pressure and fairness are
+`admission.py`'s (`FairQueue`): the subscription's callback never waits, it admits a request
+into its tenant's queue or refuses it at once with `unavailable` and a retry hint.
 """
 
 from __future__ import annotations
 
 import asyncio
-import re
 import time
 import uuid
+from collections import Counter
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import msgspec
 import nats
 import structlog
 from nats.aio.msg import Msg
 
 from splice.events import subjects
-from splice.events.contracts import ADMIN_TENANT, COMMANDS, HOST_TENANT, Failed, Ok, scope_of
-from splice.events.wire import MAX_DEPTH, MAX_PAYLOAD, Token, too_deep
+from splice.events.contracts import (
+    Failed,
+    Ok,
+)
+from splice.events.wire import MAX_PAYLOAD
 
 from . import senders
+from .admission import MIN_RETRY_MS, Busy, FairQueue
 from .common_handlers import SpliceApplication
 from .executor import CommandExecutor, Parsed, app_env, failed
+from .requests import command_id_of, fit, parse, tenant_token
 
-__all__ = ["CommandService", "Parsed", "app_env", "failed", "parse"]
+__all__ = ["CommandService", "Parsed", "app_env", "failed"]
 
 log = structlog.get_logger("splice.cmd")
 
 QUEUE_GROUP = "splice-cmd"
-_AT = re.compile(r" - at (?:`key` in )?`(\$[^`]*)`$")
-_MISSING = re.compile(r"missing required field `([^`]+)`")
-
-_encoder = msgspec.json.Encoder()
-_DECODERS = {t: msgspec.json.Decoder(t) for t in COMMANDS.values()}
-
-
-def parse(subject: str, data: bytes, max_payload: int = MAX_PAYLOAD) -> Parsed | Failed:
-    """Subject, size, depth and body checks. Pure: no I/O. A refusal echoes the body's
-    `command_id` whenever it can be read."""
-
-    def refuse(code: str, message: str, field: str) -> Failed:
-        return failed(code, message, field, _command_id(data[:max_payload]))
-
-    parts = subjects.parse_command(subject)
-    if parts is None:
-        return refuse(
-            "invalid", "command subjects are splice.cmd.<tenant>.<aggregate>.<verb>", "subject"
-        )
-    tenant, aggregate, verb = parts
-    if not subjects.TENANT_TOKEN.fullmatch(tenant):
-        return refuse("invalid", f"{tenant!r} is not a valid tenant", "subject")
-    cmd_type = COMMANDS.get((aggregate, verb))
-    if cmd_type is None:
-        return refuse("invalid", f"unknown command {aggregate}.{verb}", "subject")
-    scope = scope_of(aggregate, verb)
-    expected = {"admin": ADMIN_TENANT, "host": HOST_TENANT}.get(scope)
-    if (expected is not None and tenant != expected) or (expected is None and tenant.startswith("_")):
-        where = {"admin": "the admin scope (_admin)", "host": "agents (_host)"}.get(scope, "a tenant")
-        return refuse("forbidden", f"{aggregate}.{verb} belongs to {where}", "subject")
-    if len(data) > max_payload:
-        return refuse("invalid", f"payload of {len(data)} bytes exceeds {max_payload}", "$")
-    if too_deep(data, MAX_DEPTH):
-        return refuse("invalid", f"JSON nested deeper than {MAX_DEPTH} levels", "$")
-    try:
-        cmd = _DECODERS[cmd_type].decode(data)
-    except msgspec.ValidationError as e:
-        return refuse("invalid", *_describe(e))
-    except msgspec.DecodeError as e:
-        return refuse("invalid", str(e), "$")
-    unknown = unknown_field(_plain.decode(data), _plain.decode(_encoder.encode(cmd)), "$")
-    if unknown is not None:
-        return refuse("invalid", f"unknown field `{unknown.rsplit('.', 1)[-1]}`", unknown)
-    return Parsed(subject, tenant, aggregate, verb, cmd)
-
-
-def unknown_field(sent: Any, known: Any, path: str) -> str | None:
-    """The JSON path of the first key `sent` has that the decoded command does not know.
-
-    `known` is the decoded command encoded again: every field it has (defaults included), so a
-    key of `sent` missing from it at the same place is not a field of the contract. The tag
-    (`type`) is the one key allowed beside the fields.
-    """
-    if isinstance(sent, dict) and isinstance(known, dict):
-        for key, value in sent.items():
-            if key not in known:
-                if path == "$" and key == "type":
-                    continue
-                return f"{path}.{key}"
-            found = unknown_field(value, known[key], f"{path}.{key}")
-            if found is not None:
-                return found
-    elif isinstance(sent, list) and isinstance(known, list):
-        for i, (a, b) in enumerate(zip(sent, known, strict=False)):
-            found = unknown_field(a, b, f"{path}[{i}]")
-            if found is not None:
-                return found
-    return None
-
-
-class _Id(msgspec.Struct):
-    command_id: Token | None = None
-
-
-_id_decoder = msgspec.json.Decoder(_Id)
-_plain = msgspec.json.Decoder()
-
-
-def _command_id(data: bytes) -> str | None:
-    """The command id of a body that was refused, when it can be read."""
-    try:
-        return _id_decoder.decode(data).command_id
-    except (msgspec.DecodeError, msgspec.ValidationError, RecursionError):
-        return None
-
-
-def _describe(e: msgspec.ValidationError) -> tuple[str, str]:
-    """msgspec's message without the location, and the location as a JSON path."""
-    text = str(e)
-    m = _AT.search(text)
-    path = m.group(1) if m else "$"
-    missing = _MISSING.search(text)
-    if missing:
-        path = f"{path}.{missing.group(1)}"
-    return _AT.sub("", text), path
 
 
 class CommandService:
@@ -135,6 +50,16 @@ class CommandService:
 
     `nc`, when given, is the process's NATS connection: the service and its monitors use it and
     leave it open on stop (its owner drains it); otherwise the service opens and drains its own.
+
+    Bounds (see `FairQueue`): `workers` commands run at once (threads); one tenant's at most
+    `tenant_workers` of them while it is the only tenant active, `shared_workers` while others
+    are; `tenant_limit` commands of one tenant and `limit` of all wait or run at once (`_admin`
+    and `_host` count only against their own); a command waits at most `max_wait` seconds for
+    a worker. Past any of them the answer is an immediate `unavailable` with `retry_after_ms`.
+    The defaults suit a small machine (2 cores): 32 at once is what one tenant needs for the
+    command path's full rate (bench/command_path.py), and 8 more stay free for the others;
+    beside others, 8 at once keep one tenant from taking the CPU they need; a full queue is a
+    second or two of work, and no command waits more than 2 s for a worker.
     """
 
     def __init__(
@@ -142,11 +67,17 @@ class CommandService:
         nats_url: str,
         *,
         env: dict[str, str] | None = None,
-        workers: int = 32,
+        workers: int = 40,
+        tenant_workers: int = 32,
+        shared_workers: int = 8,
+        limit: int = 1024,
+        tenant_limit: int = 128,
+        max_wait: float = 2.0,
         max_attempts: int = 12,
         max_payload: int = MAX_PAYLOAD,
         queue: str = QUEUE_GROUP,
         nc: Any = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.nats_url = nats_url
         self.env = app_env(nats_url, **(env or {}))
@@ -154,15 +85,29 @@ class CommandService:
         self.max_attempts = max_attempts
         self.max_payload = max_payload
         self.queue = queue
+        self.clock = clock
         self.app: SpliceApplication | None = None
         self._executor: CommandExecutor | None = None
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="splice-cmd")
+        self._fair: FairQueue[Msg] = FairQueue(
+            workers=workers,
+            tenant_workers=tenant_workers,
+            shared_workers=shared_workers,
+            limit=limit,
+            tenant_limit=tenant_limit,
+            max_wait=max_wait,
+            clock=clock,
+        )
+        self._idle = asyncio.Event()
+        self._idle.set()
         self._nc: Any = nc
         self._own_nc = nc is None
         self._sub: Any = None
-        self._sem = asyncio.Semaphore(workers * 4)
         self._tasks: set[asyncio.Task[None]] = set()
         self.handled = 0
+        self.refused: Counter[str] = Counter()  # `unavailable` for want of room, by tenant
+        self._refused_logged: Counter[str] = Counter()
+        self._refusals_logged_at = 0.0
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -187,24 +132,36 @@ class CommandService:
         self._monitors = await start_monitors(self.nats_url, self.app.env, shared)
         # -- end monitors --
 
-    async def stop(self) -> None:
+    async def stop(self, timeout: float = 10.0) -> None:
+        """No new requests; those admitted are answered (run, or after `timeout` refused)."""
         # -- monitors (services/monitors.py): stopped first, while the service still answers --
         from .monitors import stop_monitors
 
         await stop_monitors(getattr(self, "_monitors", None))
         self._monitors = None
         # -- end monitors --
-        if self._nc is not None:
+        if self._sub is not None:
             try:
-                if self._own_nc:
-                    await self._nc.drain()
-                elif self._sub is not None:
-                    await self._sub.drain()  # no new requests; the connection stays its owner's
+                await self._sub.drain()  # no new requests; those delivered are admitted
             except Exception as e:  # pragma: no cover - best effort
                 log.warning("drain failed", error=str(e))
             self._sub = None
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            late = self._fair.drop_waiting()
+            log.warning("stopping: refusing the commands still waiting", count=len(late))
+            busy = Busy("the command service is stopping", MIN_RETRY_MS)
+            for msg in late:
+                await self._reply(msg, busy.reply(command_id_of(msg.data[: self.max_payload])))
         if self._tasks:
-            await asyncio.wait(self._tasks, timeout=10)
+            await asyncio.wait(self._tasks, timeout=timeout)
+        self._log_refusals(force=True)
+        if self._nc is not None and self._own_nc:
+            try:
+                await self._nc.drain()
+            except Exception as e:  # pragma: no cover - best effort
+                log.warning("drain failed", error=str(e))
         loop = asyncio.get_running_loop()
         if self.app is not None:
             app = self.app
@@ -222,26 +179,63 @@ class CommandService:
     # -- requests ----------------------------------------------------------------------------
 
     async def _on_msg(self, msg: Msg) -> None:
-        await self._sem.acquire()
-        task = asyncio.create_task(self._serve(msg))
-        self._tasks.add(task)
-        task.add_done_callback(self._done)
+        """nats-py calls this one message at a time: admit or refuse, never wait for room."""
+        tenant = tenant_token(msg.subject)
+        busy = self._fair.admit(tenant, msg)
+        if busy is None:
+            self._idle.clear()
+            self._dispatch()
+            return
+        self.refused[tenant] += 1
+        self._log_refusals()
+        await self._reply(msg, busy.reply(command_id_of(msg.data[: self.max_payload])))
 
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        self._sem.release()
+    def _dispatch(self) -> None:
+        """Start what the fair queue lets run now."""
+        while (next_up := self._fair.take()) is not None:
+            tenant, msg, late = next_up
+            task = asyncio.create_task(self._serve(tenant, msg, late))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
 
-    async def _serve(self, msg: Msg) -> None:
+    async def _serve(self, tenant: str, msg: Msg, late: Busy | None) -> None:
+        started = self.clock()
         try:
-            reply = await self.handle(msg.subject, msg.data, msg.headers)
+            if late is not None:
+                self.refused[tenant] += 1
+                self._log_refusals()
+                reply: Ok | Failed = late.reply(command_id_of(msg.data[: self.max_payload]))
+            else:
+                reply = await self.handle(msg.subject, msg.data, msg.headers)
         except Exception:  # every request gets a reply; the error goes to the log only
             log.exception("request failed unexpectedly", subject=msg.subject)
             reply = failed("internal", "internal error")
-        if msg.reply:
-            try:
-                await msg.respond(_encoder.encode(reply))
-            except Exception as e:  # connection lost: the client will retry
-                log.warning("reply not sent", subject=msg.subject, error=str(e))
+        finally:
+            self._fair.done(tenant, self.clock() - started)
+            if self._fair.load == 0:
+                self._idle.set()
+            self._dispatch()
+        await self._reply(msg, reply)
+
+    async def _reply(self, msg: Msg, reply: Ok | Failed) -> None:
+        if not msg.reply:
+            return
+        limit = int(getattr(self._nc, "max_payload", 0) or MAX_PAYLOAD)
+        try:
+            await self._nc.publish(msg.reply, fit(reply, limit))
+        except Exception as e:  # connection lost: the client will retry
+            log.warning("reply not sent", subject=msg.subject, error=str(e))
+
+    def _log_refusals(self, *, force: bool = False) -> None:
+        """One line a second at most for the refusals since the last (not one per refusal)."""
+        now = self.clock()
+        if not force and now - self._refusals_logged_at < 1.0:
+            return
+        self._refusals_logged_at = now
+        new = self.refused - self._refused_logged
+        if new:
+            log.warning("commands refused: no room (unavailable, retry later)", by_tenant=dict(new))
+            self._refused_logged = self.refused.copy()
 
     async def handle(
         self, subject: str, data: bytes, headers: dict[str, str] | None = None

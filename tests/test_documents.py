@@ -146,7 +146,7 @@ def test_every_command_and_query_replies_on_the_requesters_inbox_with_its_schema
 
 
 def test_parameter_patterns_agree_with_the_servers_checks() -> None:
-    from splice.services.service import parse
+    from splice.services.requests import parse
 
     params = asyncapi()["components"]["parameters"]
     tenant = re.compile(params["tenant"]["x-pattern"])

@@ -194,6 +194,8 @@ async def test_watchdog_expires_what_no_agent_reports(svc: CommandService, nc: A
     url, clock = svc.nats_url, Clock()
     async with monitors(url, clock) as m:
         net = await network(nc)
+        # the load balancers are placed on h1, the one host: only it may report about them
+        await cmd(nc, "_host.host.register", {"host": "h1", "providers": ["haproxy"]})
         active = await create_lb(nc, net, "a")  # reported ACTIVE at once
         await report_active(nc, active)
         updated = await create_lb(nc, net, "u")  # reported for generation 1, then updated

@@ -8,7 +8,7 @@ just out of range, wrong JSON types, a missing required field, an unknown field 
 `wieght`, a string one too long or too short, an enum value in the wrong case, a wrong or
 missing `type`). Each body gets two verdicts:
 
-- the server's: `splice.services.service.parse`, the function the command service runs on every
+- the server's: `splice.services.requests.parse`, the function the command service runs on every
   request (subject and size checks, then msgspec's decode into the command's tagged type); a few
   bodies also go over NATS to a real command service;
 - the schema's: python-jsonschema's `Draft202012Validator` on the published schema (what
@@ -62,8 +62,10 @@ from referencing.jsonschema import DRAFT202012
 from typer.testing import CliRunner
 
 from splice.events.contracts import COMMANDS, scope_of
+from splice.events.wire import MAX_PAYLOAD
 from splice.natsserver import NatsServer
-from splice.services.service import MAX_PAYLOAD, CommandService, parse
+from splice.services.requests import parse
+from splice.services.service import CommandService
 
 TENANT = "acme"
 SCHEMA_URI = "urn:splice:schema"
