@@ -13,7 +13,8 @@ and hands each message to an async handler as a `Delivery`, in stream order, onc
   lost pull request after a reconnect, a restarted server that forgot the consumer), a gap in
   the consumer's delivery sequence, or a status saying the consumer is gone. A message at or
   below `position` is never handed out again.
-* Poison: when the handler raises, the message is logged, counted (`set_aside_total`), kept in
+* Poison: when the handler raises, the message is logged, counted (`set_aside_total`, and the
+  process's metric ``splice_events_set_aside_total{reader}``, `splice.events.metrics`), kept in
   `set_aside` (the newest `keep`) and given to `on_set_aside`; the follower goes on with the next
   one. Only cancellation, `stop` or `close()` end `run()`.
 * Readiness: `caught_up` is set (and `on_caught_up(position)` called, once) when everything the
@@ -39,6 +40,7 @@ import structlog
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from .metrics import count_set_aside
 from .subjects import EVENTS, STREAM, topic_of
 
 log = structlog.get_logger("splice.follow")
@@ -72,6 +74,8 @@ class SetAside:
     subject: str
     topic: str
     error: str
+    time_ns: int = 0  # when the stream stored it (0: not known)
+    headers: Mapping[str, str] = field(default_factory=dict)  # the message's headers
 
 
 Handler = Callable[[Delivery], Awaitable[None]]
@@ -125,6 +129,7 @@ class Follower:
         on_set_aside: OnSetAside | None = None,
         on_caught_up: Callable[[int], None] | None = None,
         keep: int = 100,
+        reader: str | None = None,
     ) -> None:
         self.js = js
         self.subjects = [subjects] if isinstance(subjects, str) else list(subjects)
@@ -133,6 +138,7 @@ class Follower:
         self.start_time = start_time
         self.stream = stream
         self.name = name
+        self.reader = reader or name  # the metric's label: a bounded name (no host, no tenant)
         self.batch = max(2, batch)
         self.heartbeat = heartbeat
         self.expires = max(30.0, 10 * heartbeat)
@@ -327,9 +333,11 @@ class Follower:
         s.wake.set()
 
     async def _set_aside(self, d: Delivery, e: Exception) -> None:
-        rec = SetAside(d.seq, d.subject, d.topic, f"{type(e).__name__}: {e}")
+        rec = SetAside(d.seq, d.subject, d.topic, f"{type(e).__name__}: {e}", d.time_ns,
+                       d.headers)
         self.set_aside_total += 1
         self.set_aside.append(rec)
+        count_set_aside(self.reader)
         log.warning("event set aside", follower=self.name, seq=d.seq, subject=d.subject,
                     topic=d.topic, error=rec.error)
         if self.on_set_aside is None:

@@ -18,8 +18,8 @@ no age or count limits, so stream sequences are gap-free and permanent):
   ``<tenant>.<aggregate>.<uuid>``; any other id (a UUID, as in the library's tests) is stored
   under tenant ``_`` and aggregate ``uuid`` or ``str``.
 * ``<prefix>.trk.<application>`` — tracking records of process applications.
-* ``<prefix>.idem.<tenant>.<command id>`` — the result of a handled command
-  (see `store_commands`).
+* ``<prefix>.idem.<tenant>.<command id>`` — the result of a handled command: of one that wrote
+  several events, or of one that changed nothing (see `store_commands`).
 
 The module is the library's entry point and holds its one factory; the rest lives beside it:
 `store_tokens` (aggregate ids as subject tokens), `store_datastore` (settings, the stream, the

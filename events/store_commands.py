@@ -7,6 +7,13 @@ message that must be the first on its subject, stored atomically with the events
 id has one effect. The claim holds the command's subject and the reply's id and version, and
 `back`: how many messages before the claim the reply's event sits, so that a repeat gets the
 first reply's stream sequence again.
+
+A command that changed nothing (a client's command id, verified on fresh state) is claimed
+too, by a claim alone with ``changed: false`` (its reply has no seq): so a repeat that arrives
+after the resource changed gets that first answer instead of being decided again, and maybe
+applied. That claim is checked against the reply's aggregate instead of its own subject (the
+aggregate must not have changed since the decision): a concurrent duplicate that did change it
+wins. The first claim on a subject is the command's answer; a later one is never read.
 """
 
 from __future__ import annotations
@@ -20,7 +27,7 @@ from eventsourcing.persistence import StoredEvent
 
 from . import subjects
 from .natsio import OutMsg, StoredMsg
-from .store_datastore import EXPECTED_LAST_SEQ
+from .store_datastore import EXPECTED_LAST_SEQ, EXPECTED_LAST_SEQ_SUBJECT
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,12 +65,25 @@ class CommandWrite:
         }
         return OutMsg(subject, _encoder.encode(body), {EXPECTED_LAST_SEQ: "0"})
 
+    def unchanged_claim_msg(self, subject: str, target_filter: str, target_seq: int) -> OutMsg:
+        """The claim of a command that changed nothing: stored only while the reply's
+        aggregate (`target_filter`) still ends at `target_seq`, the state it was decided on."""
+        body = {
+            "subject": self.subject,
+            "id": self.result_id,
+            "version": self.target_version,
+            "changed": False,
+        }
+        headers = {EXPECTED_LAST_SEQ: str(target_seq), EXPECTED_LAST_SEQ_SUBJECT: target_filter}
+        return OutMsg(subject, _encoder.encode(body), headers)
+
 
 class _Claim(msgspec.Struct):
     id: str
     version: int
     subject: str | None = None
     back: int = 1
+    changed: bool = True  # False: the command changed nothing, its reply has no seq
 
 
 class CommandResult(NamedTuple):
@@ -72,12 +92,13 @@ class CommandResult(NamedTuple):
     subject: str | None
     id: str
     version: int
-    seq: int
+    seq: int | None
 
 
 def read_claim(msg: StoredMsg) -> CommandResult:
     claim = _decoder.decode(msg.data)
-    return CommandResult(claim.subject, claim.id, claim.version, msg.seq - claim.back)
+    seq = msg.seq - claim.back if claim.changed else None
+    return CommandResult(claim.subject, claim.id, claim.version, seq)
 
 
 _encoder = msgspec.json.Encoder()

@@ -2,11 +2,20 @@
 
 The datastore also remembers, per aggregate, the stream sequences of the newest versions this
 process has written or read, so that a write's concurrency check and a fast-forward read need
-no extra round trip in the common case.
+no extra round trip in the common case; an older version's sequence is found by a bounded
+search (a few direct gets), never by reading the aggregate from its start.
+
+A request in flight when the connection to NATS is lost is never answered (its reply went to a
+server that is gone, or never reached it): the datastore fails such requests at once with
+`OperationalError` ("outcome unknown") instead of letting each wait for its timeout, so that
+the callers decide again as soon as the server is back. Requests made while the client is
+reconnecting wait for the new connection (nats-py holds them until then).
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -36,6 +45,18 @@ CONFLICT_CODES = {10071, 10164, 10077}
 
 BATCH_READ = 1000  # messages asked for in one batched direct get
 MAX_BATCH = 1000  # nats-server's default limit of messages in one atomic batch
+
+
+class _Committer(GroupCommitter):
+    """The group committer, able to give up the commits of a lost connection."""
+
+    def abandon(self) -> None:
+        """Cancel the commits in flight and drop the queued ones: the connection is gone."""
+        for _, _, fut in self._queue:
+            fut.cancel()
+        self._queue.clear()
+        for task in list(self._tasks):
+            task.cancel()  # its `finally` frees the subjects it checked
 
 
 class StoreSettings:
@@ -86,9 +107,15 @@ class JetStreamDatastore:
         self.timeout = settings.timeout
         self._own_conn = conn is None
         self.conn = conn or NatsThread(settings.url, name=f"splice-store-{settings.stream}")
-        self.committer = GroupCommitter(
+        self.committer = _Committer(
             self.conn, max_msgs=MAX_BATCH, timeout=settings.timeout, inflight=settings.inflight
         )
+        # requests waiting for an answer (tasks on the connection's loop), and those of them
+        # that a lost connection doomed
+        self._waiting: set[asyncio.Task[Any]] = set()
+        self._lost: set[asyncio.Task[Any]] = set()
+        self.connection_losses = 0
+        self._watch_connection()
         # originator id -> {version: stream seq} of the newest events this process has seen
         # (a few per aggregate: a fast-forward asks for events after a version it held).
         self._last: OrderedDict[UUID | str, dict[int, int]] = OrderedDict()
@@ -109,9 +136,47 @@ class JetStreamDatastore:
                 if e2.err_code != 10058:  # created meanwhile by another process
                     raise OperationalError(str(e2)) from e2
 
+    def _watch_connection(self) -> None:
+        """Be told when the connection is lost (chained to nats-py's disconnected callback:
+        nats-py 2.16 offers no other way to learn it without polling)."""
+        nc = self.conn.nc
+        previous = nc._disconnected_cb
+
+        async def disconnected() -> None:
+            self._connection_lost()
+            if previous is not None:
+                await previous()
+
+        nc._disconnected_cb = disconnected
+
+    def _connection_lost(self) -> None:
+        """On the loop: fail every request in flight, they will not be answered."""
+        self.connection_losses += 1
+        self._lost |= self._waiting
+        for task in self._waiting:
+            task.cancel()
+        self.committer.abandon()
+
+    async def _guarded(self, coro: Any) -> Any:
+        task = asyncio.current_task()
+        assert task is not None
+        self._waiting.add(task)
+        try:
+            return await coro
+        except asyncio.CancelledError:
+            if task not in self._lost:
+                raise
+            task.uncancel()
+            raise ConnectionError(
+                "the connection to NATS was lost before the answer came (outcome unknown)"
+            ) from None
+        finally:
+            self._waiting.discard(task)
+            self._lost.discard(task)
+
     def call(self, coro: Any) -> Any:
         try:
-            return self.conn.call(coro, timeout=self.timeout + 5)
+            return self.conn.call(self._guarded(coro), timeout=self.timeout + 5)
         except JetStreamAPIError as e:
             if e.code == 503:  # no JetStream (or no quorum) behind the API right now
                 raise OperationalError(str(e)) from e
@@ -139,6 +204,72 @@ class JetStreamDatastore:
         """The newest message on `subject` (a filter), by direct get."""
         found: StoredMsg | None = self.call(self.conn.direct_get_last(self.stream, subject))
         return found
+
+    def first(self, subject: str, start: int = 1) -> StoredMsg | None:
+        """The first message on `subject` (a filter) at or after stream sequence `start`."""
+        found: StoredMsg | None = self.call(
+            self._direct_get({"seq": max(start, 1), "next_by_subj": subject})
+        )
+        return found
+
+    async def _direct_get(self, request: dict[str, Any]) -> StoredMsg | None:
+        """One message by direct get (on the connection's loop); None when there is none."""
+        msg = await self.conn.nc.request(
+            f"$JS.API.DIRECT.GET.{self.stream}", json.dumps(request).encode(), timeout=self.timeout
+        )
+        hdrs = msg.headers or {}
+        status = hdrs.get("Status")
+        if status == "404":
+            return None
+        if status:
+            raise JetStreamAPIError(int(status), 0, str(hdrs.get("Description", "")))
+        return StoredMsg(int(hdrs["Nats-Sequence"]), hdrs["Nats-Subject"], hdrs, msg.data)
+
+    def find_seq(self, originator_id: UUID | str, version: int) -> int | None:
+        """The stream sequence of the aggregate's event `version`, or None if it has none.
+
+        Known versions answer at once; any other is found by bisecting the stream between
+        sequences that bound it (the versions of one aggregate grow with the sequence), with
+        one direct get per step: about log2(stream length) round trips, whatever the length of
+        the aggregate.
+        """
+        known = self.seq_of(originator_id, version)
+        if known is not None:
+            return known
+        subject = self.aggregate_filter(originator_id)
+        newest = self.recall(originator_id)
+        if newest is None or newest[0] < version:
+            last = self.last(subject)
+            if last is None:
+                return None
+            newest = (int(last.headers[subjects.H_VERSION]), last.seq)
+            self.remember(originator_id, *newest)
+        if version > newest[0] or version < 1:
+            return None
+        # seq(version) lies in [lo, hi]: each version of the aggregate takes one sequence
+        lo, hi = version, newest[1] - (newest[0] - version)
+        with self._last_lock:
+            for v, seq in (self._last.get(originator_id) or {}).items():
+                if v == version:
+                    return seq
+                if v > version:
+                    hi = min(hi, seq - (v - version))
+                else:
+                    lo = max(lo, seq + (version - v))
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            m = self.first(subject, mid)
+            if m is None:  # nothing of the aggregate at or after mid: it is before
+                hi = mid - 1
+                continue
+            v = int(m.headers[subjects.H_VERSION])
+            if v == version:
+                return m.seq
+            if v < version:
+                lo = m.seq + (version - v)
+            else:
+                hi = min(mid - 1, m.seq - (v - version))
+        return None
 
     def read(self, subject: str, start: int, limit: int | None) -> list[StoredMsg]:
         """Messages on `subject` (a filter) from stream sequence `start`, in order."""

@@ -19,7 +19,6 @@ from eventsourcing.persistence import (
     IntegrityError,
     ListenNotifySubscription,
     Notification,
-    OperationalError,
     ProcessRecorder,
     StoredEvent,
     Subscription,
@@ -122,12 +121,9 @@ class JetStreamAggregateRecorder(AggregateRecorder):
         if command is not None and claim:
             subject = ds.claim_subject(command.tenant, command.command_id)
             msgs.append(command.claim_msg(subject, stored_events))
-        try:
-            last_seq, count = ds.commit(msgs)
-        except (IntegrityError, OperationalError, DataError):
-            for ev in stored_events:
-                ds.forget(ev.originator_id)
-            raise
+        # (On failure the sequences remembered for these aggregates stay true: versions are
+        # never rewritten, and a later write checks its own expectations on the server.)
+        last_seq, count = ds.commit(msgs)
         first_seq = last_seq - count + 1
         seqs = list(range(first_seq, first_seq + len(stored_events)))
         for ev, seq in zip(stored_events, seqs, strict=True):
@@ -155,10 +151,12 @@ class JetStreamAggregateRecorder(AggregateRecorder):
             ds.remember(originator_id, ev.originator_version, seq)
             return [ev] if gt is None or ev.originator_version > gt else []
         start = 1
-        if gt is not None:
-            known_seq = ds.seq_of(originator_id, gt)
+        if gt is not None and gt > 0:
+            # nothing at or below `gt` is wanted: read only what follows (a bounded search
+            # finds where `gt` is when this process does not know it)
+            known_seq = ds.find_seq(originator_id, gt)
             if known_seq is not None:
-                start = known_seq + 1  # nothing at or below `gt` is wanted: read only what follows
+                start = known_seq + 1
         events: list[StoredEvent] = []
         newest: tuple[int, int] | None = None
         for m in ds.read(subject, start, None):
@@ -222,22 +220,33 @@ class JetStreamApplicationRecorder(JetStreamAggregateRecorder, ApplicationRecord
         return out
 
     def seq_of_version(self, originator_id: UUID | str, version: int) -> int | None:
-        """The stream sequence of one stored event of an aggregate."""
-        ds = self.datastore
-        known = ds.seq_of(originator_id, version)
-        if known is not None:
-            return known
-        for m in ds.read(ds.aggregate_filter(originator_id), 1, None):
-            if int(m.headers[subjects.H_VERSION]) == version:
-                ds.remember(originator_id, version, m.seq)
-                return m.seq
-        return None
+        """The stream sequence of one stored event of an aggregate (a bounded search: never a
+        read of the aggregate's events)."""
+        return self.datastore.find_seq(originator_id, version)
 
     def command_result(self, tenant: str, command_id: str) -> CommandResult | None:
-        """What an earlier write of this command id recorded in its claim, if one was stored."""
+        """What the first claim of this command id recorded, if one was stored."""
         ds = self.datastore
-        last = ds.last(ds.claim_subject(tenant, command_id))
-        return None if last is None else read_claim(last)
+        first = ds.first(ds.claim_subject(tenant, command_id))
+        return None if first is None else read_claim(first)
+
+    def record_unchanged(self, command: CommandWrite) -> None:
+        """Claim a command that changed nothing (see `store_commands`). Raises IntegrityError
+        when its reply's aggregate changed since the decision (decide again)."""
+        ds = self.datastore
+        target_seq = ds.find_seq(command.target_id, command.target_version)
+        if target_seq is None:
+            raise IntegrityError(
+                f"version {command.target_version} of {command.target_id} is not stored"
+            )
+        subject = ds.claim_subject(command.tenant, command.command_id)
+        ds.commit(
+            [
+                command.unchanged_claim_msg(
+                    subject, ds.aggregate_filter(command.target_id), target_seq
+                )
+            ]
+        )
 
     def max_notification_id(self) -> int | None:
         ds = self.datastore

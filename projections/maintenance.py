@@ -10,8 +10,10 @@ Verify takes one consistent snapshot of the live database (positions and rows in
 transaction), rebuilds into a scratch database of the same kind (a temporary SQLite file, or a
 temporary PostgreSQL database on the same server) up to the live position, and compares the
 tables row by row. Events a view set aside (live or in the rebuild) are reported under
-``set_aside``, and then the read models are not called identical: they skipped something. So
-are read models behind the stream (``behind``: events stored after the live position).
+``set_aside`` (how many records, how many events, and the first events with the views that set
+each aside and why), and then the read models are not called identical: they skipped
+something. So are read models behind the stream (``behind``: events stored after the live
+position). The scratch rebuild counts nothing in the set-aside metric: it is a comparison.
 """
 
 from __future__ import annotations
@@ -89,12 +91,23 @@ def snapshot(store: Store, views: tuple[View, ...]) -> tuple[dict[str, int], dic
 
 
 def set_aside_report(live: list[dict], rebuilt: list[dict], up_to: int) -> dict[str, Any]:
-    """Events the views skipped, live and in the rebuild: with any, nothing is identical."""
+    """Events the views skipped, live and in the rebuild: with any, nothing is identical.
+
+    ``live`` and ``rebuilt`` count records (one per view and event); ``events`` counts the
+    events; ``examples`` are the first events: seq, subject, type, and each view's error.
+    """
     live = [r for r in live if r["seq"] <= up_to]
+    events: dict[int, dict[str, Any]] = {}
+    for r in sorted(live or rebuilt, key=lambda r: (r["seq"], r["view"])):
+        ev = events.setdefault(
+            r["seq"], {"seq": r["seq"], "subject": r["subject"], "type": r["type"], "views": {}}
+        )
+        ev["views"][r["view"]] = r["error"]
     return {
         "live": len(live),
         "rebuilt": len(rebuilt),
-        "examples": (live or rebuilt)[:MAX_SHOWN],
+        "events": len(events),
+        "examples": list(events.values())[:MAX_SHOWN],
     }
 
 
@@ -149,7 +162,7 @@ async def verify(
     with scratch_database(db_url) as scratch_url:
         scratch = open_store(scratch_url)
         try:
-            projector = Projector(scratch, views)
+            projector = Projector(scratch, views, reader=None)
             await run_projection(
                 js,
                 projector,

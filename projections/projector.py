@@ -12,7 +12,10 @@ rebuild fast; the delay keeps a live projector's lag small.
 
 Poison: an event that cannot be decoded, or whose handler raises in a view, is set aside for
 that view: the batch is applied again without it, and a row in ``projection_set_aside`` (view,
-seq, subject, type, error) is committed with the batch. The projector never stops on one event.
+seq, subject, type, error) is committed with the batch. The audit log says so at the event's
+sequence ("seq N on S was set aside by …: error", `views.audit.note_set_aside`), and the
+process's ``splice_events_set_aside_total{reader="projector"}`` counts it once. The projector
+never stops on one event.
 """
 
 from __future__ import annotations
@@ -29,10 +32,12 @@ import structlog
 
 from splice.events import subjects
 from splice.events.follow import Delivery, Follower, SetAside, last_seq, wait_any
+from splice.events.metrics import count_set_aside
 
 from .envelope import Event, from_parts
 from .store import Store
 from .views import VIEWS, Rows, Tx, View
+from .views.audit import AUDIT_VIEW, note_set_aside
 
 log = structlog.get_logger("splice.projections")
 
@@ -45,7 +50,8 @@ class ViewFailed(Exception):
     def __init__(self, view: str, event: Event, error: Exception) -> None:
         super().__init__(f"{view} failed on seq {event.seq}: {error!r}")
         self.view = view
-        self.record = SetAside(event.seq, event_subject(event), event.type, describe(error))
+        self.record = SetAside(event.seq, event_subject(event), event.type, describe(error),
+                               event.time_ns, event_headers(event))
 
 
 def describe(error: Exception) -> str:
@@ -56,12 +62,30 @@ def event_subject(ev: Event) -> str:
     return subjects.event(ev.tenant, ev.aggregate, ev.aggregate_id, ev.type)
 
 
-class Projector:
-    """Applies batches of events to the views: one transaction per batch, exactly once."""
+def event_headers(ev: Event) -> dict[str, str]:
+    """The headers a decoded event came with, as far as its record of being set aside needs."""
+    return {
+        subjects.H_TOPIC: ev.type,
+        subjects.H_VERSION: str(ev.version),
+        subjects.H_ACTOR: ev.actor,
+        subjects.H_COMMAND_ID: ev.command_id,
+        subjects.H_CORRELATION_ID: ev.correlation_id,
+    }
 
-    def __init__(self, store: Store, views: Sequence[View] = VIEWS) -> None:
+
+class Projector:
+    """Applies batches of events to the views: one transaction per batch, exactly once.
+
+    `reader`: the label under which the events it sets aside are counted in the process's
+    metric (None: not counted, as for the scratch rebuild of `verify`).
+    """
+
+    def __init__(
+        self, store: Store, views: Sequence[View] = VIEWS, *, reader: str | None = "projector"
+    ) -> None:
         self.store = store
         self.views = tuple(views)
+        self.reader = reader
         store.ensure(self.views)
         self._reload()
 
@@ -96,7 +120,9 @@ class Projector:
             try:
                 events.append(from_parts(d.seq, d.time_ns, d.subject, d.headers, d.data))
             except Exception as e:
-                unreadable.append(SetAside(d.seq, d.subject, d.topic, describe(e)))
+                unreadable.append(
+                    SetAside(d.seq, d.subject, d.topic, describe(e), d.time_ns, d.headers)
+                )
         return self.apply(events, last=batch[-1].seq if batch else 0, unreadable=unreadable)
 
     def apply(
@@ -164,12 +190,33 @@ class Projector:
         moves = {v.name: (pos, last) for v, pos in active}
         aside = [(view, r) for (_, view), r in skip.items()]
         aside += [(v.name, r) for r in unreadable for v, pos in active if r.seq > pos]
+        if aside:
+            self._audit_set_aside(aside, active)
         writes = [rows.take_writes() for rows in self.tx.tables.values()]
         self.store.commit(writes, moves, aside)
         for name, (_, new) in moves.items():
             self.positions[name] = new
         for rows in self.tx.tables.values():
             rows.trim()
+        if aside and self.reader is not None:
+            count_set_aside(self.reader, len({r.seq for _, r in aside}))
+
+    def _audit_set_aside(
+        self, aside: Sequence[tuple[str, SetAside]], active: Sequence[tuple[View, int]]
+    ) -> None:
+        """Say in the audit log (when it is applying these events now) which views set what
+        aside: the same rows in this transaction as in any rebuild, so `verify` agrees."""
+        audit_at = next((pos for v, pos in active if v.name == AUDIT_VIEW.name), None)
+        if audit_at is None:
+            return
+        order = {v.name: i for i, v in enumerate(self.views)}
+        notes: dict[int, tuple[SetAside, list[str]]] = {}
+        for view, r in aside:
+            if r.seq > audit_at:
+                notes.setdefault(r.seq, (r, []))[1].append(view)
+        for _, views in notes.values():
+            views.sort(key=lambda name: order.get(name, len(order)))
+        note_set_aside(self.tx, [notes[seq] for seq in sorted(notes)])
 
 
 def _one_by_one(

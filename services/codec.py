@@ -5,6 +5,11 @@ the Struct's stable type name (`ServiceTypeCreated`), not a Python path. An aggr
 event names the aggregate's kind (`aggregate`), which is how the reader knows what to build.
 Events stored in an older schema are upcast on read with the one table of steps,
 `splice.events.upcasting`, before they are decoded (the read side uses the same table).
+
+A stored payload that cannot be read as its type (an unknown type, bytes that are not its
+schema) raises `UnreadableEventError` saying which type and why; the application
+(`common_handlers.SpliceApplication`) then finds the event in the stream and refuses to decide
+on its aggregate (`PoisonedError`) instead of failing with an internal error.
 """
 
 from __future__ import annotations
@@ -43,12 +48,24 @@ class _Unused(Transcoder):
         return _decoder.decode(data)
 
 
+class UnreadableEventError(ValueError):
+    """A stored event's payload cannot be read as its type."""
+
+
 def decode_payload(topic: str, data: bytes) -> EventMeta:
     """A stored payload as its wire Struct, upcast to the current schema first if needed."""
-    if current_version(topic) == 1:
-        return _typed_decoders[topic].decode(data)
-    state: dict[str, Any] = upcast(topic, _decoder.decode(data))
-    return msgspec.convert(state, EVENT_TYPES[topic])
+    decoder = _typed_decoders.get(topic)
+    if decoder is None:
+        raise UnreadableEventError(f"unknown event type {topic!r}")
+    try:
+        if current_version(topic) == 1:
+            return decoder.decode(data)
+        state = _decoder.decode(data)
+        if not isinstance(state, dict):
+            raise UnreadableEventError(f"a stored {topic} is not a JSON object")
+        return msgspec.convert(upcast(topic, state), EVENT_TYPES[topic])
+    except (msgspec.DecodeError, msgspec.ValidationError) as e:
+        raise UnreadableEventError(f"a stored {topic} does not match its schema: {e}") from e
 
 
 class SpliceMapper(Mapper[str]):

@@ -6,19 +6,66 @@ executor saves the decision atomically (every aggregate it touched, in one batch
 handler on fresh state after a concurrency conflict. Tenant isolation is structural: every id a
 command names is looked up under the command's own tenant, so another tenant's resource is
 simply not found.
+
+Poison: an aggregate whose stored events cannot all be decoded and applied (a forged or broken
+event) is not loaded: `SpliceApplication.get_or_none` finds the first such event in the stream
+and raises `PoisonedError` (code ``poisoned``, naming the aggregate and the event's stream
+sequence), so every command that would decide on it is refused, deletes included — its state
+is not known, and what a delete releases (address, quota, host) comes from that state. Commands
+that do not read it, and other aggregates, are unaffected. The event is counted once per
+process in ``splice_events_set_aside_total{reader="command"}``. An administrator repairs the
+aggregate by making the event readable (an upcaster, a fixed applier); history is never
+rewritten. A poisoned aggregate is never cached, so a repair takes effect at the next command.
 """
 
 from __future__ import annotations
 
 import contextvars
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
+import structlog
 from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.persistence import PersistenceError, StoredEvent
 
-from .domain import NotFoundError, SpliceAggregate, public_id
+from splice.events import subjects
+from splice.events.metrics import count_set_aside
+from splice.events.natsio import JetStreamAPIError
+
+from .codec import UnreadableEventError
+from .domain import NotFoundError, PoisonedError, SpliceAggregate, public_id
 from .network import DEFAULT_QUOTAS
+
+log = structlog.get_logger("splice.cmd")
+
+MAX_ERROR = 200  # characters of a poisoned event's error in a refusal
+
+
+@dataclass(frozen=True)
+class Poison:
+    """The first stored event of an aggregate that cannot be decoded or applied."""
+
+    agg_id: str
+    seq: int | None  # its stream sequence (None: a store without one)
+    subject: str | None
+    topic: str
+    version: str  # as stored (a forged header need not be a number)
+    error: str
+
+    def refusal(self) -> PoisonedError:
+        kind, _, public = self.agg_id.rpartition(".")
+        kind = kind.partition(".")[2] or "aggregate"
+        at = f"stream seq {self.seq}" if self.seq is not None else f"version {self.version}"
+        error = " ".join(self.error.split())
+        if len(error) > MAX_ERROR:
+            error = error[: MAX_ERROR - 1] + "…"
+        return PoisonedError(
+            f"{kind} {public} holds an event that cannot be read ({at}, {self.topic}): {error}; "
+            f"no change is decided on it until an administrator repairs that event",
+            field=None,
+        )
 
 
 @dataclass
@@ -40,8 +87,11 @@ class SpliceApplication(Application[str]):
             kind, _, n = item.partition("=")
             self.quota_defaults[kind.strip()] = int(n)
         self.pending_timeout = float(self.env.get("SPLICE_PENDING_TIMEOUT") or 300)
+        self._poisons_seen: set[tuple[str, int | None, str]] = set()
+        self._poisons_lock = threading.Lock()
 
     def get_or_none(self, agg_id: str) -> Any:
+        """The aggregate, None if it has no events; `PoisonedError` if one cannot be read."""
         loaded = _LOADED.get()
         if loaded is not None:
             loaded.add(agg_id)
@@ -49,12 +99,73 @@ class SpliceApplication(Application[str]):
             return self.repository.get(agg_id)
         except AggregateNotFoundError:
             return None
+        except (PersistenceError, JetStreamAPIError):
+            raise  # the store's (unavailable, conflict): not the events' fault
+        except Exception as e:
+            poison = self.find_poison(agg_id)
+            if poison is None:
+                raise
+            self._seen(poison)
+            raise poison.refusal() from e
+
+    def find_poison(self, agg_id: str) -> Poison | None:
+        """Read the aggregate's stored events again, one by one: the first that cannot be
+        decoded or applied, or None when all of them can. Errors of the store propagate."""
+        agg: Any = None
+        for seq, subject, version, topic, to_stored in self._stored(agg_id):
+            try:
+                event: Any = self.mapper.to_domain_event(to_stored())
+                agg = event.mutate(agg)
+            except UnreadableEventError as e:
+                return Poison(agg_id, seq, subject, topic, version, str(e))
+            except Exception as e:
+                return Poison(agg_id, seq, subject, topic, version, f"{type(e).__name__}: {e}")
+        return None
+
+    def _stored(
+        self, agg_id: str
+    ) -> Iterator[tuple[int | None, str | None, str, str, Callable[[], StoredEvent]]]:
+        """(seq, subject, version, topic, a function making its StoredEvent) of each stored
+        event: from the stream itself with the JetStream store (a broken header is one more
+        way to be unreadable), else from the recorder."""
+        ds = getattr(self.recorder, "datastore", None)
+        if ds is None:
+            for ev in self.recorder.select_events(agg_id):
+                yield None, None, str(ev.originator_version), ev.topic, _given(ev)
+            return
+        for m in ds.read(ds.aggregate_filter(agg_id), 1, None):
+            topic = subjects.topic_of(m.subject, m.headers)
+            version = str(m.headers.get(subjects.H_VERSION, ""))
+            yield m.seq, m.subject, version, topic, _reading(ds, m)
+
+    def _seen(self, poison: Poison) -> None:
+        """Log and count a poisoned event once per process (it refuses every command on it)."""
+        key = (poison.agg_id, poison.seq, poison.version)
+        with self._poisons_lock:
+            if key in self._poisons_seen:
+                return
+            if len(self._poisons_seen) > 10_000:
+                self._poisons_seen.clear()
+            self._poisons_seen.add(key)
+        count_set_aside("command")
+        log.warning("event set aside: its aggregate's commands are refused", reader="command",
+                    aggregate=poison.agg_id, seq=poison.seq, subject=poison.subject,
+                    topic=poison.topic, version=poison.version, error=poison.error)
 
     def get_live(self, agg_id: str, what: str, field: str = "$.id") -> Any:
         agg = self.get_or_none(agg_id)
         if agg is None or getattr(agg, "deleted", False):
             raise NotFoundError(f"{what} {public_id(agg_id)} not found", field=field)
         return agg
+
+
+def _given(ev: StoredEvent) -> Callable[[], StoredEvent]:
+    return lambda: ev
+
+
+def _reading(ds: Any, m: Any) -> Callable[[], StoredEvent]:
+    """A stored message as a StoredEvent, when called (its headers may not be readable)."""
+    return lambda: ds.to_event(m)[0]
 
 
 Handler = Callable[[SpliceApplication, str, Any], Decision]

@@ -92,6 +92,13 @@ class QuotaExceededError(DomainError):
     code = "quota_exceeded"
 
 
+class PoisonedError(DomainError):
+    """The aggregate holds a stored event that cannot be decoded or applied (set aside): no
+    decision is made on it until an administrator repairs it. Never `internal`."""
+
+    code = "poisoned"
+
+
 # -- who acts -----------------------------------------------------------------------------
 
 
@@ -221,8 +228,12 @@ class SpliceAggregate(BaseAggregate[str]):
             applier = appliers[tag] = getattr(cls, f"when_{tag}")
         applier(self, payload)
 
-    # the commands that changed this aggregate lately (idempotency without a separate claim)
-    RECENT_COMMANDS: ClassVar[int] = 128
+    # -- remembered commands: every command that changed this aggregate, with the version its
+    # events left it at. This is how a repeat of a one-event change is recognised without a
+    # claim message, for as long as the stream keeps the events: no bound, a command id is
+    # remembered exactly as long as the events that name it (a bound of the last N commands
+    # let a retry after N other changes apply a second time). The cost is one small dict entry
+    # per command of a loaded aggregate, read from the events that are read anyway.
 
     def _command_key(self, tenant: str | None, command_id: str) -> str | tuple[str, str]:
         """How a command is remembered: a command id is scoped to its tenant.
@@ -246,19 +257,17 @@ class SpliceAggregate(BaseAggregate[str]):
         (immutable keys to ints) need no deep copy, the rest of the state does."""
         new = object.__new__(type(self))
         for key, value in self.__dict__.items():
-            if key == "_recent_commands":
+            if key == "_commands":
                 new.__dict__[key] = dict(value)
             else:
                 new.__dict__[key] = copy.deepcopy(value, memo)
         return new
 
     def remember_command(self, tenant: str | None, command_id: str, version: int) -> None:
-        recent: dict[str | tuple[str, str], int] | None = self.__dict__.get("_recent_commands")
-        if recent is None:
-            recent = self.__dict__["_recent_commands"] = {}
-        recent[self._command_key(tenant, command_id)] = version
-        if len(recent) > self.RECENT_COMMANDS:
-            del recent[next(iter(recent))]
+        done: dict[str | tuple[str, str], int] | None = self.__dict__.get("_commands")
+        if done is None:
+            done = self.__dict__["_commands"] = {}
+        done[self._command_key(tenant, command_id)] = version
 
     def applied_version(self, tenant: str | None, command_id: str) -> int | None:
         """The version at which a stored event of `tenant`'s `command_id` left this aggregate.
@@ -267,6 +276,6 @@ class SpliceAggregate(BaseAggregate[str]):
         another tenant with the same id is another command.
         """
         key = self._command_key(tenant, command_id)
-        version = self.__dict__.get("_recent_commands", {}).get(key)
+        version = self.__dict__.get("_commands", {}).get(key)
         stored = self.version - len(self.pending_events)
         return version if version is not None and version <= stored else None

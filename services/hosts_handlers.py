@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from typing import Any, cast
 
+import structlog
+
 from splice.events import contracts as c
 
 from .common_handlers import Decision, SpliceApplication, Touched
-from .domain import SINGLETON, NotFoundError, aggregate_id
+from .domain import SINGLETON, NotFoundError, PoisonedError, aggregate_id
 from .network import HostRegistry, Quota
 from .servicetype import ADMIN
+
+log = structlog.get_logger("splice.hosts")
 
 
 def _quota(app: SpliceApplication, tenant: str, t: Touched) -> Quota:
@@ -40,7 +44,11 @@ def _registry(app: SpliceApplication, t: Touched) -> HostRegistry:
 
 
 def _move(app: SpliceApplication, t: Touched, service_id: str, host: str | None) -> None:
-    svc = app.get_or_none(service_id)
+    try:
+        svc = app.get_or_none(service_id)
+    except PoisonedError as e:  # one unreadable service must not stop a whole host's moves
+        log.warning("service not moved: its log holds an unreadable event", error=e.message)
+        return
     if svc is not None and not svc.deleted:
         svc.schedule(host)
         t.add(svc)

@@ -5,14 +5,23 @@ audited today, unknown types included. To say *what changed* ("description: 'a' 
 keeps the last known fields of every aggregate (`resources`: the fold of all its events'
 fields), written in the same transaction as the audit rows — so a restarted projector explains
 the next change exactly as a clean rebuild would.
+
+An event the projector set aside (unreadable, or refused by a view) is in the log all the same,
+at its sequence: the row's summary says "seq N on <subject> was set aside by <views>: <error>"
+(after what the event changed, when the audit view could read it). `note_set_aside` writes it,
+in the transaction that records the event as set aside.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import msgspec
+
+from splice.events import subjects
+from splice.events.follow import SetAside
 
 from ..envelope import Event
 from ..schema import Table, cols
@@ -148,6 +157,71 @@ def on_event(ev: Event, tx: Tx) -> None:
             _encode(changes).decode() if changes else "{}",
         )
     )
+
+
+MAX_ERROR = 300  # characters of a set-aside event's error kept in its audit summary
+
+
+def set_aside_note(record: SetAside, views: Sequence[str]) -> str:
+    """'seq 12 on splice.evt.… was set aside by audit, loadbalancers: ValidationError: …'."""
+    error = " ".join(record.error.split())  # one line
+    if len(error) > MAX_ERROR:
+        error = error[: MAX_ERROR - 1] + "…"
+    by = f" by {', '.join(views)}" if views else ""
+    return f"seq {record.seq} on {record.subject} was set aside{by}: {error}"
+
+
+def _version(headers: Mapping[str, str]) -> int:
+    try:
+        return int(headers.get(subjects.H_VERSION) or 0)
+    except ValueError:
+        return 0
+
+
+def set_aside_row(record: SetAside, note: str) -> tuple[Any, ...]:
+    """The audit row of an event the audit view could not read: what its subject and headers
+    say (a tenant's own events stay the tenant's), and the note as its summary."""
+    parts = subjects.parse_event(record.subject)
+    tenant, aggregate, ident = (parts.tenant, parts.aggregate, parts.ident) if parts else ("", "", "")
+    h = record.headers
+    return (
+        record.seq,
+        record.time_ns,
+        tenant,
+        h.get(subjects.H_ACTOR, ""),
+        h.get(subjects.H_COMMAND_ID, ""),
+        h.get(subjects.H_CORRELATION_ID, ""),
+        aggregate,
+        ident,
+        record.topic,
+        _version(h),
+        note,
+        "{}",
+    )
+
+
+SUMMARY = AUDIT.column_names.index("summary")
+
+
+def note_set_aside(tx: Tx, notes: Sequence[tuple[SetAside, Sequence[str]]]) -> None:
+    """Record set-aside events in the audit rows of this transaction.
+
+    `notes`: each event set aside (in stream order) with the views that set it aside. An event
+    the audit view applied in this transaction has its row's summary extended with the note;
+    any other gets a row of its own. Only for events the audit view is applying now (the
+    caller's check): an older row is never written twice.
+    """
+    rows = tx["audit"]
+    where = {row[0]: i for i, row in enumerate(rows.appended)} if rows.appended else {}
+    for record, views in notes:
+        note = set_aside_note(record, views)
+        i = where.get(record.seq)
+        if i is None:
+            rows.append(set_aside_row(record, note))
+            continue
+        row = list(rows.appended[i])
+        row[SUMMARY] = f"{row[SUMMARY]} — {note}"
+        rows.appended[i] = tuple(row)
 
 
 AUDIT_VIEW = View(
