@@ -4,9 +4,12 @@
 
 * registers the host with the providers it has drivers for (`host.register`), then heartbeats
   on core NATS (`splice.hb.<host>`, every 2 s: liveness is not an event);
-* follows the load-balancer and network events (`splice.events.follow`: resumable, a bad event
-  is set aside and the agent goes on) and folds them with the very fold the command side
-  applies (`splice.events.lbaas_fold`);
+* follows the load-balancer, router and network events (`splice.events.follow`: resumable) and folds
+  them with the very fold the command side applies (`splice.events.lbaas_fold`). An event that
+  cannot be decoded or applied is set aside (logged, kept in the follower's `set_aside`,
+  counted in ``splice_events_set_aside_total{reader="agent"}``) and changes nothing: an event
+  is applied to a copy of the load balancer's state, which replaces the state only once the
+  whole event applied, so the host keeps serving what it served and the agent goes on;
 * keeps a snapshot of those states and the stream position in its state directory, so a
   restart resumes from where it stopped instead of replaying the whole history;
 * level-triggered: any event only marks the host dirty; the converge loop then computes the
@@ -16,6 +19,10 @@
   the host, and operating status transitions. Reports are commands on
   ``splice.cmd._host.loadbalancer.*``. A load balancer of a provider without a driver here is
   reported ERROR, never served by another driver;
+* routers (when the agent offers `ROUTER_PROVIDER`): those the scheduler placed on this host
+  (their `ServiceScheduled` event, folded by `splice.events.router_fold`) are handed to the
+  router driver, which makes their namespaces, legs, routes and SNAT tables; a router's
+  trouble is logged (routers have no status report on the wire yet);
 * a resync timer re-converges the last desired set to repair drift.
 """
 
@@ -23,13 +30,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import copy
 import json
 import os
 import re
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import msgspec
 import nats
@@ -39,15 +47,19 @@ from splice.events import contracts as c
 from splice.events import subjects
 from splice.events.follow import Delivery, Follower
 from splice.events.lbaas_fold import LoadBalancerState, apply
+from splice.events.router_fold import ROUTER_PROVIDER, RouterState
+from splice.events.router_fold import apply as apply_router
 
 from .drivers import drivers
 from .drivers.haproxy.driver import LbResult, Report
+from .drivers.router import RouterDriver, RouterSpec, router_spec
 from .model import LoadBalancerSpec, NetworkSpec
 
 log = structlog.get_logger("splice.agent")
 
 HEARTBEAT_S = 2.0
-SUBJECTS = [subjects.events_of("loadbalancer"), subjects.events_of("network")]
+SUBJECTS = [subjects.events_of("loadbalancer"), subjects.events_of("network"),
+            subjects.events_of("router")]
 _decoders = {name: msgspec.json.Decoder(t) for name, t in c.EVENT_TYPES.items()}
 
 
@@ -56,8 +68,10 @@ class Snapshot(msgspec.Struct, kw_only=True):
     """The agent's folds and position, so that a restart need not replay the history."""
 
     seq: int = 0
+    followed: list[str] = []  # the subjects folded up to `seq` (fewer than SUBJECTS: replay)
     lbs: dict[str, LoadBalancerState] = {}  # by aggregate id <tenant>.loadbalancer.<uuid>
     networks: dict[str, tuple[str, str]] = {}  # network aggregate id -> (cidr, gateway)
+    routers: dict[str, RouterState] = {}  # by aggregate id <tenant>.router.<uuid>
 
 
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
@@ -67,6 +81,25 @@ def one_line(text: str) -> str:
     """A reason as the report's contract takes it: no line breaks or control characters
     (haproxy's own words come on several lines)."""
     return _CONTROL.sub(" ", text).strip()
+
+
+S = TypeVar("S", LoadBalancerState, RouterState)
+
+
+def copy_for_apply(state: S) -> S:
+    """A copy of `state` that an applier may change without touching `state`.
+
+    The fold's appliers change the state's own containers in place (add to, pop from, update
+    its dicts) and replace the values in them, never change a value in place: a copy of each
+    container is enough (a microsecond, where a deep copy of a large load balancer costs a
+    millisecond per event).
+    """
+    containers = {
+        name: copy.copy(value)
+        for name in state.__struct_fields__
+        if isinstance(value := getattr(state, name), (dict, list, set))
+    }
+    return msgspec.structs.replace(state, **containers)
 
 
 def public(agg_id: str) -> str:
@@ -101,16 +134,21 @@ class Agent:
         # An agent offers exactly the providers it has drivers for (the scheduler places by
         # them); a service of any other provider placed here is reported ERROR.
         known = drivers()
-        unknown = [p for p in self.providers if p not in known]
+        unknown = [p for p in self.providers if p not in known and p != ROUTER_PROVIDER]
         if unknown:
             raise ValueError(f"no host driver for provider(s) {', '.join(unknown)}: "
-                             f"this agent offers {', '.join(sorted(known))}")
+                             f"this agent offers {', '.join(sorted([*known, ROUTER_PROVIDER]))}")
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.snapshot_path = self.state_dir / f"agent-{host}.json"
         self.resync_s = resync_s
         self.drivers = {p: known[p](host, self.state_dir / "lb", prefix=prefix,
-                                    on_report=self._on_report) for p in self.providers}
+                                    on_report=self._on_report)
+                        for p in self.providers if p != ROUTER_PROVIDER}
+        self.prefix = prefix
+        self.router_driver = (RouterDriver(host, prefix=prefix)
+                              if ROUTER_PROVIDER in self.providers else None)
+        self.routers: dict[str, RouterState] = {}  # by aggregate id
         self.lbs: dict[str, LoadBalancerState] = {}  # by aggregate id
         self.networks: dict[str, tuple[str, str]] = {}
         self.seq = 0
@@ -120,6 +158,7 @@ class Agent:
         self._pending_reports: set[asyncio.Task[Any]] = set()
         self.ready = asyncio.Event()
         self.converges = 0
+        self.follower: Follower | None = None  # its `set_aside` lists the events set aside
         self.load_snapshot()  # resume where the last run stopped
 
     # -- snapshot ---------------------------------------------------------------------------
@@ -132,10 +171,15 @@ class Agent:
         except (msgspec.DecodeError, msgspec.ValidationError) as e:
             log.warning("snapshot unreadable: replaying the history instead", error=str(e))
             return
+        if set(SUBJECTS) - set(snap.followed):  # written before this agent followed them all
+            log.info("snapshot predates some followed events: replaying the history instead")
+            return
         self.seq, self.networks, self.lbs = snap.seq, dict(snap.networks), dict(snap.lbs)
+        self.routers = dict(snap.routers)
 
     def save_snapshot(self) -> None:
-        data = msgspec.json.encode(Snapshot(seq=self.seq, lbs=self.lbs, networks=self.networks))
+        data = msgspec.json.encode(Snapshot(seq=self.seq, followed=SUBJECTS, lbs=self.lbs,
+                                             networks=self.networks, routers=self.routers))
         tmp = self.snapshot_path.with_suffix(".tmp")
         with open(tmp, "wb") as f:
             f.write(data)
@@ -160,13 +204,22 @@ class Agent:
             elif isinstance(payload, c.NetworkDeleted):
                 self.networks.pop(agg_id, None)
         elif where.aggregate == "loadbalancer":
-            state = self.lbs.get(agg_id)
-            if state is None:
-                state = self.lbs[agg_id] = LoadBalancerState()
-            apply(state, payload)
+            before = self.lbs.get(agg_id)
+            state = LoadBalancerState() if before is None else copy_for_apply(before)
+            apply(state, payload)  # raises on a bad event: `self.lbs` is untouched then
             if state.deleted:
                 self.lbs.pop(agg_id, None)
                 self._reported.pop(agg_id, None)
+            else:
+                self.lbs[agg_id] = state
+        elif where.aggregate == "router":
+            had = self.routers.get(agg_id)
+            router = RouterState() if had is None else copy_for_apply(had)
+            apply_router(router, payload)  # raises on a bad event: `self.routers` is untouched
+            if router.deleted:
+                self.routers.pop(agg_id, None)
+            else:
+                self.routers[agg_id] = router
         self._dirty.set()
 
     def _caught_up(self, _position: int) -> None:
@@ -175,9 +228,10 @@ class Agent:
 
     async def _consume(self, stop: asyncio.Event) -> None:
         js = self._nc.jetstream(prefix=self.js_prefix) if self.js_prefix else self._nc.jetstream()
-        follower = Follower(js, SUBJECTS, self.on_event, after=self.seq,
-                            name=f"agent-{self.host}", on_caught_up=self._caught_up)
-        await follower.run(stop)
+        self.follower = Follower(js, SUBJECTS, self.on_event, after=self.seq,
+                                 name=f"agent-{self.host}", on_caught_up=self._caught_up,
+                                 reader="agent")
+        await self.follower.run(stop)
 
     # -- converging -------------------------------------------------------------------------
 
@@ -199,12 +253,26 @@ class Agent:
                 lb, NetworkSpec(state.vip_network_id, *net), state)
         return out
 
+    def desired_routers(self) -> dict[str, RouterSpec]:
+        """The routers placed on this host, by public id, as the router driver builds them."""
+        out: dict[str, RouterSpec] = {}
+        for agg_id, state in self.routers.items():
+            if state.host != self.host or state.deleted:
+                continue
+            head = f"{tenant(agg_id)}.network."
+            nets = {k[len(head):]: v for k, v in self.networks.items() if k.startswith(head)}
+            out[public(agg_id)] = router_spec(public(agg_id), state, nets, self.prefix)
+        return out
+
     async def converge(self) -> tuple[set[str], dict[str, LbResult]]:
-        """Converge every driver; returns the ids that were desired, and the results."""
+        """Converge every driver; returns the ids of the load balancers that were desired,
+        and their results (the router driver's trouble is logged by it)."""
         desired = self.desired()
         results: dict[str, LbResult] = {}
         for provider, driver in self.drivers.items():
             results.update(await driver.converge(desired[provider]))
+        if self.router_driver is not None:
+            await self.router_driver.converge(self.desired_routers())
         return {i for wanted in desired.values() for i in wanted}, results
 
     async def _converge_loop(self, stop: asyncio.Event) -> None:
@@ -227,7 +295,10 @@ class Agent:
             self.save_snapshot()
 
     async def _resync(self, stop: asyncio.Event) -> None:
-        await asyncio.gather(*(d.run_resync(self.resync_s, stop) for d in self.drivers.values()))
+        loops = [d.run_resync(self.resync_s, stop) for d in self.drivers.values()]
+        if self.router_driver is not None:
+            loops.append(self.router_driver.run_resync(self.resync_s, stop))
+        await asyncio.gather(*loops)
 
     async def _report_results(self, wanted: set[str], results: dict[str, LbResult]) -> None:
         """Report what this converge did: the generation it served (not a newer one that came
@@ -341,3 +412,5 @@ class Agent:
                     await self._nc.drain()
             for driver in self.drivers.values():
                 driver.close()
+            if self.router_driver is not None:
+                self.router_driver.close()

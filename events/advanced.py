@@ -205,7 +205,7 @@ class TapDeleted(EventMeta, tag="TapDeleted"):
 
 
 class ServiceScheduled(EventMeta, tag="ServiceScheduled"):
-    """A floating firewall or tap was placed on a host."""
+    """The scheduler placed a floating firewall or tap, or a router, on a host ("": none)."""
 
     host: str
     previous_host: str | None = None

@@ -11,9 +11,9 @@ from .common_handlers import Decision, SpliceApplication, Touched
 from .domain import InvalidError, NotFoundError, aggregate_id, new_public_id, public_id
 from .hosts_handlers import consume, release
 from .insertion_handlers import insert_service, resolve_insertion, retire_service
-from .network import Router
 from .network_handlers import drop_port, net_id, new_port, port_id, router_id
 from .registry import SERVICES
+from .router import Router
 
 
 def svc_id(tenant: str, kind: str, public: str) -> str:

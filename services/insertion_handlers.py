@@ -9,8 +9,8 @@ from splice.events import contracts as c
 from .common_handlers import SpliceApplication, Touched
 from .domain import InvalidError, public_id
 from .hosts_handlers import place, release, unplace
-from .network import Router
 from .network_handlers import router_id
+from .router import Router
 from .servicetype import ServiceType
 from .servicetype_handlers import default_type, st_id
 

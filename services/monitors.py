@@ -323,9 +323,7 @@ class PendingWatchdog(_Monitor):
             current = self.state.pending.get(lb)
             if reply.get("ok") and current is st:
                 st.expired = gen  # the event follows; until then, do not send it again
-            elif (reply.get("error") or {}).get("code") in ("not_found", "poisoned") and (
-                current is st
-            ):
+            elif current is st and (reply.get("error") or {}).get("code") in ("not_found", "poisoned"):
                 del self.state.pending[lb]  # gone meanwhile, or refused until repaired
 
 

@@ -1,4 +1,4 @@
-"""Networks with IPAM, ports, routers, hosts and the scheduler's registry, quotas.
+"""Networks with IPAM, ports, hosts and the scheduler's registry, quotas.
 
 IPAM: a Network aggregate holds its allocations. Allocating an address appends to the network,
 so two concurrent allocations on one network conflict on the server and one of them decides
@@ -27,14 +27,6 @@ from splice.events.contracts import (
     QuotaCreated,
     QuotaLimitsSet,
     QuotaReleased,
-    RouterCreated,
-    RouterDeleted,
-    RouterGatewayCleared,
-    RouterGatewaySet,
-    RouterInterfaceAdded,
-    RouterInterfaceRemoved,
-    RouterServiceAttached,
-    RouterServiceDetached,
     ServicePlaced,
     ServiceUnplaced,
     ServiceWaiting,
@@ -188,98 +180,6 @@ class Port(SpliceAggregate):
         self.name, self.host = e.name, e.host
 
     def when_PortDeleted(self, e: PortDeleted) -> None:
-        self.deleted = True
-
-
-# -- routers ----------------------------------------------------------------------------------
-
-
-class Router(SpliceAggregate):
-    AGGREGATE = "router"
-
-    if TYPE_CHECKING:
-        name: str
-        service_type_id: str
-        interfaces: dict[str, tuple[str, str]]  # network id -> (port id, ip)
-        gateway: dict[str, object] | None
-        services: set[str]
-
-    @classmethod
-    def create(cls, agg_id: str, name: str, service_type_id: str) -> Router:
-        return cls.start(agg_id, stamp(RouterCreated, name=name, service_type_id=service_type_id))
-
-    def add_interface(self, network_id: str, port_id: str, ip: str) -> None:
-        if network_id in self.interfaces:
-            raise AddressInUseError("the router already has an interface on this network", "$.network_id")
-        if self.gateway and self.gateway["network_id"] == network_id:
-            raise InvalidError("this network is the router's external gateway", "$.network_id")
-        self.emit(stamp(RouterInterfaceAdded, network_id=network_id, port_id=port_id, ip_address=ip))
-
-    def remove_interface(self, network_id: str) -> str:
-        if network_id not in self.interfaces:
-            raise InvalidError("the router has no interface on this network", "$.network_id")
-        port_id = self.interfaces[network_id][0]
-        self.emit(stamp(RouterInterfaceRemoved, network_id=network_id, port_id=port_id))
-        return port_id
-
-    def set_gateway(self, network_id: str, port_id: str, ip: str, enable_snat: bool) -> None:
-        if network_id in self.interfaces:
-            raise InvalidError("the router has an interface on this network", "$.network_id")
-        self.emit(
-            stamp(
-                RouterGatewaySet,
-                network_id=network_id,
-                port_id=port_id,
-                ip_address=ip,
-                enable_snat=enable_snat,
-            )
-        )
-
-    def clear_gateway(self) -> str | None:
-        if not self.gateway:
-            return None
-        port_id = str(self.gateway["port_id"])
-        self.emit(stamp(RouterGatewayCleared, port_id=port_id))
-        return port_id
-
-    def attach_service(self, service_id: str) -> None:
-        self.emit(stamp(RouterServiceAttached, service_id=service_id))
-
-    def detach_service(self, service_id: str) -> None:
-        if service_id in self.services:
-            self.emit(stamp(RouterServiceDetached, service_id=service_id))
-
-    def delete(self) -> None:
-        if self.interfaces:
-            raise InUseError("remove the router's interfaces first", "$.id")
-        if self.services:
-            raise InUseError(f"{len(self.services)} service(s) are inserted on this router", "$.id")
-        self.emit(stamp(RouterDeleted))
-
-    def when_RouterCreated(self, e: RouterCreated) -> None:
-        self.name, self.service_type_id = e.name, e.service_type_id
-        self.interfaces, self.gateway, self.services = {}, None, set()
-
-    def when_RouterInterfaceAdded(self, e: RouterInterfaceAdded) -> None:
-        self.interfaces[e.network_id] = (e.port_id, e.ip_address)
-
-    def when_RouterInterfaceRemoved(self, e: RouterInterfaceRemoved) -> None:
-        self.interfaces.pop(e.network_id, None)
-
-    def when_RouterGatewaySet(self, e: RouterGatewaySet) -> None:
-        self.gateway = {"network_id": e.network_id, "port_id": e.port_id,
-                        "ip_address": e.ip_address, "enable_snat": e.enable_snat}
-
-    def when_RouterGatewayCleared(self, e: RouterGatewayCleared) -> None:
-        self.gateway = None
-
-    def when_RouterServiceAttached(self, e: RouterServiceAttached) -> None:
-        self.services.add(e.service_id)
-
-    def when_RouterServiceDetached(self, e: RouterServiceDetached) -> None:
-        self.services.discard(e.service_id)
-
-    def when_RouterDeleted(self, e: RouterDeleted) -> None:
         self.deleted = True
 
 
@@ -443,7 +343,6 @@ __all__ = [
     "Network",
     "Port",
     "Quota",
-    "Router",
     "check_network",
     "mac_for",
     "public_id",

@@ -5,11 +5,13 @@ from __future__ import annotations
 from typing import cast
 
 from splice.events import contracts as c
+from splice.events.router_fold import ROUTER_PROVIDER
 
 from .common_handlers import Decision, SpliceApplication, Touched
 from .domain import InUseError, InvalidError, aggregate_id, new_public_id, public_id
-from .hosts_handlers import consume, release
-from .network import Network, Port, Router, check_network
+from .hosts_handlers import consume, place, release, unplace
+from .network import Network, Port, check_network
+from .router import Router
 from .servicetype import ServiceType
 from .servicetype_handlers import default_type, st_id
 
@@ -116,6 +118,7 @@ def create_router(app: SpliceApplication, tenant: str, cmd: c.CreateRouter) -> D
     router = Router.create(router_id(tenant, new_public_id()), cmd.name, public_id(st.id))
     st.use(router.id)
     t.add(router, st)
+    place(app, t, router, ROUTER_PROVIDER)  # a live host with the router driver, or it waits
     return Decision(router, t.list())
 
 
@@ -169,6 +172,7 @@ def delete_router(app: SpliceApplication, tenant: str, cmd: c.DeleteRouter) -> D
     t.add(router)
     if old:
         drop_port(app, tenant, t, old)
+    unplace(app, t, router)
     st = app.get_or_none(st_id(router.service_type_id))
     if st is not None:
         st.release(router.id)

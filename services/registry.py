@@ -5,7 +5,8 @@ from __future__ import annotations
 from .advanced import Firewall, Nat, ServiceChain, Tap
 from .domain import SpliceAggregate
 from .lbaas import LoadBalancer
-from .network import HostRegistry, Network, Port, Quota, Router
+from .network import HostRegistry, Network, Port, Quota
+from .router import Router
 from .servicetype import ServiceType, ServiceTypeDefault, ServiceTypeName
 
 AGGREGATES: dict[str, type[SpliceAggregate]] = {

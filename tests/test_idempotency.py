@@ -18,6 +18,7 @@ from typing import Any
 import nats
 import pytest
 from helpers import event_messages, request, stream_messages
+from nats.errors import NoRespondersError
 
 from splice.natsserver import NatsServer
 from splice.services.service import CommandService
@@ -45,6 +46,23 @@ class Replica:
     async def start(self) -> None:
         self.service = CommandService(self.url, env=NO_MONITORS)
         await self.service.start()
+        await self.answering()
+
+    async def answering(self, timeout: float = 10.0) -> None:
+        """Until the service answers a request (a refusal will do): ready for the test."""
+        probe = await nats.connect(self.url)
+        try:
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    await probe.request("splice.cmd.acme.nothing.here", b"{}", timeout=1)
+                    return
+                except (NoRespondersError, nats.errors.TimeoutError):
+                    if time.monotonic() > deadline:
+                        raise
+                    await asyncio.sleep(0.05)
+        finally:
+            await probe.close()
 
     async def stop(self) -> None:
         if self.service is not None:

@@ -45,7 +45,7 @@ def agent(
     resync: Annotated[float, typer.Option(help="Seconds between drift repairs.")] = 30.0,
     log_level: LogLevelOpt = "INFO",
 ) -> None:
-    """Run the host agent: converge this host's load balancers to the event stream."""
+    """Run the host agent: converge this host to the event stream (routers: --provider router)."""
     logs.configure(log_level)
     bus = url_of(nats_url)
     cfg = root.AgentConfig(

@@ -1,0 +1,122 @@
+"""What a router is on a host, and what everything of it is called.
+
+From the fold's `RouterState` (and the networks it is plugged into) to a `RouterSpec`: the
+namespace, one leg per network, the default route and the NAT table. Pure: no I/O.
+
+Names, all carrying the agent's prefix (so the agent deletes only what it owns):
+
+* namespace ``<prefix>r-<8 hex of the router id>`` (Neutron's ``qrouter-<id>``, cut to fit);
+* host end of a leg ``<prefix>q<8 hex of sha256(router id, network id)>`` (15 bytes at most,
+  unique per router and network; never ``<prefix>v…``, the LB driver's VIP legs);
+* namespace end ``qr-<8 hex of the network>`` for an interface, ``qg-<…>`` for the gateway;
+* bridge ``<prefix>br-<hex of the network id>``, the LB driver's (`NetworkSpec.bridge_name`);
+* NAT table ``<prefix>nat-<8 hex of the router id>`` (`nftables.render.nat_table`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from splice.agents.model import NetworkSpec, fit_ifname
+from splice.events.router_fold import RouterState
+
+from ..nftables.render import Ruleset, nat_table, render_nat
+
+# sysctls of the namespace (paths under /proc/sys), set explicitly: a new namespace inherits
+# its IPv4 conf/* values from the root namespace. Loose reverse-path filtering (2): strict mode
+# drops flows a chain hop steers; no redirects from a router that may be one-armed.
+NAMESPACE_SYSCTLS: tuple[tuple[str, str], ...] = (
+    ("net/ipv4/conf/default/rp_filter", "2"),
+    ("net/ipv4/conf/default/send_redirects", "0"),
+    ("net/ipv4/conf/all/rp_filter", "2"),
+    ("net/ipv4/conf/all/send_redirects", "0"),
+    ("net/ipv4/ip_forward", "1"),
+)
+LEG_SYSCTLS: tuple[tuple[str, str], ...] = (("rp_filter", "2"), ("send_redirects", "0"))
+
+
+def short(ident: str) -> str:
+    """Eight hex digits of a UUID (public id or ``<tenant>.<kind>.<uuid>``)."""
+    return ident.rsplit(".", 1)[-1].replace("-", "")[:8]
+
+
+@dataclass(frozen=True, slots=True)
+class RouterLayout:
+    prefix: str
+
+    @property
+    def namespace_prefix(self) -> str:
+        return f"{self.prefix}r-"
+
+    @property
+    def leg_prefix(self) -> str:
+        return f"{self.prefix}q"
+
+    def namespace(self, router_id: str) -> str:
+        return f"{self.namespace_prefix}{short(router_id)}"
+
+    def host_leg(self, router_id: str, network_id: str) -> str:
+        digest = hashlib.sha256(f"{router_id}/{network_id}".encode()).hexdigest()
+        return fit_ifname(self.leg_prefix, digest)
+
+    def bridge(self, network_id: str) -> str:
+        return NetworkSpec(network_id, "", "").bridge_name(self.prefix)
+
+
+@dataclass(frozen=True, slots=True)
+class Leg:
+    """One veth: the host end on the network's bridge, the namespace end with one address."""
+
+    host_ifname: str
+    ns_ifname: str
+    bridge: str
+    address: str  # "ip/prefixlen"
+
+
+@dataclass(frozen=True, slots=True)
+class RouterSpec:
+    """One router this host serves."""
+
+    id: str  # the router's public id
+    namespace: str
+    legs: tuple[Leg, ...]
+    default_route: tuple[str, str] | None = None  # (via, namespace ifname)
+    nat: Ruleset | None = None
+
+    @property
+    def bridges(self) -> frozenset[str]:
+        return frozenset(leg.bridge for leg in self.legs)
+
+
+def router_spec(router_id: str, state: RouterState, networks: Mapping[str, tuple[str, str]],
+                prefix: str) -> RouterSpec:
+    """The router as the host must hold it. `networks`: (cidr, gateway) by public network id;
+    a network not known yet (its event not seen) gets no leg until it is."""
+    layout = RouterLayout(prefix)
+    legs: list[Leg] = []
+    for network_id, itf in sorted(state.interfaces.items()):
+        if network_id in networks:
+            legs.append(_leg(layout, router_id, network_id, networks[network_id][0],
+                             itf.ip_address, "qr-"))
+    route: tuple[str, str] | None = None
+    nat: Ruleset | None = None
+    gw = state.gateway
+    if gw is not None and gw.network_id in networks:
+        cidr, gateway = networks[gw.network_id]
+        leg = _leg(layout, router_id, gw.network_id, cidr, gw.ip_address, "qg-")
+        legs.append(leg)
+        route = (gateway, leg.ns_ifname)
+        if gw.enable_snat:
+            nat = render_nat(nat_table(prefix, router_id), [], external_interface=leg.ns_ifname,
+                             external_addresses=[gw.ip_address], snat=True)
+    return RouterSpec(router_id, layout.namespace(router_id), tuple(legs), route, nat)
+
+
+def _leg(layout: RouterLayout, router_id: str, network_id: str, cidr: str, address: str,
+         kind: str) -> Leg:
+    plen = ipaddress.IPv4Network(cidr).prefixlen
+    return Leg(layout.host_leg(router_id, network_id), f"{kind}{short(network_id)}",
+               layout.bridge(network_id), f"{ipaddress.IPv4Address(address)}/{plen}")
