@@ -8,6 +8,7 @@ Select it as the library's own modules are selected::
     JETSTREAM_REPLICAS=1                    # 3 on a cluster
     JETSTREAM_DUPLICATE_WINDOW=120          # seconds of Nats-Msg-Id de-duplication
     JETSTREAM_SUBJECT_PREFIX=splice         # subjects live under <prefix>.evt / .trk / .idem
+    JETSTREAM_TIMEOUT=3                     # seconds to wait for an answer (then: outcome unknown)
 
 Layout of the stream (file storage, `allow_atomic`, `allow_direct`, `deny_delete`, `deny_purge`,
 no age or count limits, so stream sequences are gap-free and permanent):

@@ -69,7 +69,10 @@ class StoreSettings:
         self.duplicate_window_s = float(env.get("JETSTREAM_DUPLICATE_WINDOW") or 120)
         self.prefix = env.get("JETSTREAM_SUBJECT_PREFIX") or subjects.PREFIX
         self.create = strtobool(env.get("CREATE_TABLE") or "yes")
-        self.timeout = float(env.get("JETSTREAM_TIMEOUT") or 10)
+        # How long a write or read waits for JetStream's answer. An ack takes milliseconds; a
+        # write whose answer was lost (a server restarting mid-batch) has an unknown outcome and
+        # is decided again on fresh state, so a long wait only stalls every commit behind it.
+        self.timeout = float(env.get("JETSTREAM_TIMEOUT") or 3)
         # commits in flight at once (each an atomic batch of the writes that queued meanwhile)
         self.inflight = int(env.get("JETSTREAM_COMMIT_INFLIGHT") or 1)
 
