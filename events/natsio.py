@@ -15,7 +15,7 @@ import asyncio
 import json
 import threading
 import uuid
-from collections.abc import Coroutine, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -64,6 +64,7 @@ class NatsThread:
         self._thread = threading.Thread(target=self._run, name=f"nats-{name}", daemon=True)
         self._thread.start()
         self._closed = False
+        self._on_disconnect: list[Callable[[], None]] = []
         self.nc: Client = self.call(
             nats.connect(
                 [u.strip() for u in url.split(",") if u.strip()],
@@ -72,12 +73,21 @@ class NatsThread:
                 max_reconnect_attempts=-1,
                 reconnect_time_wait=0.25,
                 allow_reconnect=True,
+                disconnected_cb=self._disconnected,
             ),
             timeout=connect_timeout + 5,
         )
         self._inbox_prefix = self.nc.new_inbox()
         self._mux: dict[str, asyncio.Queue[Msg]] = {}
         self.call(self._start_mux())
+
+    def on_disconnect(self, callback: Callable[[], None]) -> None:
+        """Call `callback` on the connection's loop whenever the connection is lost."""
+        self._on_disconnect.append(callback)
+
+    async def _disconnected(self) -> None:
+        for callback in self._on_disconnect:
+            callback()
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
@@ -275,6 +285,14 @@ class GroupCommitter:
         self._tasks: set[asyncio.Task[None]] = set()
         self.commits = 0
         self.grouped = 0
+
+    def abandon(self) -> None:
+        """Cancel the commits in flight and drop the queued ones: the connection is gone."""
+        for _, _, fut in self._queue:
+            fut.cancel()
+        self._queue.clear()
+        for task in list(self._tasks):
+            task.cancel()  # its `finally` frees the subjects it checked
 
     async def submit(self, msgs: Sequence[OutMsg]) -> tuple[int, int]:
         if len(msgs) == 1:

@@ -47,18 +47,6 @@ BATCH_READ = 1000  # messages asked for in one batched direct get
 MAX_BATCH = 1000  # nats-server's default limit of messages in one atomic batch
 
 
-class _Committer(GroupCommitter):
-    """The group committer, able to give up the commits of a lost connection."""
-
-    def abandon(self) -> None:
-        """Cancel the commits in flight and drop the queued ones: the connection is gone."""
-        for _, _, fut in self._queue:
-            fut.cancel()
-        self._queue.clear()
-        for task in list(self._tasks):
-            task.cancel()  # its `finally` frees the subjects it checked
-
-
 class StoreSettings:
     """The store's environment (see `splice.events.jetstream`)."""
 
@@ -110,7 +98,7 @@ class JetStreamDatastore:
         self.timeout = settings.timeout
         self._own_conn = conn is None
         self.conn = conn or NatsThread(settings.url, name=f"splice-store-{settings.stream}")
-        self.committer = _Committer(
+        self.committer = GroupCommitter(
             self.conn, max_msgs=MAX_BATCH, timeout=settings.timeout, inflight=settings.inflight
         )
         # requests waiting for an answer (tasks on the connection's loop), and those of them
@@ -118,7 +106,7 @@ class JetStreamDatastore:
         self._waiting: set[asyncio.Task[Any]] = set()
         self._lost: set[asyncio.Task[Any]] = set()
         self.connection_losses = 0
-        self._watch_connection()
+        self.conn.on_disconnect(self._connection_lost)
         # originator id -> {version: stream seq} of the newest events this process has seen
         # (a few per aggregate: a fast-forward asks for events after a version it held).
         self._last: OrderedDict[UUID | str, dict[int, int]] = OrderedDict()
@@ -138,19 +126,6 @@ class JetStreamDatastore:
             except JetStreamAPIError as e2:
                 if e2.err_code != 10058:  # created meanwhile by another process
                     raise OperationalError(str(e2)) from e2
-
-    def _watch_connection(self) -> None:
-        """Be told when the connection is lost (chained to nats-py's disconnected callback:
-        nats-py 2.16 offers no other way to learn it without polling)."""
-        nc = self.conn.nc
-        previous = nc._disconnected_cb
-
-        async def disconnected() -> None:
-            self._connection_lost()
-            if previous is not None:
-                await previous()
-
-        nc._disconnected_cb = disconnected
 
     def _connection_lost(self) -> None:
         """On the loop: fail every request in flight, they will not be answered."""
