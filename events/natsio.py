@@ -169,7 +169,13 @@ class NatsThread:
         self, stream: str, subject: str, timeout: float = 10.0
     ) -> StoredMsg | None:
         """The last message on `subject` (may be a wildcard), or None."""
-        body = json.dumps({"last_by_subj": subject}).encode()
+        return await self.direct_get(stream, {"last_by_subj": subject}, timeout)
+
+    async def direct_get(
+        self, stream: str, request: Mapping[str, Any], timeout: float = 10.0
+    ) -> StoredMsg | None:
+        """One message by direct get (`request` as JetStream takes it), or None when none."""
+        body = json.dumps(request).encode()
         msg = await self.nc.request(f"$JS.API.DIRECT.GET.{stream}", body, timeout=timeout)
         hdrs = msg.headers or {}
         status = hdrs.get("Status")

@@ -15,7 +15,6 @@ reconnecting wait for the new connection (nats-py holds them until then).
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -192,16 +191,7 @@ class JetStreamDatastore:
 
     async def _direct_get(self, request: dict[str, Any]) -> StoredMsg | None:
         """One message by direct get (on the connection's loop); None when there is none."""
-        msg = await self.conn.nc.request(
-            f"$JS.API.DIRECT.GET.{self.stream}", json.dumps(request).encode(), timeout=self.timeout
-        )
-        hdrs = msg.headers or {}
-        status = hdrs.get("Status")
-        if status == "404":
-            return None
-        if status:
-            raise JetStreamAPIError(int(status), 0, str(hdrs.get("Description", "")))
-        return StoredMsg(int(hdrs["Nats-Sequence"]), hdrs["Nats-Subject"], hdrs, msg.data)
+        return await self.conn.direct_get(self.stream, request, self.timeout)
 
     def find_seq(self, originator_id: UUID | str, version: int) -> int | None:
         """The stream sequence of the aggregate's event `version`, or None if it has none.
