@@ -22,7 +22,9 @@
 * routers (when the agent offers `ROUTER_PROVIDER`): those the scheduler placed on this host
   (their `ServiceScheduled` event, folded by `splice.events.router_fold`) are handed to the
   router driver, which makes their namespaces, legs, routes and SNAT tables; a router's
-  trouble is logged (routers have no status report on the wire yet);
+  trouble is logged (routers have no status report on the wire yet). Firewalls and NAT are
+  folded too (`splice.events.advanced_fold`): those routed on a router placed here become
+  tables in its namespace (`drivers.router.routed`);
 * a resync timer re-converges the last desired set to repair drift.
 """
 
@@ -45,6 +47,8 @@ import structlog
 
 from splice.events import contracts as c
 from splice.events import subjects
+from splice.events.advanced_fold import FirewallState, NatState
+from splice.events.advanced_fold import apply as apply_service
 from splice.events.follow import Delivery, Follower
 from splice.events.lbaas_fold import LoadBalancerState, apply
 from splice.events.router_fold import ROUTER_PROVIDER, RouterState
@@ -53,13 +57,15 @@ from splice.events.router_fold import apply as apply_router
 from .drivers import drivers
 from .drivers.haproxy.driver import LbResult, Report
 from .drivers.router import RouterDriver, RouterSpec, router_spec
+from .drivers.router.routed import routed_on
 from .model import LoadBalancerSpec, NetworkSpec
 
 log = structlog.get_logger("splice.agent")
 
 HEARTBEAT_S = 2.0
 SUBJECTS = [subjects.events_of("loadbalancer"), subjects.events_of("network"),
-            subjects.events_of("router")]
+            subjects.events_of("router"), subjects.events_of("firewall"),
+            subjects.events_of("nat")]
 _decoders = {name: msgspec.json.Decoder(t) for name, t in c.EVENT_TYPES.items()}
 
 
@@ -72,6 +78,8 @@ class Snapshot(msgspec.Struct, kw_only=True):
     lbs: dict[str, LoadBalancerState] = {}  # by aggregate id <tenant>.loadbalancer.<uuid>
     networks: dict[str, tuple[str, str]] = {}  # network aggregate id -> (cidr, gateway)
     routers: dict[str, RouterState] = {}  # by aggregate id <tenant>.router.<uuid>
+    firewalls: dict[str, FirewallState] = {}  # by aggregate id <tenant>.firewall.<uuid>
+    nats: dict[str, NatState] = {}  # by aggregate id <tenant>.nat.<uuid>
 
 
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
@@ -83,7 +91,7 @@ def one_line(text: str) -> str:
     return _CONTROL.sub(" ", text).strip()
 
 
-S = TypeVar("S", LoadBalancerState, RouterState)
+S = TypeVar("S", LoadBalancerState, RouterState, FirewallState, NatState)
 
 
 def copy_for_apply(state: S) -> S:
@@ -149,6 +157,8 @@ class Agent:
         self.router_driver = (RouterDriver(host, prefix=prefix)
                               if ROUTER_PROVIDER in self.providers else None)
         self.routers: dict[str, RouterState] = {}  # by aggregate id
+        self.firewalls: dict[str, FirewallState] = {}  # by aggregate id
+        self.nats: dict[str, NatState] = {}  # by aggregate id
         self.lbs: dict[str, LoadBalancerState] = {}  # by aggregate id
         self.networks: dict[str, tuple[str, str]] = {}
         self.seq = 0
@@ -175,11 +185,12 @@ class Agent:
             log.info("snapshot predates some followed events: replaying the history instead")
             return
         self.seq, self.networks, self.lbs = snap.seq, dict(snap.networks), dict(snap.lbs)
-        self.routers = dict(snap.routers)
+        self.routers, self.firewalls, self.nats = dict(snap.routers), dict(snap.firewalls), dict(snap.nats)
 
     def save_snapshot(self) -> None:
         data = msgspec.json.encode(Snapshot(seq=self.seq, followed=SUBJECTS, lbs=self.lbs,
-                                             networks=self.networks, routers=self.routers))
+                                             networks=self.networks, routers=self.routers,
+                                             firewalls=self.firewalls, nats=self.nats))
         tmp = self.snapshot_path.with_suffix(".tmp")
         with open(tmp, "wb") as f:
             f.write(data)
@@ -220,6 +231,16 @@ class Agent:
                 self.routers.pop(agg_id, None)
             else:
                 self.routers[agg_id] = router
+        elif where.aggregate in ("firewall", "nat"):
+            folds: dict[str, Any] = self.firewalls if where.aggregate == "firewall" else self.nats
+            had_svc = folds.get(agg_id)
+            svc = ((FirewallState() if where.aggregate == "firewall" else NatState())
+                   if had_svc is None else copy_for_apply(had_svc))
+            apply_service(svc, payload)  # raises on a bad event: the fold is untouched
+            if svc.deleted:
+                folds.pop(agg_id, None)
+            else:
+                folds[agg_id] = svc
         self._dirty.set()
 
     def _caught_up(self, _position: int) -> None:
@@ -261,7 +282,9 @@ class Agent:
                 continue
             head = f"{tenant(agg_id)}.network."
             nets = {k[len(head):]: v for k, v in self.networks.items() if k.startswith(head)}
-            out[public(agg_id)] = router_spec(public(agg_id), state, nets, self.prefix)
+            fws, nats = routed_on(agg_id, self.firewalls, self.nats)
+            out[public(agg_id)] = router_spec(public(agg_id), state, nets, self.prefix,
+                                              firewalls=fws, nats=nats)
         return out
 
     async def converge(self) -> tuple[set[str], dict[str, LbResult]]:

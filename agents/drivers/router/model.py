@@ -10,20 +10,26 @@ Names, all carrying the agent's prefix (so the agent deletes only what it owns):
   unique per router and network; never ``<prefix>v…``, the LB driver's VIP legs);
 * namespace end ``qr-<8 hex of the network>`` for an interface, ``qg-<…>`` for the gateway;
 * bridge ``<prefix>br-<hex of the network id>``, the LB driver's (`NetworkSpec.bridge_name`);
-* NAT table ``<prefix>nat-<8 hex of the router id>`` (`nftables.render.nat_table`).
+* NAT table ``<prefix>nat-<8 hex of the router id>`` (`nftables.render.nat_table`), with the
+  port forwards of the NATs routed on the router; a table ``<prefix>fw-<8 hex>`` per firewall
+  routed on it (`routed`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from splice.agents.model import NetworkSpec, fit_ifname
+from splice.events.advanced_fold import FirewallState, NatState
 from splice.events.router_fold import RouterState
 
-from ..nftables.render import Ruleset, nat_table, render_nat
+from ..nftables import plan as nft
+from ..nftables.conntrack import Guard
+from ..nftables.render import Ruleset
+from .routed import firewalls_desired, nat_desired
 
 # sysctls of the namespace (paths under /proc/sys), set explicitly: a new namespace inherits
 # its IPv4 conf/* values from the root namespace. Loose reverse-path filtering (2): strict mode
@@ -84,7 +90,15 @@ class RouterSpec:
     namespace: str
     legs: tuple[Leg, ...]
     default_route: tuple[str, str] | None = None  # (via, namespace ifname)
-    nat: Ruleset | None = None
+    nat: Ruleset | None = None  # SNAT and the port forwards of its NATs
+    firewalls: tuple[nft.Desired, ...] = ()  # one table per firewall routed on it
+    nat_guard: Guard | None = None  # which open flows may outlive a change of `nat`
+
+    @property
+    def tables(self) -> list[nft.Desired]:
+        """Every nftables table the namespace must hold."""
+        nat = [] if self.nat is None else [nft.Desired(self.id, self.nat, self.nat_guard)]
+        return [*nat, *self.firewalls]
 
     @property
     def bridges(self) -> frozenset[str]:
@@ -92,9 +106,11 @@ class RouterSpec:
 
 
 def router_spec(router_id: str, state: RouterState, networks: Mapping[str, tuple[str, str]],
-                prefix: str) -> RouterSpec:
+                prefix: str, *, firewalls: Sequence[tuple[str, FirewallState]] = (),
+                nats: Sequence[NatState] = ()) -> RouterSpec:
     """The router as the host must hold it. `networks`: (cidr, gateway) by public network id;
-    a network not known yet (its event not seen) gets no leg until it is."""
+    a network not known yet (its event not seen) gets no leg until it is. `firewalls` (with
+    their public ids) and `nats`: the services routed on it (`routed.routed_on`)."""
     layout = RouterLayout(prefix)
     legs: list[Leg] = []
     for network_id, itf in sorted(state.interfaces.items()):
@@ -102,17 +118,18 @@ def router_spec(router_id: str, state: RouterState, networks: Mapping[str, tuple
             legs.append(_leg(layout, router_id, network_id, networks[network_id][0],
                              itf.ip_address, "qr-"))
     route: tuple[str, str] | None = None
-    nat: Ruleset | None = None
+    nat: nft.Desired | None = None
     gw = state.gateway
     if gw is not None and gw.network_id in networks:
         cidr, gateway = networks[gw.network_id]
         leg = _leg(layout, router_id, gw.network_id, cidr, gw.ip_address, "qg-")
         legs.append(leg)
         route = (gateway, leg.ns_ifname)
-        if gw.enable_snat:
-            nat = render_nat(nat_table(prefix, router_id), [], external_interface=leg.ns_ifname,
-                             external_addresses=[gw.ip_address], snat=True)
-    return RouterSpec(router_id, layout.namespace(router_id), tuple(legs), route, nat)
+        nat = nat_desired(router_id, prefix, nats, external_if=leg.ns_ifname,
+                          external_address=gw.ip_address, snat=gw.enable_snat)
+    return RouterSpec(router_id, layout.namespace(router_id), tuple(legs), route,
+                      None if nat is None else nat.ruleset, firewalls_desired(firewalls, prefix),
+                      None if nat is None else nat.guard)
 
 
 def _leg(layout: RouterLayout, router_id: str, network_id: str, cidr: str, address: str,

@@ -8,7 +8,8 @@ in each, its links, addresses, default route, sysctls and nftables tables). The 
 * bridges the legs need first (the LB driver's names: whichever driver comes first makes it);
 * per router: the namespace, its sysctls, each leg whose veth, bridge, state, address or
   per-leg sysctls differ (one `EnsureLeg` makes all of it exact), the default route, and the
-  NAT table through the nftables core's own `plan` (one atomic replacement, owned tables only);
+  NAT table and routed firewalls' tables through the nftables core's own `plan` (one atomic
+  replacement per table, then the conntrack cut; owned tables only);
 * legs nobody wants (an interface removed), then namespaces nobody wants (a router deleted or
   moved away: its legs and tables go with it), then bridges of ours left with no port but
   those legs;
@@ -173,8 +174,7 @@ def plan_router(spec: RouterSpec, observed: Observed, *, prefix: str) -> list[Op
     elif spec.default_route is None and route is not None:
         ops.append(DeleteDefaultRoute(spec.namespace))
     tables = seen.tables if seen is not None else {}
-    want = [nft.Desired(spec.id, spec.nat)] if spec.nat is not None else []
-    steps = nft.plan(want, tables, prefix=prefix)
+    steps = nft.plan(spec.tables, tables, prefix=prefix)
     if steps:
         ops.append(Tables(spec.id, spec.namespace, tuple(steps)))
     return ops
