@@ -20,6 +20,7 @@ from msgspec import Struct
 
 from . import advanced as ev
 from .advanced import FirewallRule, PortForward
+from .folding import apply_with, by_tag
 from .wire import InsertionState
 
 
@@ -58,17 +59,10 @@ class NatState(Struct, kw_only=True):
 S = TypeVar("S", FirewallState, NatState)
 
 
-def tag_of(event: Any) -> str:
-    return str(type(event).__struct_config__.tag)
-
 
 def apply(state: FirewallState | NatState, event: Any) -> bool:
     """Apply one event in place; False when it is not an event of the state's kind."""
-    applier = APPLIERS[type(state)].get(tag_of(event))
-    if applier is None:
-        return False
-    applier(state, event)
-    return True
+    return apply_with(APPLIERS[type(state)], state, event)
 
 
 def fold(events: list[Any], state: S) -> S:
@@ -153,11 +147,8 @@ def _chain_detached(s: FirewallState | NatState, e: ev.ServiceChainDetached) -> 
     s.chains = [c for c in s.chains if c != e.chain_id]
 
 
-def _by_tag(table: dict[type[Any], Callable[..., None]]) -> dict[str, Callable[..., None]]:
-    return {str(t.__struct_config__.tag): f for t, f in table.items()}
 
-
-FIREWALL_APPLIERS: dict[str, Callable[..., None]] = _by_tag({
+FIREWALL_APPLIERS: dict[str, Callable[..., None]] = by_tag({
     ev.FirewallCreated: _fw_created,
     ev.FirewallUpdated: _fw_updated,
     ev.FirewallRuleInserted: _rule_inserted,
@@ -168,7 +159,7 @@ FIREWALL_APPLIERS: dict[str, Callable[..., None]] = _by_tag({
     ev.ServiceChainAttached: _chain_attached,
     ev.ServiceChainDetached: _chain_detached,
 })
-NAT_APPLIERS: dict[str, Callable[..., None]] = _by_tag({
+NAT_APPLIERS: dict[str, Callable[..., None]] = by_tag({
     ev.NatCreated: _nat_created,
     ev.PortForwardAdded: _forward_added,
     ev.PortForwardRemoved: _forward_removed,

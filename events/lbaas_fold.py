@@ -18,6 +18,7 @@ from msgspec import Struct
 
 from . import lbaas as ev
 from .advanced import ServiceChainAttached, ServiceChainDetached
+from .folding import apply_with, by_tag
 from .lbaas import Listener, Member, Pool
 from .wire import InsertionState
 
@@ -55,17 +56,10 @@ class LoadBalancerState(Struct, kw_only=True):
         return self.insertion.provider if self.insertion else ""
 
 
-def tag_of(event: Any) -> str:
-    return str(type(event).__struct_config__.tag)
-
 
 def apply(state: LoadBalancerState, event: Any) -> bool:
     """Apply one event in place; False when it is not a load balancer's event."""
-    applier = APPLIERS.get(tag_of(event))
-    if applier is None:
-        return False
-    applier(state, event)
-    return True
+    return apply_with(APPLIERS, state, event)
 
 
 def fold(events: list[Any]) -> LoadBalancerState:
@@ -229,11 +223,8 @@ def _chain_detached(s: LoadBalancerState, e: ServiceChainDetached) -> None:
     s.chains = [c for c in s.chains if c != e.chain_id]
 
 
-def _by_tag(table: dict[type[Any], Callable[..., None]]) -> dict[str, Callable[..., None]]:
-    return {str(t.__struct_config__.tag): f for t, f in table.items()}
 
-
-APPLIERS: dict[str, Callable[..., None]] = _by_tag({
+APPLIERS: dict[str, Callable[..., None]] = by_tag({
     ev.LoadBalancerCreated: _created,
     ev.LoadBalancerUpdated: _updated,
     ev.LoadBalancerScheduled: _scheduled,

@@ -23,6 +23,7 @@ from msgspec import Struct
 
 from . import advanced as adv
 from . import network as ev
+from .folding import apply_with, by_tag
 
 # What an agent with the router driver advertises, and what the scheduler places routers by.
 # Not a service type's provider: a router is not a service of a kind (its service type chooses
@@ -58,17 +59,10 @@ class RouterState(Struct, kw_only=True):
     deleted: bool = False
 
 
-def tag_of(event: Any) -> str:
-    return str(type(event).__struct_config__.tag)
-
 
 def apply(state: RouterState, event: Any) -> bool:
     """Apply one event in place; False when it is not a router's event."""
-    applier = ROUTER_APPLIERS.get(tag_of(event))
-    if applier is None:
-        return False
-    applier(state, event)
-    return True
+    return apply_with(ROUTER_APPLIERS, state, event)
 
 
 def fold_router(events: list[Any]) -> RouterState:
@@ -120,11 +114,8 @@ def _deleted(s: RouterState, e: ev.RouterDeleted) -> None:
     s.deleted = True
 
 
-def _by_tag(table: dict[type[Any], Callable[..., None]]) -> dict[str, Callable[..., None]]:
-    return {str(t.__struct_config__.tag): f for t, f in table.items()}
 
-
-ROUTER_APPLIERS: dict[str, Callable[..., None]] = _by_tag({
+ROUTER_APPLIERS: dict[str, Callable[..., None]] = by_tag({
     ev.RouterCreated: _created,
     ev.RouterInterfaceAdded: _interface_added,
     ev.RouterInterfaceRemoved: _interface_removed,

@@ -14,9 +14,13 @@ A driver offers:
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
+
+import structlog
 
 from splice.agents.model import LoadBalancerSpec
 
@@ -36,6 +40,22 @@ class Driver(Protocol):
     async def run_resync(self, interval_s: float, stop: Any) -> None: ...
 
     def close(self) -> None: ...
+
+
+async def resync_every(
+    interval_s: float, stop: asyncio.Event, resync: Callable[[], Awaitable[Any]], what: str
+) -> None:
+    """Call `resync()` every `interval_s` until `stop` is set; its errors are logged, never
+    fatal (the next round tries again)."""
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), interval_s)
+        if stop.is_set():
+            break
+        try:
+            await resync()
+        except Exception:
+            structlog.get_logger("splice.agent").exception("resync failed", driver=what)
 
 
 def drivers() -> Mapping[str, type[Driver]]:

@@ -17,7 +17,6 @@ generation, reason, or any listener/pool/member operating status.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import os
 import shutil
 from collections.abc import Callable, Mapping
@@ -29,6 +28,7 @@ from typing import Any
 import structlog
 
 from splice.agents import netns
+from splice.agents.drivers import resync_every
 from splice.agents.drivers.haproxy import process as haproxy
 from splice.agents.drivers.haproxy.plan import (
     DeleteBridge,
@@ -155,15 +155,7 @@ class HaproxyDriver:
 
     async def run_resync(self, interval_s: float, stop: asyncio.Event) -> None:
         """Resync every ``interval_s`` until ``stop`` is set; errors are logged, never fatal."""
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval_s)
-            if stop.is_set():
-                break
-            try:
-                await self.resync()
-            except Exception:
-                log.exception("resync failed")
+        await resync_every(interval_s, stop, self.resync, "haproxy")
 
     def close(self) -> None:
         self._pool.shutdown(wait=True)

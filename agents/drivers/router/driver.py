@@ -10,13 +10,13 @@ are serialised (one at a time per host); the blocking work runs in one worker th
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 import structlog
 
+from splice.agents.drivers import resync_every
 from splice.events.router_fold import ROUTER_PROVIDER
 
 from . import host
@@ -82,15 +82,7 @@ class RouterDriver:
 
     async def run_resync(self, interval_s: float, stop: asyncio.Event) -> None:
         """Resync every ``interval_s`` until ``stop`` is set; errors are logged, never fatal."""
-        while not stop.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), interval_s)
-            if stop.is_set():
-                break
-            try:
-                await self.resync()
-            except Exception:
-                log.exception("router resync failed")
+        await resync_every(interval_s, stop, self.resync, "router")
 
     def close(self) -> None:
         for task in self._tasks:

@@ -1,0 +1,28 @@
+"""What every fold in `events/` shares: appliers keyed by an event's stable wire name (its tag,
+never its Python class name), and applying one event with such a table."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+Applier = Callable[..., None]
+
+
+def tag_of(event: Any) -> str:
+    """An event's wire name (the tag of its Struct)."""
+    return str(type(event).__struct_config__.tag)
+
+
+def by_tag(table: Mapping[type[Any], Applier]) -> dict[str, Applier]:
+    """Appliers keyed by event class, as a table keyed by the events' wire names."""
+    return {str(t.__struct_config__.tag): f for t, f in table.items()}
+
+
+def apply_with(appliers: Mapping[str, Applier], state: Any, event: Any) -> bool:
+    """Apply one event to `state` in place; False when no applier takes it."""
+    applier = appliers.get(tag_of(event))
+    if applier is None:
+        return False
+    applier(state, event)
+    return True
