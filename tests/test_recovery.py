@@ -4,7 +4,8 @@ Seen before: after a restart, an eager client (40 workers that send again whenev
 times out) collapsed the command service to about 2 commands/s with 40 to 100 s latency; one
 command id was handled up to 34 times, and each duplicate re-read a 1,006-event network.
 
-Here 40 eager workers run against the command service (in this process) on a real nats-server:
+Here 40 eager workers run against the command service (`splice serve`, a process of its own, as
+it runs in production) on a real nats-server:
 half change their own port (one-event writes), half create ports on one shared network (atomic
 batches with a claim; the network grows long). The server is killed with SIGKILL and started
 again on the same store and port while they run. The test measures how long throughput takes
@@ -16,18 +17,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 import uuid
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 import nats
 import pytest
-from helpers import request
+from helpers import request, stream_messages
 
-from splice.events.natsio import StoredMsg
 from splice.natsserver import NatsServer
-from splice.services.service import CommandService
 
 pytestmark = pytest.mark.trust
 
@@ -39,6 +43,7 @@ WINDOW_S = 1.0  # throughput after the restart: over sliding windows this long
 STEP_S = 0.25
 RECOVERED = 0.8  # "back to its earlier level": at least this share of the earlier throughput
 BOUND_S = 15.0  # the recovery must take less than this after the server is back
+SPLICE = str(Path(sys.executable).parent / "splice")
 
 
 class Load:
@@ -124,23 +129,37 @@ def report(
     )
 
 
-async def stream_events(svc: CommandService) -> list[StoredMsg]:
-    """Every event in the stream, read in batches (direct gets of 1,000)."""
-    assert svc._executor is not None
-    ds = svc._executor.recorder.datastore
-    return await asyncio.to_thread(ds.read, "splice.evt.>", 1, None)
+def start_service(url: str, env: dict[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    with log_path.open("wb") as log:
+        return subprocess.Popen([SPLICE, "serve", "--nats-url", url], env=env, stdout=log,
+                                stderr=subprocess.STDOUT)
+
+
+async def answering(nc: Any, proc: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
+    """Until the service answers a request (a refusal will do)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        assert proc.poll() is None, "splice serve exited"
+        try:
+            await nc.request("splice.cmd.acme.nothing.here", b"{}", timeout=1)
+            return
+        except nats.errors.Error:
+            assert time.monotonic() < deadline, "splice serve does not answer"
+            await asyncio.sleep(0.1)
 
 
 async def test_throughput_recovers_within_seconds_after_a_nats_server_restart(
-    fresh_nats: NatsServer,
+    fresh_nats: NatsServer, tmp_path: Path
 ) -> None:
-    svc = CommandService(fresh_nats.url, env={"SPLICE_MONITORS": "off"})
-    await svc.start()
+    env = {**os.environ, "SPLICE_MONITORS": "off", "SPLICE_LOG_LEVEL": "WARNING"}
+    env.pop("SPLICE_CREDS", None)
+    svc = start_service(fresh_nats.url, env, tmp_path / "serve.log")
     nc = await nats.connect(
         fresh_nats.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1, name="eager"
     )
     tasks: list[asyncio.Task[None]] = []
     try:
+        await answering(nc, svc)
         # -- a network, a port per updating worker ------------------------------------------
         async def ok(subject: str, body: dict[str, Any]) -> dict[str, Any]:
             body = {"command_id": str(uuid.uuid4()), "actor": "setup", **body}
@@ -188,19 +207,24 @@ async def test_throughput_recovers_within_seconds_after_a_nats_server_restart(
         # -- stop: every worker finishes the command it is sending ---------------------------
         load.stopping.set()
         await asyncio.wait_for(asyncio.gather(*tasks), timeout=30)
-        print(f"executor: {dict(getattr(svc._executor, 'counts', {}))}")
-        events = await stream_events(svc)
+        events = [m for m in await stream_messages(fresh_nats.url)
+                  if m["subject"].startswith("splice.evt.")]
     finally:
         for t in tasks:
             if not t.done():
                 t.cancel()
         await nc.close()
-        await svc.stop()
+        svc.send_signal(signal.SIGTERM)
+        try:
+            svc.wait(15)
+        except subprocess.TimeoutExpired:
+            svc.kill()
+            svc.wait(5)
 
     # -- nothing lost, nothing doubled, every reply its event's -------------------------------
-    ours: dict[str, list[StoredMsg]] = {}
+    ours: dict[str, list[dict[str, Any]]] = {}
     for m in events:
-        cid = m.headers.get("Splice-Command-Id", "")
+        cid = m["headers"].get("Splice-Command-Id", "")
         if cid.startswith("w"):
             ours.setdefault(cid, []).append(m)
     assert set(ours) == set(load.replies), (
@@ -208,10 +232,10 @@ async def test_throughput_recovers_within_seconds_after_a_nats_server_restart(
         f"unanswered: {sorted(set(ours) - set(load.replies))[:5]}"
     )
     for cid, (verb, reply) in load.replies.items():
-        topics = Counter(m.headers["Splice-Topic"] for m in ours[cid])
+        topics = Counter(m["headers"]["Splice-Topic"] for m in ours[cid])
         main = "PortUpdated" if verb == "update" else "PortCreated"
         expected = {main: 1} if verb == "update" else {main: 1, "AddressAllocated": 1,
                                                        "QuotaConsumed": 1}
         assert topics == expected, (cid, topics)
-        event = next(m for m in ours[cid] if m.headers["Splice-Topic"] == main)
-        assert reply["seq"] == event.seq, (cid, reply, event.seq)
+        event = next(m for m in ours[cid] if m["headers"]["Splice-Topic"] == main)
+        assert reply["seq"] == event["seq"], (cid, reply, event["seq"])
