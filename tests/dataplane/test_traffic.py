@@ -40,7 +40,8 @@ async def test_source_ip_persistence_keeps_a_client_on_one_member(
     net: Fabric, reconciler: HaproxyDriver
 ) -> None:
     spec = lb_spec(net, persistence=SessionPersistence(type="SOURCE_IP"))
-    await reconciler.converge({spec.id: spec})
+    results = await reconciler.converge({spec.id: spec})
+    assert results[spec.id].provisioning_status == ACTIVE, results[spec.id].reason
     wait_until(lambda: serving(net, spec.vip_address), 10, "the VIP to serve")
     assert len(spread(net, spec.vip_address, 12)) == 1
 
@@ -49,7 +50,8 @@ async def test_source_ip_algorithm_keeps_a_client_on_one_member(
     net: Fabric, reconciler: HaproxyDriver
 ) -> None:
     spec = lb_spec(net, algorithm="SOURCE_IP")
-    await reconciler.converge({spec.id: spec})
+    results = await reconciler.converge({spec.id: spec})
+    assert results[spec.id].provisioning_status == ACTIVE, results[spec.id].reason
     wait_until(lambda: serving(net, spec.vip_address), 10, "the VIP to serve")
     assert len(spread(net, spec.vip_address, 12)) == 1
 
