@@ -20,7 +20,7 @@ from msgspec import Struct
 
 from . import advanced as ev
 from .advanced import FirewallRule, PortForward
-from .folding import apply_with, by_tag
+from .folding import apply_with, by_tag, fold_with
 from .wire import InsertionState
 
 
@@ -67,9 +67,7 @@ def apply(state: FirewallState | NatState, event: Any) -> bool:
 
 def fold(events: list[Any], state: S) -> S:
     """`state` (a fresh `FirewallState()` or `NatState()`) after `events`."""
-    for e in events:
-        apply(state, e)
-    return state
+    return fold_with(APPLIERS[type(state)], state, events)
 
 
 def fold_firewall(events: list[Any]) -> FirewallState:

@@ -3,10 +3,11 @@ never its Python class name), and applying one event with such a table."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, TypeVar
 
 Applier = Callable[..., None]
+S = TypeVar("S")
 
 
 def tag_of(event: Any) -> str:
@@ -26,3 +27,10 @@ def apply_with(appliers: Mapping[str, Applier], state: Any, event: Any) -> bool:
         return False
     applier(state, event)
     return True
+
+
+def fold_with(appliers: Mapping[str, Applier], state: S, events: Iterable[Any]) -> S:
+    """`state` (a fresh one) after `events`, each applied with `appliers`."""
+    for event in events:
+        apply_with(appliers, state, event)
+    return state

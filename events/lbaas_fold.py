@@ -62,13 +62,6 @@ def apply(state: LoadBalancerState, event: Any) -> bool:
     return apply_with(APPLIERS, state, event)
 
 
-def fold(events: list[Any]) -> LoadBalancerState:
-    state = LoadBalancerState()
-    for e in events:
-        apply(state, e)
-    return state
-
-
 # -- appliers -------------------------------------------------------------------------------
 
 

@@ -23,7 +23,7 @@ from msgspec import Struct
 
 from . import advanced as adv
 from . import network as ev
-from .folding import apply_with, by_tag
+from .folding import apply_with, by_tag, fold_with
 
 # What an agent with the router driver advertises, and what the scheduler places routers by.
 # Not a service type's provider: a router is not a service of a kind (its service type chooses
@@ -66,10 +66,7 @@ def apply(state: RouterState, event: Any) -> bool:
 
 
 def fold_router(events: list[Any]) -> RouterState:
-    state = RouterState()
-    for e in events:
-        apply(state, e)
-    return state
+    return fold_with(ROUTER_APPLIERS, RouterState(), events)
 
 
 # -- appliers ---------------------------------------------------------------------------------

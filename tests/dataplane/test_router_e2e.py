@@ -135,24 +135,28 @@ def sweep_routers(router_ids: list[str], network_ids: list[str]) -> None:
         agent_netns.delete_link(LAYOUT.bridge(nid))
 
 
-@pytest.fixture
-async def world(fresh_nats: NatsServer, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
+@contextlib.asynccontextmanager
+async def router_world(
+    url: str, agent_dir: Path, host: str, tenant: str, nets: dict[str, str],
+    providers: dict[str, str],
+) -> AsyncIterator[dict[str, Any]]:
+    """A command service, an agent offering routing, a default service type of `providers`, and
+    `tenant`'s networks; everything the test or the agent made is removed afterwards."""
     if os.geteuid() != 0:
         raise RuntimeError("needs root")
-    svc = CommandService(fresh_nats.url)
+    svc = CommandService(url)
     await svc.start()
-    nc = await nats.connect(fresh_nats.url)
-    agent = Agent(fresh_nats.url, HOST, tmp_path / "agent", providers=[ROUTER_PROVIDER],
-                  prefix=PREFIX, resync_s=1.0)
+    nc = await nats.connect(url)
+    agent = Agent(url, host, agent_dir, providers=[ROUTER_PROVIDER], prefix=PREFIX, resync_s=1.0)
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run(stop))
     tenants = Tenants()
     made: dict[str, Any] = {"routers": [], "nets": {}}
     try:
         await cmd(nc, "_admin.servicetype.create", {
-            "name": "rtr", "providers": {"loadbalancer": "haproxy"}, "default": True})
-        for key, cidr in NETS.items():
-            made["nets"][key] = (await cmd(nc, f"{T}.network.create",
+            "name": f"{tenant}-st", "providers": providers, "default": True})
+        for key, cidr in nets.items():
+            made["nets"][key] = (await cmd(nc, f"{tenant}.network.create",
                                            {"name": key, "cidr": cidr}))["id"]
         yield {"nc": nc, "agent": agent, "tenants": tenants, "made": made}
     finally:
@@ -163,6 +167,13 @@ async def world(fresh_nats: NatsServer, tmp_path: Path) -> AsyncIterator[dict[st
         await off_loop(sweep_routers, made["routers"], list(made["nets"].values()))
         await nc.close()
         await svc.stop()
+
+
+@pytest.fixture
+async def world(fresh_nats: NatsServer, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
+    async with router_world(fresh_nats.url, tmp_path / "agent", HOST, T, NETS,
+                            {"loadbalancer": "haproxy"}) as w:
+        yield w
 
 
 def router_state(agent: Agent, rid: str) -> Any:

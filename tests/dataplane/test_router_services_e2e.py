@@ -8,25 +8,18 @@ are namespaces this test makes on the networks' bridges, inside 10.77.24-26.0/24
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
-import nats
 import pytest
 
 from splice.agents import netns as agent_netns
 from splice.agents.drivers.nftables.render import firewall_table, nat_table
-from splice.agents.runtime import Agent
-from splice.events.router_fold import ROUTER_PROVIDER
 from splice.natsserver import NatsServer
-from splice.services.service import CommandService
 from tests.dataplane.fabric import PREFIX
 from tests.dataplane.test_firewall import _open, echoes
-from tests.dataplane.test_router_e2e import LAYOUT, Tenants, cmd, off_loop, sh, sweep_routers, until
+from tests.dataplane.test_router_e2e import LAYOUT, cmd, off_loop, router_world, sh, until
 
 pytestmark = pytest.mark.routed
 
@@ -38,33 +31,9 @@ CLIENT, SERVER, EXTERNAL = "10.77.24.2", "10.77.25.2", "10.77.26.100"
 
 @pytest.fixture
 async def world(fresh_nats: NatsServer, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
-    if os.geteuid() != 0:
-        raise RuntimeError("needs root")
-    svc = CommandService(fresh_nats.url)
-    await svc.start()
-    nc = await nats.connect(fresh_nats.url)
-    agent = Agent(fresh_nats.url, HOST, tmp_path / "agent", providers=[ROUTER_PROVIDER],
-                  prefix=PREFIX, resync_s=1.0)
-    stop = asyncio.Event()
-    task = asyncio.create_task(agent.run(stop))
-    tenants = Tenants()
-    made: dict[str, Any] = {"routers": [], "nets": {}}
-    try:
-        await cmd(nc, "_admin.servicetype.create", {
-            "name": "rsv", "default": True,
-            "providers": {"loadbalancer": "haproxy", "firewall": "nftables", "nat": "nftables"}})
-        for key, cidr in NETS.items():
-            made["nets"][key] = (await cmd(nc, f"{T}.network.create",
-                                           {"name": key, "cidr": cidr}))["id"]
-        yield {"nc": nc, "agent": agent, "tenants": tenants, "made": made}
-    finally:
-        stop.set()
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(task, 30)
-        await off_loop(tenants.teardown)
-        await off_loop(sweep_routers, made["routers"], list(made["nets"].values()))
-        await nc.close()
-        await svc.stop()
+    providers = {"loadbalancer": "haproxy", "firewall": "nftables", "nat": "nftables"}
+    async with router_world(fresh_nats.url, tmp_path / "agent", HOST, T, NETS, providers) as w:
+        yield w
 
 
 def tables(ns: str) -> str:
