@@ -55,7 +55,7 @@ from splice.events.router_fold import ROUTER_PROVIDER, RouterState
 from splice.events.router_fold import apply as apply_router
 
 from .drivers import drivers
-from .drivers.haproxy.driver import LbResult, Report
+from .drivers.reports import LbResult, Report
 from .drivers.router import RouterDriver, RouterSpec, router_spec
 from .drivers.router.routed import routed_on
 from .model import LoadBalancerSpec, NetworkSpec

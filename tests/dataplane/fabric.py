@@ -27,7 +27,8 @@ import pytest
 from pyroute2 import IPRoute, netns
 
 from splice.agents import netns as agent_netns
-from splice.agents.drivers.haproxy.driver import HaproxyDriver, Report
+from splice.agents.drivers.haproxy.driver import HaproxyDriver
+from splice.agents.drivers.reports import Report
 from splice.agents.model import (
     LoadBalancerSpec,
     NetworkSpec,

@@ -21,7 +21,6 @@ import os
 import shutil
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -49,49 +48,22 @@ from splice.agents.drivers.haproxy.plan import (
     split_short_id_clashes,
 )
 from splice.agents.drivers.haproxy.render import LbPaths, digest
-from splice.agents.drivers.haproxy.status import Operating, OperatingStatus, rollup
+from splice.agents.drivers.haproxy.status import rollup
+from splice.agents.drivers.reports import (
+    ACTIVE,
+    DELETED,
+    ERROR,
+    LbResult,
+    Report,
+    changes,
+    deleted,
+)
 from splice.agents.model import HostLayout, LoadBalancerSpec
 
 log = structlog.get_logger(__name__)
 
 MAX_SOCKET_PATH = 97  # haproxy's limit on a unix socket's path (sun_path, less its own margin)
-ACTIVE = "ACTIVE"
-ERROR = "ERROR"
-DELETED = "DELETED"
 LB_ID_FILE = "lb-id"
-
-
-@dataclass(frozen=True, slots=True)
-class StatusChange:
-    kind: str  # loadbalancer | listener | pool | member
-    id: str
-    old: str | None
-    new: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class LbResult:
-    """Where one LB stands after a converge: ``generation`` is the one this result is for."""
-
-    lb_id: str
-    generation: int | None
-    provisioning_status: str  # ACTIVE | ERROR | DELETED
-    operating: OperatingStatus
-    reason: str = ""
-
-    def flat(self) -> dict[tuple[str, str], str]:
-        out = {("loadbalancer", self.lb_id): str(self.operating.loadbalancer)}
-        out.update(self.operating.flat())
-        return out
-
-
-@dataclass(frozen=True, slots=True)
-class Report:
-    """A transition, for the host's report command: the new result and what changed in it."""
-
-    host: str
-    result: LbResult
-    changes: tuple[StatusChange, ...] = field(default=())
 
 
 class HaproxyDriver:
@@ -210,7 +182,7 @@ class HaproxyDriver:
             spec = self._desired[lb_id]
             results[lb_id] = LbResult(lb_id, spec.generation, ERROR, rollup(spec, None), reason)
         for lb_id in sorted(self._known - set(self._desired)):
-            results[lb_id] = _deleted(lb_id)
+            results[lb_id] = deleted(lb_id)
         self._known = (self._known | set(results)) - {
             i for i, r in results.items() if r.provisioning_status == DELETED
         }
@@ -224,13 +196,13 @@ class HaproxyDriver:
     def _report(self, results: Mapping[str, LbResult]) -> None:
         for lb_id, result in sorted(results.items()):
             before = self._reported.get(lb_id)
-            changes = _changes(before, result)
+            diff = changes(before, result)
             if result.provisioning_status == DELETED:
                 self._reported.pop(lb_id, None)
             else:
                 self._reported[lb_id] = result
-            if changes and self.on_report is not None:
-                self.on_report(Report(self.host_name, result, changes))
+            if diff and self.on_report is not None:
+                self.on_report(Report(self.host_name, result, diff))
 
     # ------------------------------------------------------------------ observation helpers
 
@@ -246,27 +218,6 @@ class HaproxyDriver:
             return {e.name for e in os.scandir(self.layout.state_dir) if e.is_dir()}
         except FileNotFoundError:
             return set()
-
-
-def _deleted(lb_id: str) -> LbResult:
-    return LbResult(lb_id, None, DELETED, OperatingStatus(Operating.OFFLINE))
-
-
-def _changes(before: LbResult | None, after: LbResult) -> tuple[StatusChange, ...]:
-    changes = []
-    old_flat = before.flat() if before else {}
-    new_flat = after.flat() if after.provisioning_status != DELETED else {}
-    for key in sorted(set(old_flat) | set(new_flat)):
-        if old_flat.get(key) != new_flat.get(key):
-            changes.append(StatusChange(key[0], key[1], old_flat.get(key), new_flat.get(key)))
-    same_head = before is not None and (before.provisioning_status, before.generation,
-                                        before.reason) == (after.provisioning_status,
-                                                           after.generation, after.reason)
-    if not same_head:
-        changes.insert(0, StatusChange("provisioning", after.lb_id,
-                                       before.provisioning_status if before else None,
-                                       after.provisioning_status))
-    return tuple(changes)
 
 
 # --------------------------------------------------------------------------- observe (blocking)

@@ -9,38 +9,12 @@ listener or pool is not ONLINE, else ONLINE.
 
 from __future__ import annotations
 
-import enum
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 
 from splice.agents.drivers.haproxy.render import backend_name, frontend_name, server_name
+from splice.agents.drivers.reports import Operating, OperatingStatus, lb_status, pool_status
 from splice.agents.model import LoadBalancerSpec
-from splice.events.lbaas import Member, Pool
-
-
-class Operating(enum.StrEnum):
-    ONLINE = "ONLINE"
-    OFFLINE = "OFFLINE"
-    DEGRADED = "DEGRADED"
-    ERROR = "ERROR"
-    NO_MONITOR = "NO_MONITOR"
-    DRAINING = "DRAINING"
-
-
-@dataclass(frozen=True, slots=True)
-class OperatingStatus:
-    loadbalancer: Operating
-    listeners: Mapping[str, Operating] = field(default_factory=dict)
-    pools: Mapping[str, Operating] = field(default_factory=dict)
-    members: Mapping[str, Operating] = field(default_factory=dict)
-
-    def flat(self) -> dict[tuple[str, str], str]:
-        """(kind, id) → status, the shape transitions are computed on."""
-        out: dict[tuple[str, str], str] = {}
-        for kind, table in (("listener", self.listeners), ("pool", self.pools),
-                            ("member", self.members)):
-            out.update({(kind, k): str(v) for k, v in table.items()})
-        return out
+from splice.events.lbaas import Member
 
 
 def member_status(member: Member, row: Mapping[str, str] | None) -> Operating:
@@ -58,18 +32,6 @@ def member_status(member: Member, row: Mapping[str, str] | None) -> Operating:
     if state.startswith("MAINT"):
         return Operating.OFFLINE
     return Operating.ERROR
-
-
-def pool_status(pool: Pool, members: Mapping[str, Operating]) -> Operating:
-    if not pool.admin_state_up:
-        return Operating.OFFLINE
-    enabled = [members[m.id] for m in pool.members if m.admin_state_up]
-    if not enabled:
-        return Operating.OFFLINE
-    errors = sum(1 for s in enabled if s is Operating.ERROR)
-    if errors == len(enabled):
-        return Operating.ERROR
-    return Operating.DEGRADED if errors else Operating.ONLINE
 
 
 def listener_status(enabled: bool, row: Mapping[str, str] | None) -> Operating:
@@ -98,19 +60,7 @@ def rollup(spec: LoadBalancerSpec, rows: Iterable[Mapping[str, str]] | None) -> 
         )
         for lst in spec.listeners
     }
-    return OperatingStatus(_lb_status(spec, rows is not None, listeners, pools),
+    return OperatingStatus(lb_status(spec, rows is not None, listeners, pools),
                            listeners, pools, members)
 
 
-def _lb_status(
-    spec: LoadBalancerSpec, answering: bool,
-    listeners: Mapping[str, Operating], pools: Mapping[str, Operating],
-) -> Operating:
-    if not spec.admin_state_up:
-        return Operating.OFFLINE
-    if not answering:
-        return Operating.ERROR
-    enabled = [listeners[x.id] for x in spec.listeners if x.admin_state_up]
-    enabled += [pools[p.id] for p in spec.pools if p.admin_state_up and p.members]
-    ok = (Operating.ONLINE, Operating.NO_MONITOR, Operating.DRAINING)
-    return Operating.ONLINE if all(s in ok for s in enabled) else Operating.DEGRADED
