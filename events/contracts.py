@@ -59,6 +59,7 @@ SCOPES: dict[tuple[str, str], Scope] = {
     ("servicetype", "set_default"): "admin",
     ("servicetype", "delete"): "admin",
     ("quota", "set"): "admin",
+    ("network", "set_external"): "admin",
     ("host", "lost"): "admin",
     ("host", "register"): "host",
     ("loadbalancer", "report"): "host",

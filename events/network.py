@@ -195,6 +195,16 @@ class DeleteNetwork(Command, tag="network.delete"):
     id: Uuid
 
 
+class SetNetworkExternal(Command, tag="network.set_external"):
+    """Admin scope: flag a tenant's network external (or no longer). A router's gateway
+    (`router.set_gateway`) must be on an external network: the admin decides which networks
+    lead out of the tenant, and where SNAT and port forwards face."""
+
+    tenant: TenantName
+    id: Uuid
+    external: bool = True
+
+
 class CreatePort(Command, tag="port.create"):
     """A port on a network: the given address, or the next free one."""
 
@@ -222,6 +232,10 @@ class NetworkCreated(EventMeta, tag="NetworkCreated"):
 
 class NetworkDeleted(EventMeta, tag="NetworkDeleted"):
     pass
+
+
+class NetworkExternalSet(EventMeta, tag="NetworkExternalSet"):
+    external: bool
 
 
 class AddressAllocated(EventMeta, tag="AddressAllocated"):

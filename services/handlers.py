@@ -26,6 +26,7 @@ COMMAND_HANDLERS: dict[type[c.Command], Handler] = {
     c.SetQuota: hosts.set_quota,
     c.CreateNetwork: net.create_network,
     c.DeleteNetwork: net.delete_network,
+    c.SetNetworkExternal: net.set_network_external,
     c.CreatePort: net.create_port,
     c.UpdatePort: net.update_port,
     c.DeletePort: net.delete_port,

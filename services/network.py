@@ -20,6 +20,7 @@ from splice.events.contracts import (
     HostRegistryCreated,
     NetworkCreated,
     NetworkDeleted,
+    NetworkExternalSet,
     PortCreated,
     PortDeleted,
     PortUpdated,
@@ -71,6 +72,7 @@ class Network(SpliceAggregate):
         cidr: str
         gateway: str
         allocations: dict[str, str]  # ip -> port id
+        external: bool  # flagged by an admin: a router's gateway may be on it
 
     @classmethod
     def create(cls, agg_id: str, name: str, cidr: str, gateway: str) -> Network:
@@ -111,9 +113,20 @@ class Network(SpliceAggregate):
             raise InUseError(f"{len(self.allocations)} port(s) still use this network", "$.id")
         self.emit(stamp(NetworkDeleted))
 
+    def set_external(self, external: bool, gateways: int) -> None:
+        """`gateways`: how many routers have their gateway here (no un-flagging under them)."""
+        if not external and gateways:
+            raise InUseError(f"{gateways} router gateway(s) still use this network", "$.external")
+        if external != self.external:
+            self.emit(stamp(NetworkExternalSet, external=external))
+
     def when_NetworkCreated(self, e: NetworkCreated) -> None:
         self.name, self.cidr, self.gateway = e.name, e.cidr, e.gateway
         self.allocations = {}
+        self.external = False
+
+    def when_NetworkExternalSet(self, e: NetworkExternalSet) -> None:
+        self.external = e.external
 
     def when_AddressAllocated(self, e: AddressAllocated) -> None:
         self.allocations[e.ip_address] = e.port_id

@@ -42,6 +42,17 @@ def delete_network(app: SpliceApplication, tenant: str, cmd: c.DeleteNetwork) ->
     return Decision(net, t.list())
 
 
+def set_network_external(app: SpliceApplication, tenant: str, cmd: c.SetNetworkExternal) -> Decision:
+    net: Network = app.get_live(net_id(cmd.tenant, cmd.id), "network")
+    gateways = 0
+    for port_public in set(net.allocations.values()):
+        port = app.get_or_none(port_id(cmd.tenant, port_public))
+        if port is not None and not port.deleted and port.device_owner.startswith("router_gateway:"):
+            gateways += 1
+    net.set_external(cmd.external, gateways)
+    return Decision(net, [net])
+
+
 def new_port(
     app: SpliceApplication,
     tenant: str,
@@ -145,6 +156,10 @@ def set_router_gateway(app: SpliceApplication, tenant: str, cmd: c.SetRouterGate
     t = Touched()
     router: Router = app.get_live(router_id(tenant, cmd.id), "router")
     t.add(router)
+    net: Network = t.get(app, net_id(tenant, cmd.network_id), "network", "$.network_id")
+    if not net.external:
+        raise InvalidError("a router's gateway must be on an external network "
+                           "(an admin flags one with network.set_external)", "$.network_id")
     old = router.clear_gateway()
     if old:
         drop_port(app, tenant, t, old)

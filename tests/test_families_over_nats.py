@@ -46,6 +46,7 @@ async def base(nc: Any) -> dict[str, str]:
     ext = await cmd(nc, f"{T}.network.create", {"name": "ext", "cidr": "192.0.2.0/28"})
     router = await cmd(nc, f"{T}.router.create", {"name": "r1"})
     await cmd(nc, f"{T}.router.add_interface", {"id": router["id"], "network_id": net["id"]})
+    await cmd(nc, "_admin.network.set_external", {"tenant": T, "id": ext["id"]})
     await cmd(nc, f"{T}.router.set_gateway", {"id": router["id"], "network_id": ext["id"]})
     return {"st": st["id"], "net": net["id"], "ext": ext["id"], "router": router["id"]}
 
@@ -64,6 +65,33 @@ async def test_networks_ports_and_ipam_over_nats(svc: CommandService, nc: Any) -
     assert busy["error"]["code"] == "in_use"
     other = await cmd(nc, "globex.port.create", {"network_id": net["id"]}, ok=False)
     assert other["error"]["code"] == "not_found"  # another tenant's network does not exist for you
+
+
+async def test_a_router_gateway_needs_a_network_an_admin_flagged_external(
+    svc: CommandService, nc: Any
+) -> None:
+    await cmd(nc, "_admin.servicetype.create", {"name": "r", "providers": {"loadbalancer": "haproxy"}})
+    ext = await cmd(nc, f"{T}.network.create", {"name": "ext", "cidr": "198.51.100.0/28"})
+    router = await cmd(nc, f"{T}.router.create", {"name": "r"})
+    gw = {"id": router["id"], "network_id": ext["id"]}
+    refused = await cmd(nc, f"{T}.router.set_gateway", gw, ok=False)
+    assert refused["error"]["field"] == "$.network_id"
+    assert "external" in refused["error"]["message"]
+    # a tenant cannot flag its own network: the command is the admin's
+    own = await cmd(nc, f"{T}.network.set_external", {"tenant": T, "id": ext["id"]}, ok=False)
+    assert own["error"]["code"] in ("forbidden", "unknown_command", "invalid")
+    await cmd(nc, "_admin.network.set_external", {"tenant": T, "id": ext["id"]})
+    await cmd(nc, f"{T}.router.set_gateway", gw)
+    # not un-flagged while a gateway uses it, and the refusal changes nothing
+    busy = await cmd(nc, "_admin.network.set_external",
+                     {"tenant": T, "id": ext["id"], "external": False}, ok=False)
+    assert busy["error"]["code"] == "in_use"
+    await cmd(nc, f"{T}.router.clear_gateway", {"id": router["id"]})
+    await cmd(nc, f"{T}.router.set_gateway", gw)  # still external
+    await cmd(nc, f"{T}.router.clear_gateway", {"id": router["id"]})
+    await cmd(nc, "_admin.network.set_external", {"tenant": T, "id": ext["id"], "external": False})
+    again = await cmd(nc, f"{T}.router.set_gateway", gw, ok=False)
+    assert again["error"]["field"] == "$.network_id"
 
 
 async def test_load_balancer_tree_lifecycle_over_nats(svc: CommandService, nc: Any) -> None:

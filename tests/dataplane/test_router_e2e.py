@@ -213,6 +213,7 @@ async def test_a_router_joins_networks_masquerades_outward_and_leaves_nothing(
     # an external gateway with SNAT: the external server (no route back) sees the router
     await off_loop(ten.plug, "ext", LAYOUT.bridge(nets["x"]), EXTERNAL, None)
     await off_loop(ten.serve, "ext", 80)
+    await cmd(nc, "_admin.network.set_external", {"tenant": T, "id": nets["x"]})
     await cmd(nc, f"{T}.router.set_gateway", {"id": rid, "network_id": nets["x"]})
     gw = await until(lambda: (s := router_state(agent, rid)) is not None and s.gateway,
                      "the gateway in the agent's fold")

@@ -51,6 +51,7 @@ async def test_a_routed_firewall_and_port_forward_live_in_the_router_namespace(
                 and s.host == HOST, "the router placed on the agent's host")
     for key in ("a", "b"):
         await cmd(nc, f"{T}.router.add_interface", {"id": rid, "network_id": nets[key]})
+    await cmd(nc, "_admin.network.set_external", {"tenant": T, "id": nets["x"]})
     await cmd(nc, f"{T}.router.set_gateway", {"id": rid, "network_id": nets["x"]})
     await off_loop(ten.plug, "cli", LAYOUT.bridge(nets["a"]), CLIENT, "10.77.24.1")
     await off_loop(ten.plug, "srv", LAYOUT.bridge(nets["b"]), SERVER, "10.77.25.1")
