@@ -73,19 +73,24 @@ def sh(*argv: str, check: bool = True) -> str:
     return subprocess.run(argv, check=check, capture_output=True, text=True).stdout
 
 
+# A server that greets with its own address (which member answered), not the client's.
+MEMBER_CODE = SERVER_CODE.replace("peer[0].encode()", "c.getsockname()[0].encode()")
+KEYS = ("cli", "srv", "ext", "srv2")
+
+
 class Tenants:
-    """Client, server and external machines: a namespace each, one veth into a bridge."""
+    """Client, servers and external machines: a namespace each, one veth into a bridge."""
 
     def __init__(self) -> None:
         tag = format(os.getpid() % 0xFFF, "x")
-        self.names = {k: f"{PREFIX}u{tag}-{k}" for k in ("cli", "srv", "ext")}
+        self.names = {k: f"{PREFIX}u{tag}-{k}" for k in KEYS}
         self.veths: list[str] = []
         self.bridges: list[str] = []
         self.procs: list[subprocess.Popen[bytes]] = []
         self.workers: dict[str, ThreadPoolExecutor] = {}
 
     def plug(self, key: str, bridge: str, address: str, gateway: str | None) -> None:
-        ns, host_if = self.names[key], f"{PREFIX}u{os.getpid() % 0xFFF:x}{key[0]}"
+        ns, host_if = self.names[key], f"{PREFIX}u{os.getpid() % 0xFFF:x}{KEYS.index(key)}"
         agent_netns.ensure_bridge(bridge)
         self.bridges.append(bridge)
         netns.create(ns)
@@ -102,9 +107,9 @@ class Tenants:
         self.workers[key] = ThreadPoolExecutor(max_workers=2, initializer=netns.setns,
                                                initargs=(ns, 0, None, False))
 
-    def serve(self, key: str, port: int) -> None:
+    def serve(self, key: str, port: int, code: str = SERVER_CODE) -> None:
         self.procs.append(subprocess.Popen(
-            ["ip", "netns", "exec", self.names[key], sys.executable, "-c", SERVER_CODE, str(port)],
+            ["ip", "netns", "exec", self.names[key], sys.executable, "-c", code, str(port)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
     def connect(self, key: str, addr: str, port: int = 80, timeout: float = 1.0) -> str:
@@ -138,16 +143,18 @@ def sweep_routers(router_ids: list[str], network_ids: list[str]) -> None:
 @contextlib.asynccontextmanager
 async def router_world(
     url: str, agent_dir: Path, host: str, tenant: str, nets: dict[str, str],
-    providers: dict[str, str],
+    providers: dict[str, str], agent_providers: tuple[str, ...] = (ROUTER_PROVIDER,),
 ) -> AsyncIterator[dict[str, Any]]:
-    """A command service, an agent offering routing, a default service type of `providers`, and
-    `tenant`'s networks; everything the test or the agent made is removed afterwards."""
+    """A command service, an agent offering routing (and `agent_providers`), a default service
+    type of `providers`, and `tenant`'s networks; everything the test or the agent made is
+    removed afterwards."""
     if os.geteuid() != 0:
         raise RuntimeError("needs root")
     svc = CommandService(url)
     await svc.start()
     nc = await nats.connect(url)
-    agent = Agent(url, host, agent_dir, providers=[ROUTER_PROVIDER], prefix=PREFIX, resync_s=1.0)
+    agent = Agent(url, host, agent_dir, providers={ROUTER_PROVIDER, *agent_providers},
+                  prefix=PREFIX, resync_s=1.0)
     stop = asyncio.Event()
     task = asyncio.create_task(agent.run(stop))
     tenants = Tenants()
