@@ -61,5 +61,6 @@ async def resync_every(
 def drivers() -> Mapping[str, type[Driver]]:
     """The drivers by provider (imported here, not at import time of the agent's model)."""
     from .haproxy import HaproxyDriver
+    from .l4 import L4Driver
 
-    return {HaproxyDriver.provider: HaproxyDriver}
+    return {HaproxyDriver.provider: HaproxyDriver, L4Driver.provider: L4Driver}

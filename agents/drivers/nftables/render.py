@@ -18,7 +18,14 @@ Layout (one table per object, named with the agent's prefix and the object's sho
   ``ct state invalid drop``, optionally ``ct status dnat accept``, then the rules in order;
 * a router's NAT → ``ip <prefix>nat-<8 hex of the router>``, base chains ``prerouting``
   (nat, -100: one DNAT per port forward) and ``postrouting`` (nat, 100: ``oifname <ext>
-  masquerade`` when SNAT is on).
+  masquerade`` when SNAT is on);
+* an in-kernel L4 load balancer (provider ``nftables-l4``, its own driver and namespace) →
+  ``ip <prefix>l4-<8 hex of the LB>``: ``prerouting`` (nat, -100: per listener, DNAT from the
+  VIP and port to ``numgen inc`` or ``jhash ip saddr … seed S`` over an anonymous map of slots
+  to ``address . port``), ``postrouting`` (nat, 100: ``ct status dnat masquerade``, full NAT),
+  ``input`` (filter, 0: established accept, then a TCP reset for every listener port: what
+  was not DNATed, no live member, reaches the VIP itself). Not in `owned_prefixes`: the
+  nftables driver never touches it.
 
 The replacement batch (`Ruleset.batch`) keeps the table and its base chains, flushes the table
 and adds every rule again, all in one transaction: a policy-drop base chain is never deleted
@@ -43,6 +50,9 @@ NAT_FAMILY = "ip"
 FORWARD_CHAIN = "forward"
 PREROUTING_CHAIN = "prerouting"
 POSTROUTING_CHAIN = "postrouting"
+INPUT_CHAIN = "input"
+L4_FAMILY = "ip"
+MAX_SLOTS = 65536  # slots of one listener's map (weights reduced by their gcd)
 # Integers, never the names ("filter", "dstnat"): a JSON "prio" given as a string is accepted
 # by `nft -c` and makes a chain with no hook at all.
 FILTER_PRIO = 0
@@ -81,6 +91,11 @@ def firewall_table(prefix: str, firewall_id: str) -> str:
 
 def nat_table(prefix: str, router_id: str) -> str:
     return f"{prefix}nat-{short_id(router_id)}"
+
+
+def l4_table(prefix: str, lb_id: str) -> str:
+    """The nftables-l4 driver's table of one load balancer (its own prefix, not owned here)."""
+    return f"{prefix}l4-{short_id(lb_id)}"
 
 
 def owned_prefixes(prefix: str) -> tuple[str, ...]:
@@ -373,3 +388,51 @@ def render_nat(
     chains = (Chain(PREROUTING_CHAIN, "nat", "prerouting", DSTNAT_PRIO, "accept"),
               Chain(POSTROUTING_CHAIN, "nat", "postrouting", SRCNAT_PRIO, "accept"))
     return Ruleset(NAT_FAMILY, table, chains, tuple(rules))
+
+
+@dataclass(frozen=True, slots=True)
+class L4Listener:
+    """One TCP listener of an L4 load balancer, transformed: its port, the backend of each
+    slot of its map (slot i → ``(address, port)``; none: every connection is reset) and the
+    jhash seed for source affinity (None: round robin with ``numgen inc``)."""
+
+    port: int
+    backends: tuple[tuple[str, int], ...] = ()
+    seed: int | None = None
+
+
+def _slot_key(count: int, seed: int | None) -> dict[str, Any]:
+    if type(count) is not int or not 1 <= count <= MAX_SLOTS:
+        raise UnsafeValueError(f"slot count must be 1..{MAX_SLOTS}, got {count!r}")
+    if seed is None:
+        return {"numgen": {"mode": "inc", "mod": count, "offset": 0}}
+    if type(seed) is not int or not 1 <= seed <= 0xFFFFFFFF:  # 0 is listed without a seed
+        raise UnsafeValueError(f"not a jhash seed: {seed!r}")
+    return {"jhash": {"mod": count, "seed": seed,
+                      "expr": {"payload": {"protocol": "ip", "field": "saddr"}}}}
+
+
+def render_l4(table: str, vip: str, listeners: Sequence[L4Listener]) -> Ruleset:
+    """An L4 load balancer's table (see the module's docstring); listeners by port."""
+    address = ipv4(vip)
+    rules = [Rule(POSTROUTING_CHAIN, (_match({"ct": {"key": "status"}}, "dnat", "in"),
+                                      {"masquerade": None})),
+             Rule(INPUT_CHAIN, ESTABLISHED)]
+    resets: list[Rule] = []
+    seen: set[int] = set()
+    for li in sorted(listeners, key=lambda x: port(x.port)):
+        if li.port in seen:
+            raise UnsafeValueError(f"two listeners on port {li.port}")
+        seen.add(li.port)
+        to_vip = (_match({"payload": {"protocol": "ip", "field": "daddr"}}, address),
+                  _port("tcp", "dport", li.port, li.port))
+        if li.backends:
+            elements = [[i, {"concat": [ipv4(a), port(p)]}] for i, (a, p) in enumerate(li.backends)]
+            key = _slot_key(len(elements), li.seed)
+            rules.append(Rule(PREROUTING_CHAIN, (*to_vip, {"dnat": {"family": L4_FAMILY, "addr": {
+                "map": {"key": key, "data": {"set": elements}}}}})))
+        resets.append(Rule(INPUT_CHAIN, (*to_vip, {"reject": {"type": "tcp reset"}})))
+    chains = (Chain(PREROUTING_CHAIN, "nat", "prerouting", DSTNAT_PRIO, "accept"),
+              Chain(POSTROUTING_CHAIN, "nat", "postrouting", SRCNAT_PRIO, "accept"),
+              Chain(INPUT_CHAIN, "filter", "input", FILTER_PRIO, "accept"))
+    return Ruleset(L4_FAMILY, table, chains, tuple(rules + resets))
