@@ -6,6 +6,11 @@ expressions, monitor timing, listener limits. The command side calls them when i
 (so what it accepts, a host can serve); the agent never checks again, it trusts the fold.
 
 Each check raises `RuleViolation` naming the field (a JSON path under ``where``).
+
+What a provider can serve is checked here too (``check_served_*``, given the load balancer's
+``insertion.provider``): the in-kernel ``nftables-l4`` balances TCP connections only, round
+robin or by source address, with TCP health checks, and has no L7 policies and no connection
+limit.
 """
 
 from __future__ import annotations
@@ -17,8 +22,11 @@ from .lbaas import (
     HealthMonitor,
     L7PolicyIn,
     L7RuleIn,
+    Listener,
     ListenerIn,
     MemberIn,
+    Pool,
+    PoolIn,
     SessionPersistence,
 )
 
@@ -127,3 +135,49 @@ def check_listener(li: ListenerIn, taken_ports: set[int], taken_names: set[str],
     if li.name in taken_names:
         raise RuleViolation(f"a listener named {li.name!r} exists", f"{where}.name")
     check_connection_limit(li.connection_limit, f"{where}.connection_limit")
+
+
+# -- what a provider can serve ----------------------------------------------------------------
+
+L4_PROVIDER = "nftables-l4"
+L4_ALGORITHMS = ("ROUND_ROBIN", "SOURCE_IP")
+
+
+def check_served_listener(provider: str, li: ListenerIn | Listener, where: str) -> None:
+    if provider != L4_PROVIDER:
+        return
+    if li.protocol != "TCP":
+        raise RuleViolation(f"{L4_PROVIDER} serves TCP listeners only, not {li.protocol}",
+                            f"{where}.protocol")
+    if li.connection_limit != -1:
+        raise RuleViolation(f"{L4_PROVIDER} has no connection limit: -1 only",
+                            f"{where}.connection_limit")
+    if li.l7policies:
+        raise RuleViolation(f"{L4_PROVIDER} has no L7 policies", f"{where}.l7policies")
+
+
+def check_served_pool(provider: str, p: PoolIn | Pool, where: str) -> None:
+    if provider != L4_PROVIDER:
+        return
+    if p.protocol != "TCP":
+        raise RuleViolation(f"{L4_PROVIDER} serves TCP pools only, not {p.protocol}",
+                            f"{where}.protocol")
+    if p.lb_algorithm not in L4_ALGORITHMS:
+        raise RuleViolation(f"{L4_PROVIDER} balances by {' or '.join(L4_ALGORITHMS)}, not "
+                            f"{p.lb_algorithm}", f"{where}.lb_algorithm")
+    sp = p.session_persistence
+    if sp is not None and sp.type != "SOURCE_IP":
+        raise RuleViolation(f"{L4_PROVIDER} keeps sessions by SOURCE_IP only, not {sp.type}",
+                            f"{where}.session_persistence.type")
+    check_served_monitor(provider, p.healthmonitor, f"{where}.healthmonitor")
+
+
+def check_served_monitor(provider: str, hm: HealthMonitor | None, where: str) -> None:
+    if provider == L4_PROVIDER and hm is not None and hm.type != "TCP":
+        raise RuleViolation(f"{L4_PROVIDER} checks members over TCP only, not {hm.type}",
+                            f"{where}.type")
+
+
+def check_served_policy(provider: str, where: str) -> None:
+    if provider == L4_PROVIDER:
+        raise RuleViolation(f"{L4_PROVIDER} has no L7 policies", where)

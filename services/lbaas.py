@@ -141,10 +141,11 @@ class LoadBalancer(ServiceMixin, SpliceAggregate):
             for i, p in enumerate(pools):
                 if any(x.name == p.name for x in built.values()):
                     raise InvalidError(f"two pools are named {p.name!r}", f"$.pools[{i}].name")
-                pool = build_pool(p, f"$.pools[{i}]")
+                pool = build_pool(p, f"$.pools[{i}]", insertion.provider)
                 built[pool.id] = pool
             for i, li in enumerate(listeners):
-                listener = build_listener(li, built, lst, f"$.listeners[{i}]")
+                listener = build_listener(li, built, lst, f"$.listeners[{i}]",
+                                          insertion.provider)
                 lst[listener.id] = listener
         return cls.start(
             agg_id,
@@ -191,7 +192,8 @@ class LoadBalancer(ServiceMixin, SpliceAggregate):
     @refusals()
     def add_listener(self, li: ListenerIn) -> str:
         g = self._check_changeable()
-        listener = build_listener(li, self.pools, self.listeners, "$.listener")
+        listener = build_listener(li, self.pools, self.listeners, "$.listener",
+                                  self.state.provider)
         self.emit(stamp(ev.ListenerCreated, listener=listener, generation=g))
         return listener.id
 
@@ -208,6 +210,7 @@ class LoadBalancer(ServiceMixin, SpliceAggregate):
         ):
             raise InvalidError(f"a listener named {changes['name']!r} exists", "$.name")
         updated = msgspec.structs.replace(current, **changes)
+        rules.check_served_listener(self.state.provider, updated, "$")
         if updated != current:
             self.emit(stamp(ev.ListenerUpdated, listener=updated, generation=g))
 
@@ -221,7 +224,7 @@ class LoadBalancer(ServiceMixin, SpliceAggregate):
         g = self._check_changeable()
         if any(x.name == p.name for x in self.pools.values()):
             raise InvalidError(f"a pool named {p.name!r} exists", "$.pool.name")
-        pool = build_pool(p, "$.pool")
+        pool = build_pool(p, "$.pool", self.state.provider)
         self.emit(stamp(ev.PoolCreated, pool=pool, generation=g))
         return pool.id
 
@@ -233,6 +236,7 @@ class LoadBalancer(ServiceMixin, SpliceAggregate):
         if clear_persistence:
             changes["session_persistence"] = None
         updated = msgspec.structs.replace(current, **changes)
+        rules.check_served_pool(self.state.provider, updated, "$")
         rules.check_persistence(updated.session_persistence, updated.protocol,
                                 "$.session_persistence")
         if updated != current:
@@ -287,6 +291,7 @@ class LoadBalancer(ServiceMixin, SpliceAggregate):
         g = self._check_changeable()
         self._pool(pool_id)
         rules.check_monitor(hm, "$.healthmonitor")
+        rules.check_served_monitor(self.state.provider, hm, "$.healthmonitor")
         if self.pools[pool_id].healthmonitor == hm:
             return
         self.emit(stamp(ev.HealthMonitorSet, pool_id=pool_id, healthmonitor=hm, generation=g))
@@ -301,6 +306,7 @@ class LoadBalancer(ServiceMixin, SpliceAggregate):
     def add_policy(self, listener_id: str, p: L7PolicyIn) -> str:
         g = self._check_changeable()
         listener = self._listener(listener_id)
+        rules.check_served_policy(self.state.provider, "$.policy")
         policy = build_policy(p, listener.protocol, self.pools, "$.policy")
         self.emit(stamp(ev.L7PolicySet, listener_id=listener_id, policy=policy, generation=g))
         return policy.id

@@ -1,7 +1,8 @@
 """Building a load balancer's tree from its inputs: the decisions (ids) and the rules.
 
 The rules beyond types are `splice.events.lbaas_rules`; each builder applies the ones of its part
-and raises their `RuleViolation` (the aggregate turns it into the domain's `invalid`).
+(with ``provider``, the load balancer's: what it can serve) and raises their `RuleViolation`
+(the aggregate turns it into the domain's `invalid`).
 """
 
 from __future__ import annotations
@@ -54,7 +55,8 @@ def build_members(members: list[MemberIn], where: str,
     ]
 
 
-def build_pool(p: PoolIn, where: str) -> Pool:
+def build_pool(p: PoolIn, where: str, provider: str = "") -> Pool:
+    rules.check_served_pool(provider, p, where)
     rules.check_persistence(p.session_persistence, p.protocol, f"{where}.session_persistence")
     rules.check_monitor(p.healthmonitor, f"{where}.healthmonitor")
     return Pool(
@@ -95,7 +97,8 @@ def build_policy(p: L7PolicyIn, listener_protocol: str, pools: dict[str, Pool],
 
 
 def build_listener(li: ListenerIn, pools: dict[str, Pool], listeners: dict[str, Listener],
-                   where: str) -> Listener:
+                   where: str, provider: str = "") -> Listener:
+    rules.check_served_listener(provider, li, where)
     rules.check_listener(li, {x.protocol_port for x in listeners.values()},
                          {x.name for x in listeners.values()}, where)
     pool_id = li.default_pool_id
