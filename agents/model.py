@@ -57,11 +57,16 @@ class NetworkSpec:
 
 @dataclass(frozen=True, slots=True)
 class LoadBalancerSpec:
-    """One load balancer this host serves: its id, its network, and the fold's state."""
+    """One load balancer this host serves: its id, its network, and the fold's state.
+
+    `hosted_in`: a routed load balancer runs in its router's namespace (named here), whose
+    router driver holds the VIP on the router's leg; a floating one (None) gets a namespace
+    and a VIP leg of its own."""
 
     id: str
     network: NetworkSpec
     state: LoadBalancerState
+    hosted_in: str | None = None
 
     @property
     def generation(self) -> int:
@@ -110,7 +115,8 @@ class LoadBalancerSpec:
 
     def with_vip(self, address: str) -> LoadBalancerSpec:
         return LoadBalancerSpec(self.id, self.network,
-                                msgspec.structs.replace(self.state, vip_address=address))
+                                msgspec.structs.replace(self.state, vip_address=address),
+                                self.hosted_in)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LoadBalancerSpec:

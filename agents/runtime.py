@@ -19,6 +19,9 @@
   the host, and operating status transitions. Reports are commands on
   ``splice.cmd._host.loadbalancer.*``. A load balancer of a provider without a driver here is
   reported ERROR, never served by another driver;
+* what each driver must serve comes from `agents.desired` (pure): a load balancer routed on a
+  router runs in that router's namespace, which the router driver (converged first) makes and
+  where it holds the VIP;
 * routers (when the agent offers `ROUTER_PROVIDER`): those the scheduler placed on this host
   (their `ServiceScheduled` event, folded by `splice.events.router_fold`) are handed to the
   router driver, which makes their namespaces, legs, routes and SNAT tables; a router's
@@ -54,11 +57,11 @@ from splice.events.lbaas_fold import LoadBalancerState, apply
 from splice.events.router_fold import ROUTER_PROVIDER, RouterState
 from splice.events.router_fold import apply as apply_router
 
+from .desired import Folds, desired_lbs, desired_routers, public, tenant
 from .drivers import drivers
 from .drivers.reports import LbResult, Report
-from .drivers.router import RouterDriver, RouterSpec, router_spec
-from .drivers.router.routed import routed_on
-from .model import LoadBalancerSpec, NetworkSpec
+from .drivers.router import RouterDriver, RouterSpec
+from .model import LoadBalancerSpec
 
 log = structlog.get_logger("splice.agent")
 
@@ -108,14 +111,6 @@ def copy_for_apply(state: S) -> S:
         if isinstance(value := getattr(state, name), (dict, list, set))
     }
     return msgspec.structs.replace(state, **containers)
-
-
-def public(agg_id: str) -> str:
-    return agg_id.rsplit(".", 1)[1]
-
-
-def tenant(agg_id: str) -> str:
-    return agg_id.split(".", 1)[0]
 
 
 class Agent:
@@ -256,46 +251,30 @@ class Agent:
 
     # -- converging -------------------------------------------------------------------------
 
+    def folds(self) -> Folds:
+        return Folds(self.lbs, self.networks, self.routers, self.firewalls, self.nats)
+
     def desired(self) -> dict[str, dict[str, LoadBalancerSpec]]:
-        """What each driver must serve here: by provider, the load balancers placed on this host."""
-        out: dict[str, dict[str, LoadBalancerSpec]] = {p: {} for p in self.drivers}
-        for agg_id, state in self.lbs.items():
-            if state.host != self.host or state.provisioning_status in ("PENDING_DELETE", "DELETED"):
-                continue
-            net = self.networks.get(f"{tenant(agg_id)}.network.{state.vip_network_id}")
-            if net is None:
-                continue
-            if state.provider not in out:
-                reason = f"host {self.host} has no driver for provider {state.provider!r}"
-                self._send_later(self._report(agg_id, state.generation, "ERROR", reason))
-                continue
-            lb = public(agg_id)
-            out[state.provider][lb] = LoadBalancerSpec(
-                lb, NetworkSpec(state.vip_network_id, *net), state)
+        """What each driver must serve here (`desired.desired_lbs`); a load balancer placed
+        here that this host cannot serve is reported ERROR with the reason."""
+        out, refused = desired_lbs(self.folds(), self.host, self.drivers, prefix=self.prefix,
+                                   routing=self.router_driver is not None)
+        for agg_id, why in refused.items():
+            self._send_later(self._report(agg_id, why.generation, "ERROR", why.reason))
         return out
 
     def desired_routers(self) -> dict[str, RouterSpec]:
-        """The routers placed on this host, by public id, as the router driver builds them."""
-        out: dict[str, RouterSpec] = {}
-        for agg_id, state in self.routers.items():
-            if state.host != self.host or state.deleted:
-                continue
-            head = f"{tenant(agg_id)}.network."
-            nets = {k[len(head):]: v for k, v in self.networks.items() if k.startswith(head)}
-            fws, nats = routed_on(agg_id, self.firewalls, self.nats)
-            out[public(agg_id)] = router_spec(public(agg_id), state, nets, self.prefix,
-                                              firewalls=fws, nats=nats)
-        return out
+        return desired_routers(self.folds(), self.host, prefix=self.prefix)
 
     async def converge(self) -> tuple[set[str], dict[str, LbResult]]:
         """Converge every driver; returns the ids of the load balancers that were desired,
         and their results (the router driver's trouble is logged by it)."""
+        if self.router_driver is not None:  # first: routed load balancers run in its namespaces
+            await self.router_driver.converge(self.desired_routers())
         desired = self.desired()
         results: dict[str, LbResult] = {}
         for provider, driver in self.drivers.items():
             results.update(await driver.converge(desired[provider]))
-        if self.router_driver is not None:
-            await self.router_driver.converge(self.desired_routers())
         return {i for wanted in desired.values() for i in wanted}, results
 
     async def _converge_loop(self, stop: asyncio.Event) -> None:

@@ -29,6 +29,10 @@ from .folding import apply_with, by_tag, fold_with
 # Not a service type's provider: a router is not a service of a kind (its service type chooses
 # the providers of the services routed on it), and every router needs the same host driver.
 ROUTER_PROVIDER = "router"
+# The load-balancer providers that serve a load balancer routed on a router (its VIP an address
+# of the router's namespace, its dataplane running there). nftables-l4 is floating only: its
+# DNAT and masquerade would share the router's NAT hooks with SNAT and port forwards.
+ROUTED_LB_PROVIDERS = frozenset({"haproxy"})
 
 
 class RouterInterface(Struct, frozen=True, kw_only=True):

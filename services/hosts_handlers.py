@@ -52,6 +52,23 @@ def _move(app: SpliceApplication, t: Touched, service_id: str, host: str | None)
     if svc is not None and not svc.deleted:
         svc.schedule(host)
         t.add(svc)
+        for routed in routed_lbs(app, svc):  # a routed load balancer goes where its router goes
+            routed.schedule(host)
+            t.add(routed)
+
+
+def routed_lbs(app: SpliceApplication, router: Any, network_id: str | None = None) -> list[Any]:
+    """The load balancers routed on `router` (a router's `services`; none for another
+    service), those with their VIP on `network_id` when given."""
+    out = []
+    for service_id in getattr(router, "services", None) or []:
+        svc = app.get_or_none(service_id)
+        ins = getattr(svc, "insertion", None)
+        if (svc is not None and not svc.deleted and hasattr(svc, "vip_network_id")
+                and ins is not None and ins.mode == "routed"
+                and network_id in (None, svc.vip_network_id)):
+            out.append(svc)
+    return out
 
 
 def register_host(app: SpliceApplication, tenant: str, cmd: c.RegisterHost) -> Decision:

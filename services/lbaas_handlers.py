@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import Any, cast
 
 from splice.events import contracts as c
+from splice.events.router_fold import ROUTED_LB_PROVIDERS
 
 from .common_handlers import Decision, Handler, SpliceApplication, Touched
 from .domain import InvalidError, aggregate_id, new_public_id, public_id
@@ -14,6 +15,7 @@ from .hosts_handlers import consume
 from .insertion_handlers import insert_service, resolve_insertion, retire_service
 from .lbaas import LoadBalancer
 from .network_handlers import drop_port, new_port
+from .router import Router
 
 
 def lb_id(tenant: str, public: str) -> str:
@@ -29,6 +31,8 @@ def create_loadbalancer(app: SpliceApplication, tenant: str, cmd: c.CreateLoadBa
     insertion, router, st = resolve_insertion(
         app, tenant, "loadbalancer", cmd.router_id, cmd.service_type_id, cmd.out_of_path
     )
+    if router is not None and insertion.mode == "routed":
+        check_routed(router, insertion.provider, cmd.vip_network_id)
     consume(app, tenant, t, "loadbalancer")
     agg_id = lb_id(tenant, new_public_id())
     vip = new_port(
@@ -41,7 +45,22 @@ def create_loadbalancer(app: SpliceApplication, tenant: str, cmd: c.CreateLoadBa
     )
     t.add(lb)
     insert_service(app, t, lb, router, st)
+    if router is not None and insertion.mode == "routed":
+        lb.schedule(router.host)  # where its router is; it moves with it (`hosts_handlers`)
     return Decision(lb, t.list())
+
+
+def check_routed(router: Router, provider: str, vip_network_id: str) -> None:
+    """A routed load balancer's VIP is an address of its router's namespace, on one of the
+    router's legs (an interface or the gateway), and a provider that runs there serves it."""
+    if provider not in ROUTED_LB_PROVIDERS:
+        raise InvalidError(
+            f"provider {provider} serves floating load balancers only; routed ones need one of "
+            f"{', '.join(sorted(ROUTED_LB_PROVIDERS))} in the router's service type", "$.router_id")
+    legs = set(router.interfaces) | ({router.gateway.network_id} if router.gateway else set())
+    if vip_network_id not in legs:
+        raise InvalidError("the router has no interface or gateway on the VIP's network",
+                           "$.vip_network_id")
 
 
 def _lb_gone(app: SpliceApplication, tenant: str, t: Touched, lb: LoadBalancer) -> None:

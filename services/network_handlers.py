@@ -9,7 +9,7 @@ from splice.events.router_fold import ROUTER_PROVIDER
 
 from .common_handlers import Decision, SpliceApplication, Touched
 from .domain import InUseError, InvalidError, aggregate_id, new_public_id, public_id
-from .hosts_handlers import consume, place, release, unplace
+from .hosts_handlers import consume, place, release, routed_lbs, unplace
 from .network import Network, Port, check_network
 from .router import Router
 from .servicetype import ServiceType
@@ -119,6 +119,14 @@ def router_id(tenant: str, public: str) -> str:
     return aggregate_id(tenant, Router.AGGREGATE, public)
 
 
+def vips_stay(app: SpliceApplication, router: Router, network_id: str, field: str) -> None:
+    """A leg that holds routed load balancers' VIPs stays until they go."""
+    lbs = routed_lbs(app, router, network_id)
+    if lbs:
+        raise InUseError(f"{len(lbs)} routed load balancer(s) have their VIP on this leg: "
+                         f"{', '.join(sorted(public_id(lb.id) for lb in lbs))}", field)
+
+
 def create_router(app: SpliceApplication, tenant: str, cmd: c.CreateRouter) -> Decision:
     t = Touched()
     if cmd.service_type_id:
@@ -148,6 +156,7 @@ def remove_router_interface(
     t = Touched()
     router: Router = app.get_live(router_id(tenant, cmd.id), "router")
     t.add(router)
+    vips_stay(app, router, cmd.network_id, "$.network_id")
     drop_port(app, tenant, t, router.remove_interface(cmd.network_id))
     return Decision(router, t.list())
 
@@ -160,6 +169,8 @@ def set_router_gateway(app: SpliceApplication, tenant: str, cmd: c.SetRouterGate
     if not net.external:
         raise InvalidError("a router's gateway must be on an external network "
                            "(an admin flags one with network.set_external)", "$.network_id")
+    if router.gateway is not None and router.gateway.network_id != cmd.network_id:
+        vips_stay(app, router, router.gateway.network_id, "$.network_id")
     old = router.clear_gateway()
     if old:
         drop_port(app, tenant, t, old)
@@ -172,6 +183,8 @@ def clear_router_gateway(app: SpliceApplication, tenant: str, cmd: c.ClearRouter
     t = Touched()
     router: Router = app.get_live(router_id(tenant, cmd.id), "router")
     t.add(router)
+    if router.gateway is not None:
+        vips_stay(app, router, router.gateway.network_id, "$.id")
     old = router.clear_gateway()
     if old is None:
         raise InvalidError("the router has no gateway", "$.id")

@@ -37,6 +37,7 @@ def setup(w: World) -> dict[str, str]:
     ext = w.cmd(T, "CreateNetwork", name="ext", cidr="192.0.2.0/28")
     router = w.cmd(T, "CreateRouter", name="r")
     w.cmd(T, "AddRouterInterface", id=router, network_id=net)
+    w.cmd("_admin", "SetNetworkExternal", tenant=T, id=ext)
     w.cmd(T, "SetRouterGateway", id=router, network_id=ext)
     return {"st": st, "net": net, "ext": ext, "router": router}
 
@@ -110,6 +111,48 @@ def test_insertion_routed_uses_the_routers_type(w: World) -> None:
                                          router_id=b["router"]))
     assert (lb.insertion.mode, lb.insertion.service_type_id, lb.insertion.router_id) == (
         "routed", b["st"], b["router"])
+
+
+def test_a_routed_load_balancer_goes_where_its_router_goes_and_keeps_its_leg(w: World) -> None:
+    w.cmd("_host", "RegisterHost", host="r1", providers=["router", "haproxy"])
+    b = setup(w)
+    router = w.get(T, "router", b["router"])
+    assert router.host == "r1"
+    lb_id = w.cmd(T, "CreateLoadBalancer", name="r", vip_network_id=b["ext"], router_id=b["router"])
+    assert w.get(T, "loadbalancer", lb_id).host == "r1"  # placed with its router
+    # the VIP's leg stays while the LB is there (its other leg may go)
+    e = err(w, InUseError, T, "ClearRouterGateway", id=b["router"])
+    assert lb_id in e.message
+    other = w.cmd(T, "CreateNetwork", name="o", cidr="10.3.0.0/24")
+    w.cmd("_admin", "SetNetworkExternal", tenant=T, id=other)
+    err(w, InUseError, T, "SetRouterGateway", id=b["router"], network_id=other)
+    # the router's host lost: the router moves, and its routed LB with it
+    w.cmd("_host", "RegisterHost", host="r2", providers=["router", "haproxy"])
+    w.cmd("_admin", "DeclareHostLost", host="r1")
+    assert w.get(T, "router", b["router"]).host == "r2"
+    assert w.get(T, "loadbalancer", lb_id).host == "r2"
+    w.cmd(T, "DeleteLoadBalancer", id=lb_id)
+    err(w, InUseError, T, "ClearRouterGateway", id=b["router"])  # until its host removed it
+    generation = w.get(T, "loadbalancer", lb_id).generation
+    w.cmd("_host", "ReportProvisioning", tenant=T, loadbalancer_id=lb_id, host="r2",
+          generation=generation, status="DELETED")
+    w.cmd(T, "ClearRouterGateway", id=b["router"])
+
+
+def test_a_routed_load_balancer_needs_a_leg_on_its_vip_network_and_a_routed_provider(
+        w: World) -> None:
+    b = setup(w)
+    far = w.cmd(T, "CreateNetwork", name="far", cidr="10.4.0.0/24")
+    e = err(w, InvalidError, T, "CreateLoadBalancer", name="x", vip_network_id=far,
+            router_id=b["router"])
+    assert e.field == "$.vip_network_id"
+    l4 = w.cmd("_admin", "CreateServiceType", name="l4r", providers={"loadbalancer": "nftables-l4"})
+    r2 = w.cmd(T, "CreateRouter", name="r2", service_type_id=l4)
+    w.cmd(T, "AddRouterInterface", id=r2, network_id=far)
+    e = err(w, InvalidError, T, "CreateLoadBalancer", name="x", vip_network_id=far, router_id=r2)
+    assert e.field == "$.router_id" and "floating" in e.message
+    # and nothing was taken: the address is still free, no LB counted against the quota
+    assert w.get(T, "network", far).allocations.keys() == {"10.4.0.1"}
 
 
 def test_insertion_floating_with_a_type_or_the_default_and_never_both(w: World) -> None:

@@ -96,6 +96,7 @@ def test_the_aggregate_reads_the_folds_state(w: World) -> None:
     ext = w.cmd(T, "CreateNetwork", name="x", cidr="192.0.2.0/28")
     router = w.cmd(T, "CreateRouter", name="r")
     w.cmd(T, "AddRouterInterface", id=router, network_id=net)
+    w.cmd("_admin", "SetNetworkExternal", tenant=T, id=ext)
     w.cmd(T, "SetRouterGateway", id=router, network_id=ext, enable_snat=False)
     r = w.get(T, "router", router)
     assert isinstance(r.state, RouterState)

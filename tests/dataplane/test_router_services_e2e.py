@@ -8,6 +8,8 @@ are namespaces this test makes on the networks' bridges, inside 10.77.24-26.0/24
 
 from __future__ import annotations
 
+import json
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,15 @@ from splice.agents.drivers.nftables.render import firewall_table, nat_table
 from splice.natsserver import NatsServer
 from tests.dataplane.fabric import PREFIX
 from tests.dataplane.test_firewall import _open, echoes
-from tests.dataplane.test_router_e2e import LAYOUT, cmd, off_loop, router_world, sh, until
+from tests.dataplane.test_router_e2e import (
+    LAYOUT,
+    MEMBER_CODE,
+    cmd,
+    off_loop,
+    router_world,
+    sh,
+    until,
+)
 
 pytestmark = pytest.mark.routed
 
@@ -27,13 +37,23 @@ T = "rsv"
 HOST = "rsv-host"
 NETS = {"a": "10.77.24.0/24", "b": "10.77.25.0/24", "x": "10.77.26.0/24"}
 CLIENT, SERVER, EXTERNAL = "10.77.24.2", "10.77.25.2", "10.77.26.100"
+SERVER2 = "10.77.25.3"
 
 
 @pytest.fixture
 async def world(fresh_nats: NatsServer, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     providers = {"loadbalancer": "haproxy", "firewall": "nftables", "nat": "nftables"}
-    async with router_world(fresh_nats.url, tmp_path / "agent", HOST, T, NETS, providers) as w:
+    async with router_world(fresh_nats.url, tmp_path / "agent", HOST, T, NETS, providers,
+                            ("haproxy",)) as w:
         yield w
+
+
+async def refused(nc: Any, subject: str, body: dict[str, Any]) -> dict[str, Any]:
+    msg = await nc.request(f"splice.cmd.{subject}", json.dumps(
+        {"command_id": str(uuid.uuid4()), "actor": "e2e", **body}).encode(), timeout=15)
+    reply = json.loads(msg.data)
+    assert reply["ok"] is False, reply
+    return dict(reply["error"])
 
 
 def tables(ns: str) -> str:
@@ -116,3 +136,64 @@ async def test_a_routed_firewall_and_port_forward_live_in_the_router_namespace(
     await cmd(nc, f"{T}.router.delete", {"id": rid})
     await until(lambda: ns not in agent_netns.list_namespaces(LAYOUT.namespace_prefix),
                 "the router's namespace gone")
+
+
+def lb_body(rid: str, network: str, port: int = 8000) -> dict[str, Any]:
+    return {"name": "routed", "router_id": rid, "vip_network_id": network,
+            "pools": [{"name": "p", "protocol": "TCP", "lb_algorithm": "ROUND_ROBIN", "members": [
+                {"address": a, "protocol_port": 81} for a in (SERVER, SERVER2)]}],
+            "listeners": [{"name": "l", "protocol": "TCP", "protocol_port": port,
+                           "default_pool": "p"}]}
+
+
+async def test_a_routed_load_balancer_serves_from_the_router_namespace(
+        world: dict[str, Any]) -> None:
+    """The seed's case: the VIP on the router, members on another network; round robin over
+    them, reachable from every network the router joins; the VIP's leg stays while it is used."""
+    nc, agent, ten, made = world["nc"], world["agent"], world["tenants"], world["made"]
+    nets = made["nets"]
+    rid = (await cmd(nc, f"{T}.router.create", {"name": "edge"}))["id"]
+    made["routers"].append(rid)
+    ns = LAYOUT.namespace(rid)
+    for key in ("a", "b"):
+        await cmd(nc, f"{T}.router.add_interface", {"id": rid, "network_id": nets[key]})
+    await cmd(nc, "_admin.network.set_external", {"tenant": T, "id": nets["x"]})
+    await cmd(nc, f"{T}.router.set_gateway", {"id": rid, "network_id": nets["x"]})
+    await off_loop(ten.plug, "cli", LAYOUT.bridge(nets["a"]), CLIENT, "10.77.24.1")
+    await off_loop(ten.plug, "srv", LAYOUT.bridge(nets["b"]), SERVER, "10.77.25.1")
+    await off_loop(ten.plug, "srv2", LAYOUT.bridge(nets["b"]), SERVER2, "10.77.25.1")
+    await off_loop(ten.plug, "ext", LAYOUT.bridge(nets["x"]), EXTERNAL, None)
+    for key in ("srv", "srv2"):
+        await off_loop(ten.serve, key, 81, MEMBER_CODE)
+
+    # the VIP must be on one of the router's legs
+    err = await refused(nc, f"{T}.loadbalancer.create", lb_body(rid, made["nets"]["b"]) | {
+        "vip_network_id": (await cmd(nc, f"{T}.network.create",
+                                     {"name": "far", "cidr": "10.77.27.0/24"}))["id"]})
+    assert err["field"] == "$.vip_network_id"
+
+    lb = (await cmd(nc, f"{T}.loadbalancer.create", lb_body(rid, nets["x"])))["id"]
+    state = await until(lambda: (s := agent.lbs.get(f"{T}.loadbalancer.{lb}")) is not None
+                        and s.host == HOST and s, "the LB placed where its router is")
+    vip = state.vip_address
+    await until(lambda: ten.connect("ext", vip, 8000).startswith("ok"), "the VIP answers")
+    seen = {ten.connect("ext", vip, 8000) for _ in range(8)}
+    assert seen == {f"ok:{SERVER}", f"ok:{SERVER2}"}, seen  # round robin over both members
+    assert {ten.connect("cli", vip, 8000) for _ in range(4)} == seen  # from network A too
+    assert not agent_netns.list_namespaces(f"{PREFIX}lb-")  # no namespace of its own
+    await until(lambda: agent.lbs[f"{T}.loadbalancer.{lb}"].provisioning_status == "ACTIVE",
+                "the LB reported ACTIVE")
+
+    # the leg that holds the VIP cannot go while the LB is there
+    err = await refused(nc, f"{T}.router.clear_gateway", {"id": rid})
+    assert err["code"] == "in_use"
+    # the router's namespace rebuilt by hand: the VIP and haproxy come back in the new one
+    agent_netns.kill_namespace_processes(ns)
+    agent_netns.delete_namespace(ns)
+    await until(lambda: ten.connect("ext", vip, 8000).startswith("ok"), "served again", 30)
+
+    await cmd(nc, f"{T}.loadbalancer.delete", {"id": lb})
+    await until(lambda: f"{T}.loadbalancer.{lb}" not in agent.lbs, "the LB deleted")
+    await until(lambda: not ten.connect("ext", vip, 8000).startswith("ok"), "the VIP gone")
+    assert not sh("ip", "netns", "pids", ns, check=False).split()  # its haproxy stopped
+    await cmd(nc, f"{T}.router.clear_gateway", {"id": rid})

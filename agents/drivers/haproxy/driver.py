@@ -100,9 +100,9 @@ class HaproxyDriver:
         """Bridges, and every LB slot that is wanted or carries our prefix (namespace, veth or
         state directory)."""
         host = await self._run(netns.observe_host, self.layout.prefix)
-        shorts = {self.layout.short_id(i) for i in desired}
-        shorts |= self._lb_shorts(host) | self._state_shorts()
-        found = await asyncio.gather(*(self._run(observe_lb, self.layout, s)
+        hosts = {self.layout.short_id(i): s.hosted_in for i, s in desired.items()}
+        shorts = set(hosts) | self._lb_shorts(host) | self._state_shorts()
+        found = await asyncio.gather(*(self._run(observe_lb, self.layout, s, hosts.get(s))
                                        for s in sorted(shorts)))
         return Observed(self.layout, host.bridges, host.bridge_ports,
                         {lb.short: lb for lb in found})
@@ -223,12 +223,14 @@ class HaproxyDriver:
 # --------------------------------------------------------------------------- observe (blocking)
 
 
-def observe_lb(layout: HostLayout, short: str) -> ObservedLB:
-    """Everything ``plan_lb`` needs to know about one LB slot."""
-    namespace = f"{layout.lb_namespace_prefix}{short}"
+def observe_lb(layout: HostLayout, short: str, hosted_in: str | None = None) -> ObservedLB:
+    """Everything ``plan_lb`` needs to know about one LB slot (`hosted_in`: the router
+    namespace a routed LB runs in, whose links are the router driver's business)."""
+    namespace = hosted_in or f"{layout.lb_namespace_prefix}{short}"
     paths = LbPaths(layout.lb_dir(short))
     inode = netns.namespace_inode(namespace)
-    links = netns.observe_namespace(namespace, layout.ns_vip_ifname) if inode else None
+    links = (netns.observe_namespace(namespace, layout.ns_vip_ifname)
+             if inode and hosted_in is None else None)
     master = _host_veth_master(f"{layout.veth_prefix}{short}")
     pid = haproxy.running_master(paths, inode)
     rejected = _read(f"{paths.config}.rejected")
@@ -323,7 +325,10 @@ def _write_config(lb_id: str, paths: LbPaths, config: str) -> None:
 def _start(op: StartHaproxy) -> None:
     paths = LbPaths(op.dir)
     _write_config(op.lb_id, paths, op.config)
-    netns.kill_namespace_processes(op.namespace)  # a worker whose master died holds the port
+    if op.hosted:  # a worker whose master died holds the port; the router's others stay
+        haproxy.kill_leftovers(op.namespace, paths)
+    else:
+        netns.kill_namespace_processes(op.namespace)
     haproxy.start(op.namespace, paths)
     haproxy.mark_applied(paths, op.config)
 

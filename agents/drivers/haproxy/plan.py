@@ -109,12 +109,14 @@ class EnsureVipLeg(LbOp):
 
 @dataclass(frozen=True, slots=True)
 class StartHaproxy(LbOp):
-    """Write (and check) the configuration, then start haproxy in the namespace."""
+    """Write (and check) the configuration, then start haproxy in the namespace. `hosted`: the
+    namespace is a router's, shared with others (only this LB's leftovers are killed first)."""
 
     lb_id: str
     namespace: str
     dir: str
     config: str
+    hosted: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -187,7 +189,9 @@ def split_short_id_clashes(
 
 
 def plan_bridges(desired: Mapping[str, LoadBalancerSpec], observed: Observed) -> list[Op]:
-    needed = sorted({observed.layout.bridge(s.network) for s in desired.values()})
+    """The bridges of the floating LBs' VIP legs (a routed LB's leg is its router's)."""
+    needed = sorted({observed.layout.bridge(s.network) for s in desired.values()
+                     if s.hosted_in is None})
     return [EnsureBridge(b) for b in needed if b not in observed.bridges]
 
 
@@ -195,7 +199,7 @@ def plan_bridge_cleanup(desired: Mapping[str, LoadBalancerSpec], observed: Obser
     """Unneeded bridges of ours go once nothing else is plugged in (members, routers...):
     ports that belong to LBs being deleted in this same plan do not count."""
     layout = observed.layout
-    needed = {layout.bridge(s.network) for s in desired.values()}
+    needed = {layout.bridge(s.network) for s in desired.values() if s.hosted_in is None}
     wanted = {layout.short_id(i) for i in desired}
     leaving: dict[str, int] = {}
     for short, lb in observed.lbs.items():
@@ -238,15 +242,19 @@ def leg_ok(leg: VipLeg, lb: ObservedLB) -> bool:
 def plan_lb(spec: LoadBalancerSpec, lb: ObservedLB, layout: HostLayout) -> list[Op]:
     """Steps for one desired LB, in dependency order."""
     short = layout.short_id(spec.id)
-    namespace = layout.namespace(spec.id)
+    namespace = spec.hosted_in or layout.namespace(spec.id)
     ops: list[Op] = []
     if lb.stray_netns_inode is not None:
         ops.append(KillStrayHaproxy(short, lb.stray_netns_inode))
-    if not lb.namespace_exists:
-        ops.append(EnsureNamespace(short, namespace))
-    leg = desired_leg(spec, layout)
-    if not lb.namespace_exists or not leg_ok(leg, lb):
-        ops.append(EnsureVipLeg(short, leg))
+    if spec.hosted_in is not None:  # the router driver makes the namespace and holds the VIP
+        if not lb.namespace_exists:
+            return [*ops, ReportError(short, spec.id, f"router namespace {namespace} is missing")]
+    else:
+        if not lb.namespace_exists:
+            ops.append(EnsureNamespace(short, namespace))
+        leg = desired_leg(spec, layout)
+        if not lb.namespace_exists or not leg_ok(leg, lb):
+            ops.append(EnsureVipLeg(short, leg))
     paths = LbPaths(layout.lb_dir(short))
     config = render(spec, paths)
     wanted = digest(config)
@@ -254,7 +262,8 @@ def plan_lb(spec: LoadBalancerSpec, lb: ObservedLB, layout: HostLayout) -> list[
         return [*ops, ReportError(short, spec.id, lb.rejected_reason or "config refused")]
     running = lb.namespace_exists and lb.haproxy_pid is not None
     if not running:
-        ops.append(StartHaproxy(short, spec.id, namespace, paths.dir, config))
+        ops.append(StartHaproxy(short, spec.id, namespace, paths.dir, config,
+                                hosted=spec.hosted_in is not None))
     elif lb.applied_digest != wanted:
         ops.append(WriteConfigAndReload(short, spec.id, paths.dir, config))
     return ops

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from splice.agents.drivers.haproxy.render import LbPaths, digest
-from splice.agents.netns import process_alive
+from splice.agents.netns import pids_in_namespace, process_alive
 
 HAPROXY = "haproxy"
 
@@ -168,6 +168,19 @@ def reload(paths: LbPaths, deadline_s: float = 15.0) -> None:
         return info if info and info.get("Pid") != old_worker else None
 
     _wait_for(reloaded, deadline_s, "new haproxy worker after reload")
+
+
+def kill_leftovers(namespace: str, paths: LbPaths) -> None:
+    """SIGKILL the processes in `namespace` that run this LB's configuration (workers outlive
+    a killed master), leaving the namespace's other processes alone."""
+    for pid in pids_in_namespace(namespace):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if paths.config.encode() in argv:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
 
 
 def stop(paths: LbPaths, deadline_s: float = 5.0) -> None:

@@ -192,20 +192,22 @@ def ensure_leg(namespace: str, leg: Leg) -> None:
             ns.link("set", index=idx[0], state="up")
             for a in ns.get_addr(index=idx[0]):
                 have = f"{a.get_attr('IFA_ADDRESS')}/{a['prefixlen']}"
-                if a["scope"] == 0 and have != leg.address:
+                if a["scope"] == 0 and have not in leg.addresses:
                     _ignore(ns.addr, "del", index=idx[0], address=a.get_attr("IFA_ADDRESS"),
                             prefixlen=a["prefixlen"])
-            ip, plen = leg.address.split("/")
-            try:
-                ns.addr("add", index=idx[0], address=ip, prefixlen=int(plen))
-            except NetlinkError as e:
-                if e.code != errno.EEXIST:
-                    raise
+            for address in (leg.address, *leg.vips):  # the leg's own address first: primary
+                ip, plen = address.split("/")
+                try:
+                    ns.addr("add", index=idx[0], address=ip, prefixlen=int(plen))
+                except NetlinkError as e:
+                    if e.code != errno.EEXIST:
+                        raise
             (link,) = ns.get_links(idx[0])
             return str(link.get_attr("IFLA_ADDRESS"))
 
     mac = netns.in_netns(namespace, configure)
-    netns.announce(namespace, leg.ns_ifname, leg.address.split("/")[0], mac)
+    for address in (leg.address, *leg.vips):
+        netns.announce(namespace, leg.ns_ifname, address.split("/")[0], mac)
 
 
 def announce_again(namespace: str, leg: Leg) -> None:
@@ -220,7 +222,8 @@ def announce_again(namespace: str, leg: Leg) -> None:
     with contextlib.suppress(OSError, NetlinkError):
         address = netns.in_netns(namespace, mac)
         if address is not None:
-            netns.announce(namespace, leg.ns_ifname, leg.address.split("/")[0], address)
+            for ip in (leg.address, *leg.vips):
+                netns.announce(namespace, leg.ns_ifname, ip.split("/")[0], address)
 
 
 def _in_namespace(namespace: str, ifname: str) -> bool:

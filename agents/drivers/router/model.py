@@ -80,6 +80,11 @@ class Leg:
     ns_ifname: str
     bridge: str
     address: str  # "ip/prefixlen"
+    vips: tuple[str, ...] = ()  # "ip/32": the VIPs of the load balancers routed on this leg
+
+    @property
+    def addresses(self) -> frozenset[str]:
+        return frozenset({self.address, *self.vips})
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,22 +112,26 @@ class RouterSpec:
 
 def router_spec(router_id: str, state: RouterState, networks: Mapping[str, tuple[str, str]],
                 prefix: str, *, firewalls: Sequence[tuple[str, FirewallState]] = (),
-                nats: Sequence[NatState] = ()) -> RouterSpec:
+                nats: Sequence[NatState] = (),
+                vips: Mapping[str, Sequence[str]] | None = None) -> RouterSpec:
     """The router as the host must hold it. `networks`: (cidr, gateway) by public network id;
     a network not known yet (its event not seen) gets no leg until it is. `firewalls` (with
-    their public ids) and `nats`: the services routed on it (`routed.routed_on`)."""
+    their public ids) and `nats`: the services routed on it (`routed.routed_on`). `vips`: by
+    network id, the VIP addresses of the load balancers routed on it (held on that leg)."""
     layout = RouterLayout(prefix)
+    vips = vips or {}
     legs: list[Leg] = []
     for network_id, itf in sorted(state.interfaces.items()):
         if network_id in networks:
             legs.append(_leg(layout, router_id, network_id, networks[network_id][0],
-                             itf.ip_address, "qr-"))
+                             itf.ip_address, "qr-", vips.get(network_id, ())))
     route: tuple[str, str] | None = None
     nat: nft.Desired | None = None
     gw = state.gateway
     if gw is not None and gw.network_id in networks:
         cidr, gateway = networks[gw.network_id]
-        leg = _leg(layout, router_id, gw.network_id, cidr, gw.ip_address, "qg-")
+        leg = _leg(layout, router_id, gw.network_id, cidr, gw.ip_address, "qg-",
+                   vips.get(gw.network_id, ()))
         legs.append(leg)
         route = (gateway, leg.ns_ifname)
         nat = nat_desired(router_id, prefix, nats, external_if=leg.ns_ifname,
@@ -133,7 +142,8 @@ def router_spec(router_id: str, state: RouterState, networks: Mapping[str, tuple
 
 
 def _leg(layout: RouterLayout, router_id: str, network_id: str, cidr: str, address: str,
-         kind: str) -> Leg:
+         kind: str, vips: Sequence[str] = ()) -> Leg:
     plen = ipaddress.IPv4Network(cidr).prefixlen
+    held = tuple(sorted({f"{ipaddress.IPv4Address(v)}/32" for v in vips} - {f"{address}/32"}))
     return Leg(layout.host_leg(router_id, network_id), f"{kind}{short(network_id)}",
-               layout.bridge(network_id), f"{ipaddress.IPv4Address(address)}/{plen}")
+               layout.bridge(network_id), f"{ipaddress.IPv4Address(address)}/{plen}", held)

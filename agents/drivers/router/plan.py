@@ -181,9 +181,9 @@ def plan_router(spec: RouterSpec, observed: Observed, *, prefix: str) -> list[Op
 
 
 def leg_ok(leg: Leg, host_legs: Mapping[str, str | None], links: Mapping[str, LinkSeen]) -> bool:
-    """The leg exactly as wanted: host end on its bridge, namespace end up with one address
-    and the leg's sysctls."""
+    """The leg exactly as wanted: host end on its bridge, namespace end up with its address
+    (and the VIPs routed on it, nothing else) and the leg's sysctls."""
     seen = links.get(leg.ns_ifname)
     return (host_legs.get(leg.host_ifname, "") == leg.bridge and seen is not None and seen.up
-            and seen.addresses == {leg.address}
+            and seen.addresses == leg.addresses
             and all(seen.conf.get(k) == v for k, v in LEG_SYSCTLS))

@@ -1,0 +1,120 @@
+"""What one host must serve, from the agent's folds: pure functions, no I/O.
+
+`desired_lbs` hands each provider's driver the load balancers placed on this host; `desired_routers`
+hands the router driver the routers placed here, each with the firewalls and NATs routed on it and
+the VIPs of the load balancers routed on it (held on the router's legs).
+
+A routed load balancer (insertion mode ``routed``) runs in its router's namespace: it is placed
+where its router is (the command side schedules it there and moves it with the router), its VIP
+is an address of the router's leg on the VIP's network, and its provider's driver runs its
+dataplane in that namespace (`LoadBalancerSpec.hosted_in`). A load balancer this host cannot
+serve (no driver for its provider, or its router is not served here) is returned as an error
+with the reason, never handed to another driver.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass, field
+
+from splice.events.advanced_fold import FirewallState, NatState
+from splice.events.lbaas_fold import LoadBalancerState
+from splice.events.router_fold import RouterState
+
+from .drivers.router import RouterLayout, RouterSpec, router_spec
+from .drivers.router.routed import routed_on
+from .model import LoadBalancerSpec, NetworkSpec
+
+GONE = ("PENDING_DELETE", "DELETED")
+
+
+def public(agg_id: str) -> str:
+    return agg_id.rsplit(".", 1)[1]
+
+
+def tenant(agg_id: str) -> str:
+    return agg_id.split(".", 1)[0]
+
+
+@dataclass(frozen=True, slots=True)
+class Folds:
+    """The agent's folds, by aggregate id (networks: (cidr, gateway))."""
+
+    lbs: Mapping[str, LoadBalancerState] = field(default_factory=dict)
+    networks: Mapping[str, tuple[str, str]] = field(default_factory=dict)
+    routers: Mapping[str, RouterState] = field(default_factory=dict)
+    firewalls: Mapping[str, FirewallState] = field(default_factory=dict)
+    nats: Mapping[str, NatState] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """A load balancer placed here that this host cannot serve, and why."""
+
+    generation: int
+    reason: str
+
+
+def _router_here(folds: Folds, host: str, agg_id: str, state: LoadBalancerState) -> str | None:
+    """The aggregate id of the router a routed LB runs on, if that router is served here."""
+    ins = state.insertion
+    if ins is None or ins.mode != "routed" or not ins.router_id:
+        return None
+    router_agg = f"{tenant(agg_id)}.router.{ins.router_id}"
+    router = folds.routers.get(router_agg)
+    return router_agg if router is not None and router.host == host and not router.deleted else None
+
+
+def desired_lbs(folds: Folds, host: str, providers: Collection[str], *, prefix: str,
+                routing: bool) -> tuple[dict[str, dict[str, LoadBalancerSpec]], dict[str, Refused]]:
+    """By provider, the load balancers this host serves (public id -> spec); and, by aggregate
+    id, those placed here that it cannot serve. `routing`: this host runs the router driver."""
+    out: dict[str, dict[str, LoadBalancerSpec]] = {p: {} for p in providers}
+    refused: dict[str, Refused] = {}
+    layout = RouterLayout(prefix)
+    for agg_id, state in folds.lbs.items():
+        if state.host != host or state.provisioning_status in GONE:
+            continue
+        net = folds.networks.get(f"{tenant(agg_id)}.network.{state.vip_network_id}")
+        if net is None:
+            continue
+        if state.provider not in out:
+            refused[agg_id] = Refused(state.generation,
+                                      f"host {host} has no driver for provider {state.provider!r}")
+            continue
+        hosted_in = None
+        if state.insertion is not None and state.insertion.mode == "routed":
+            router_id = state.insertion.router_id or ""
+            if not routing or _router_here(folds, host, agg_id, state) is None:
+                refused[agg_id] = Refused(state.generation,
+                                          f"its router {router_id} is not served on host {host}")
+                continue
+            hosted_in = layout.namespace(router_id)
+        lb = public(agg_id)
+        out[state.provider][lb] = LoadBalancerSpec(
+            lb, NetworkSpec(state.vip_network_id, *net), state, hosted_in)
+    return out, refused
+
+
+def routed_vips(folds: Folds, host: str, router_agg: str) -> dict[str, list[str]]:
+    """By network id, the VIPs of the live load balancers routed on this router."""
+    vips: dict[str, list[str]] = {}
+    for agg_id, state in sorted(folds.lbs.items()):
+        if (state.host == host and state.provisioning_status not in GONE and state.vip_address
+                and _router_here(folds, host, agg_id, state) == router_agg):
+            vips.setdefault(state.vip_network_id, []).append(state.vip_address)
+    return vips
+
+
+def desired_routers(folds: Folds, host: str, *, prefix: str) -> dict[str, RouterSpec]:
+    """The routers placed on this host, by public id, as the router driver builds them."""
+    out: dict[str, RouterSpec] = {}
+    for agg_id, state in folds.routers.items():
+        if state.host != host or state.deleted:
+            continue
+        head = f"{tenant(agg_id)}.network."
+        nets = {k[len(head):]: v for k, v in folds.networks.items() if k.startswith(head)}
+        fws, nats = routed_on(agg_id, folds.firewalls, folds.nats)
+        out[public(agg_id)] = router_spec(public(agg_id), state, nets, prefix, firewalls=fws,
+                                          nats=nats, vips=routed_vips(folds, host, agg_id))
+    return out
