@@ -28,10 +28,13 @@ from rich.console import Console
 
 from splice import client
 from splice.auth import strip_userinfo
+from splice.events.router_fold import ROUTER_PROVIDER
 from splice.natsserver import NatsServer, free_port, port_is_free
 from splice.tls import self_signed
 
 log = structlog.get_logger("splice.root")
+# What an agent offers unless told otherwise: every provider it has a host driver for.
+AGENT_PROVIDERS = ["haproxy", "nftables-l4", ROUTER_PROVIDER]
 
 # How long each part of stopping may take; together they stay well inside a few seconds.
 DEMO_CLEANUP_S = 3.0
@@ -270,8 +273,8 @@ class UpConfig:
 
 
 def agent_ok() -> bool:
-    """A local agent needs root (namespaces) and haproxy."""
-    return os.geteuid() == 0 and shutil.which("haproxy") is not None
+    """A local agent needs root (namespaces), haproxy and nft."""
+    return os.geteuid() == 0 and all(shutil.which(b) is not None for b in ("haproxy", "nft"))
 
 
 def run_up(cfg: UpConfig, out: Console) -> None:
@@ -381,8 +384,8 @@ def _local_parts(url: str, state_dir: Path, say: Callable[[str], None], nc: Any)
     say(f"  read models: {db} (queries on splice.qry.<tenant>.<view>)")
     if agent_ok():
         host = socket.gethostname().split(".")[0]
-        parts.append(agent_part(url, AgentConfig(host, state_dir / "agent", ["haproxy"]), nc))
-        say(f"  local agent: host [bold]{host}[/], provider haproxy")
+        parts.append(agent_part(url, AgentConfig(host, state_dir / "agent", AGENT_PROVIDERS), nc))
+        say(f"  local agent: host [bold]{host}[/], providers {', '.join(AGENT_PROVIDERS)}")
     else:
         say("  [yellow]no local agent[/] (needs root and haproxy): commands only")
     return parts

@@ -54,6 +54,8 @@ def send(
         raise typer.Exit(3) from e
     if output == "json":
         out.print_json(json.dumps(reply))
+    elif output == "value" and reply.get("ok"):
+        print(reply["id"])  # the id alone, for scripts: ID=$(splice ... -o value)
     elif reply.get("ok"):
         out.print(
             f"[green]ok[/] id={reply['id']} version={reply['version']} seq={reply['seq']} "
@@ -149,7 +151,7 @@ def command_for(app: typer.Typer, aggregate: str, verb: str, cmd: type[Command])
         inspect.Parameter("nats_url", opt, default=None,
                           annotation=Annotated[str | None, typer.Option(envvar="SPLICE_NATS_URL")]),
         inspect.Parameter("output", opt, default="table",
-                          annotation=Annotated[str, typer.Option("-o", "--output", help="table|json")]),
+                          annotation=Annotated[str, typer.Option("-o", "--output", help="table|json|value (the id alone)")]),
     ]
 
     def run(**kwargs: Any) -> None:

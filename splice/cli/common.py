@@ -23,6 +23,8 @@ NatsUrlOpt = Annotated[
     typer.Option("--nats-url", envvar="SPLICE_NATS_URL", help="NATS server(s), comma-separated."),
 ]
 OutputOpt = Annotated[str, typer.Option("-o", "--output", help="table or json")]
+CommandOutputOpt = Annotated[str, typer.Option("-o", "--output",
+                                               help="table, json, or value (the id alone)")]
 StateDirOpt = Annotated[
     Path,
     typer.Option(

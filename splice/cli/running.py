@@ -40,18 +40,19 @@ def agent(
     host: Annotated[str, typer.Option(help="This host's name (default: the machine's).")] = "",
     nats_url: NatsUrlOpt = None,
     state_dir: Annotated[Path | None, typer.Option(help="Where the agent keeps its state.")] = None,
-    provider: Annotated[list[str] | None, typer.Option("--provider", help="Providers offered.")] = None,
+    provider: Annotated[list[str] | None, typer.Option(
+        "--provider", help="Providers offered (default: haproxy, nftables-l4 and router).")] = None,
     prefix: Annotated[str, typer.Option(help="Name prefix of everything the agent owns.")] = "spl-",
     resync: Annotated[float, typer.Option(help="Seconds between drift repairs.")] = 30.0,
     log_level: LogLevelOpt = "INFO",
 ) -> None:
-    """Run the host agent: converge this host to the event stream (routers: --provider router)."""
+    """Run the host agent: converge this host to the event stream."""
     logs.configure(log_level)
     bus = url_of(nats_url)
     cfg = root.AgentConfig(
         host=host or socket.gethostname().split(".")[0],
         state_dir=state_dir or client.default_state_dir() / "agent",
-        providers=provider or ["haproxy"],
+        providers=provider or root.AGENT_PROVIDERS,
         prefix=prefix,
         resync_s=resync,
         js_prefix=bus.js_prefix,

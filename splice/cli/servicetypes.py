@@ -9,6 +9,7 @@ import typer
 from splice.cli.commands import send
 from splice.cli.common import (
     ADMIN,
+    CommandOutputOpt,
     NatsUrlOpt,
     OutputOpt,
     cell,
@@ -42,7 +43,7 @@ def st_create(
     default: Annotated[bool, typer.Option("--default")] = False,
     command_id: CommandIdOpt = None,
     nats_url: NatsUrlOpt = None,
-    output: OutputOpt = "table",
+    output: CommandOutputOpt = "table",
 ) -> None:
     """Create a service type."""
     body = {"name": name, "providers": _providers(provider), "description": description,
@@ -58,7 +59,7 @@ def st_update(
     provider: Annotated[list[str] | None, typer.Option("--provider", "-p")] = None,
     command_id: CommandIdOpt = None,
     nats_url: NatsUrlOpt = None,
-    output: OutputOpt = "table",
+    output: CommandOutputOpt = "table",
 ) -> None:
     """Change a service type's name, description or providers."""
     body = {"id": id, "name": name, "description": description,
@@ -71,7 +72,7 @@ def st_set_default(
     id: str,
     command_id: CommandIdOpt = None,
     nats_url: NatsUrlOpt = None,
-    output: OutputOpt = "table",
+    output: CommandOutputOpt = "table",
 ) -> None:
     """Make a service type the default (the previous default stops being one, atomically)."""
     body = {"id": id, "command_id": command_id}
@@ -83,7 +84,7 @@ def st_delete(
     id: str,
     command_id: CommandIdOpt = None,
     nats_url: NatsUrlOpt = None,
-    output: OutputOpt = "table",
+    output: CommandOutputOpt = "table",
 ) -> None:
     """Delete a service type (not the default one)."""
     send(nats_url, "servicetype", "delete", {"id": id, "command_id": command_id}, output, ADMIN)
