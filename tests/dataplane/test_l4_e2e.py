@@ -353,3 +353,33 @@ async def test_one_host_serves_a_haproxy_and_an_nftables_l4_load_balancer_at_onc
     await until(lambda: not any(n.startswith((LAYOUT.namespace_prefix, f"{PREFIX}lb-"))
                                 for n in agent_netns.list_namespaces(PREFIX)),
                 "both namespaces gone")
+
+
+async def test_a_member_that_goes_down_has_its_open_flows_cut(world: dict[str, Any]) -> None:
+    """Health checks fail (new connections dropped at the member) while a client holds an open
+    connection to it: the member leaves the map and its flow leaves the LB's conntrack."""
+    ms, agent = world["machines"], world["agent"]
+    lb, agg = await create_lb(world, lb_body(world, "nftables-l4", VIP, healthmonitor=MONITOR))
+    ns = LAYOUT.namespace(lb)
+    held = await off_loop(lambda: ms.workers["c0"].submit(
+        socket.create_connection, (VIP, 80), 2.0).result())
+    try:
+        held.sendall(b"GET / HTTP/1.1\r\nHost: vip\r\n\r\n")  # keep-alive: the flow stays open
+        served = held.recv(4096).decode().rsplit("\n", 1)[-1]
+        assert served in MEMBERS, served
+
+        def flows_to(member: str) -> str:
+            return sh("ip", "netns", "exec", ns, "conntrack", "-L", "-p", "tcp", "-d", VIP,
+                      "--reply-src", MEMBERS[member])
+
+        assert "ESTABLISHED" in flows_to(served)
+        member_ns = f"{PREFIX}{served}"
+        sh("ip", "netns", "exec", member_ns, "nft", "add table ip blk; add chain ip blk in "
+           "{ type filter hook input priority 0; policy accept; }; add rule ip blk in "
+           f"tcp dport {PORT} ct state new drop")
+        await until(lambda: agent.lbs[agg].statuses.get(member_ids(agent, agg)[served]) == "ERROR",
+                    f"{served} down", deadline=10)
+        await until(lambda: "ESTABLISHED" not in flows_to(served), "its open flow cut", deadline=5)
+        assert {await off_loop(ms.get, "c1", VIP) for _ in range(4)} == set(MEMBERS) - {served}
+    finally:
+        held.close()
