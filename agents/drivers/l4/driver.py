@@ -126,8 +126,10 @@ class L4Driver:
         try:
             await resync_every(interval_s, stop, self.resync, PROVIDER)
         finally:
-            health.cancel()
-            await asyncio.gather(health, return_exceptions=True)
+            probes = [health, *self._tasks]
+            for task in probes:
+                task.cancel()
+            await asyncio.gather(*probes, return_exceptions=True)
 
     def close(self) -> None:
         for task in [*self._tasks, *([self._reconverging] if self._reconverging else [])]:
@@ -228,8 +230,14 @@ class L4Driver:
                 await asyncio.sleep(0)
 
     async def _check(self, target: Target) -> None:
-        ok = await host.probe(self.layout.namespace(target.lb_id), target.address, target.port,
-                              self.checks.timeout(target), self._probes)
+        served = self._reported.get(target.lb_id)
+        if served is None or served.provisioning_status != ACTIVE:
+            return  # its namespace is not built (yet): a failure would say nothing of the member
+        try:
+            ok = await host.probe(self.layout.namespace(target.lb_id), target.address,
+                                  target.port, self.checks.timeout(target), self._probes)
+        except RuntimeError:  # the driver is closing (its probe pool shut down)
+            return
         if ok is None or not self.checks.record(target, ok):
             return
         log.info("member " + ("up" if ok else "down"), lb=target.lb_id, member=target.member_id,

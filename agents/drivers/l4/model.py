@@ -24,7 +24,7 @@ reports it.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Collection, Mapping
+from collections.abc import Collection
 from dataclasses import dataclass
 from functools import reduce
 from math import gcd
@@ -206,7 +206,3 @@ def operating(spec: LoadBalancerSpec, down: Collection[MemberKey],
                   else Operating.ONLINE if answering else Operating.ERROR)
           for li in spec.listeners}
     return OperatingStatus(lb_status(spec, answering, on, pools), on, pools, members)
-
-
-def down_of(down: Mapping[str, Collection[MemberKey]], lb_id: str) -> Collection[MemberKey]:
-    return down.get(lb_id, ())
