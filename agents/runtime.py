@@ -145,8 +145,9 @@ class Agent:
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         self.snapshot_path = self.state_dir / f"agent-{host}.json"
         self.resync_s = resync_s
-        self.drivers = {p: known[p](host, self.state_dir / "lb", prefix=prefix,
-                                    on_report=self._on_report)
+        # a state directory per driver (haproxy's keeps its historical name)
+        self.drivers = {p: known[p](host, self.state_dir / ("lb" if p == "haproxy" else p),
+                                    prefix=prefix, on_report=self._on_report)
                         for p in self.providers if p != ROUTER_PROVIDER}
         self.prefix = prefix
         self.router_driver = (RouterDriver(host, prefix=prefix)
@@ -269,11 +270,18 @@ class Agent:
     async def converge(self) -> tuple[set[str], dict[str, LbResult]]:
         """Converge every driver; returns the ids of the load balancers that were desired,
         and their results (the router driver's trouble is logged by it)."""
-        if self.router_driver is not None:  # first: routed load balancers run in its namespaces
-            await self.router_driver.converge(self.desired_routers())
+        routers = self.desired_routers() if self.router_driver is not None else {}
         desired = self.desired()
+        bridges = {p: frozenset(s.network.bridge_name(self.prefix) for s in specs.values()
+                                if s.hosted_in is None) for p, specs in desired.items()}
+        bridges[ROUTER_PROVIDER] = frozenset().union(*(r.bridges for r in routers.values()))
+        everyone = frozenset().union(*bridges.values())
+        if self.router_driver is not None:  # first: routed load balancers run in its namespaces
+            self.router_driver.keep_bridges = everyone - bridges[ROUTER_PROVIDER]
+            await self.router_driver.converge(routers)
         results: dict[str, LbResult] = {}
         for provider, driver in self.drivers.items():
+            driver.keep_bridges = everyone - bridges[provider]
             results.update(await driver.converge(desired[provider]))
         return {i for wanted in desired.values() for i in wanted}, results
 

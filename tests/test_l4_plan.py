@@ -339,6 +339,8 @@ def test_a_deleted_lb_leaves_nothing_and_its_bridge_goes_only_when_empty() -> No
         DeleteSlot("1b1b1b1b", "splt-l4-1b1b1b1b", "splt-n1b1b1b1b"),
         DeleteBridge("splt-br-0badcaf")]
     assert kinds(plan({}, converged(s, ports=3), LAYOUT, {})) == ["DeleteSlot"]  # members
+    assert kinds(plan({}, converged(s, ports=1), LAYOUT, {}, keep={"splt-br-0badcaf"})) == [
+        "DeleteSlot"]  # another driver of the host needs the bridge
 
 
 def test_two_lbs_sharing_a_short_id_the_smaller_id_keeps_it() -> None:

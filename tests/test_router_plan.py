@@ -298,6 +298,8 @@ def test_a_deleted_router_loses_its_legs_namespace_and_bridges() -> None:
         *(DeleteLeg(leg.host_ifname) for leg in sorted(s.legs, key=lambda x: x.host_ifname)),
         DeleteNamespace(s.namespace),
         DeleteBridge("spl-br-11111111"), DeleteBridge("spl-br-33333333")]
+    kept = plan({}, converged(s), prefix=P, keep={"spl-br-33333333"})  # another driver's need
+    assert [op for op in kept if isinstance(op, DeleteBridge)] == [DeleteBridge("spl-br-11111111")]
 
 
 def test_a_second_router_with_the_same_short_id_is_refused_not_merged() -> None:

@@ -4,6 +4,9 @@ operations with a pure ``plan(desired, observed)``, applies them, and observes t
 A driver offers:
 
 * ``provider`` — the provider it serves (what the agent advertises, and the scheduler places by);
+* ``keep_bridges`` — the bridges the host's other drivers need: set by the agent before each
+  converge, never deleted by this driver even when it no longer needs them (the drivers share
+  the networks' bridges, and one must not remove a bridge another is about to plug into);
 * ``observe(desired)`` — what the host holds of its kind (its blocking calls off the loop);
 * ``plan(desired, observed)`` — pure: the operations that close the gap;
 * ``converge(desired)`` — observe, plan, apply; returns each service's result;
@@ -27,6 +30,7 @@ from splice.agents.model import LoadBalancerSpec
 
 class Driver(Protocol):
     provider: str
+    keep_bridges: frozenset[str]
 
     def __init__(self, host_name: str, state_dir: str | os.PathLike[str], *, prefix: str,
                  on_report: Callable[[Any], Any] | None) -> None: ...

@@ -134,6 +134,9 @@ def test_plan_orders_bridges_first_and_bridge_deletion_last() -> None:
     assert isinstance(ops[0], EnsureBridge)
     assert isinstance(ops[-1], DeleteBridge) and ops[-1].name == "spl-br-deadbee"
     assert any(isinstance(op, DeleteLoadBalancer) for op in ops)
+    # a bridge another driver of the host needs stays, empty or not
+    kept = plan({SPEC.id: SPEC}, observed, keep={"spl-br-deadbee"})
+    assert not any(isinstance(op, DeleteBridge) for op in kept)
 
 
 def test_start_carries_the_rendered_config_and_reload_only_when_it_differs() -> None:

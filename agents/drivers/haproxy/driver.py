@@ -70,6 +70,7 @@ class HaproxyDriver:
     """Converges one host's haproxy load balancers; ``on_report`` receives transitions only."""
 
     provider = "haproxy"
+    keep_bridges: frozenset[str] = frozenset()  # the other drivers' (set by the agent)
 
     def __init__(
         self,
@@ -108,7 +109,7 @@ class HaproxyDriver:
                         {lb.short: lb for lb in found})
 
     def plan(self, desired: Mapping[str, LoadBalancerSpec], observed: Observed) -> list[Op]:
-        return plan(desired, observed)
+        return plan(desired, observed, self.keep_bridges)
 
     async def converge(self, desired: Mapping[str, LoadBalancerSpec]) -> dict[str, LbResult]:
         """Make the host match ``desired`` (the complete set for this host)."""

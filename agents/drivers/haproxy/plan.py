@@ -12,9 +12,10 @@ pin it down.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
+from splice.agents.drivers.bridges import unused_bridges
 from splice.agents.drivers.haproxy.render import LbPaths, digest, render
 from splice.agents.model import HostLayout, LoadBalancerSpec
 from splice.agents.netns import NamespaceLinks, VipLeg
@@ -155,8 +156,10 @@ class ReportError(LbOp):
 # --------------------------------------------------------------------------- planning
 
 
-def plan(desired: Mapping[str, LoadBalancerSpec], observed: Observed) -> list[Op]:
-    """All steps for the host: bridges first, then each LB, orphans, unused bridges last."""
+def plan(desired: Mapping[str, LoadBalancerSpec], observed: Observed,
+         keep: Collection[str] = ()) -> list[Op]:
+    """All steps for the host: bridges first, then each LB, orphans, unused bridges last
+    (`keep`: bridges the host's other drivers need, never deleted here)."""
     layout = observed.layout
     accepted, clashes = split_short_id_clashes(desired, layout)
     ops: list[Op] = list(plan_bridges(accepted, observed))
@@ -168,7 +171,7 @@ def plan(desired: Mapping[str, LoadBalancerSpec], observed: Observed) -> list[Op
     wanted = {layout.short_id(i) for i in desired}
     for short in sorted(set(observed.lbs) - wanted):
         ops += plan_orphan(observed.lbs[short], layout)
-    ops += plan_bridge_cleanup(accepted, observed)
+    ops += plan_bridge_cleanup(accepted, observed, keep)
     return ops
 
 
@@ -195,21 +198,18 @@ def plan_bridges(desired: Mapping[str, LoadBalancerSpec], observed: Observed) ->
     return [EnsureBridge(b) for b in needed if b not in observed.bridges]
 
 
-def plan_bridge_cleanup(desired: Mapping[str, LoadBalancerSpec], observed: Observed) -> list[Op]:
+def plan_bridge_cleanup(desired: Mapping[str, LoadBalancerSpec], observed: Observed,
+                        keep: Collection[str] = ()) -> list[Op]:
     """Unneeded bridges of ours go once nothing else is plugged in (members, routers...):
-    ports that belong to LBs being deleted in this same plan do not count."""
+    ports that belong to LBs being deleted in this same plan do not count. `keep`: the bridges
+    the host's other drivers need (`agents.drivers.bridges`)."""
     layout = observed.layout
     needed = {layout.bridge(s.network) for s in desired.values() if s.hosted_in is None}
     wanted = {layout.short_id(i) for i in desired}
-    leaving: dict[str, int] = {}
-    for short, lb in observed.lbs.items():
-        if short not in wanted and lb.host_veth and lb.host_veth_master:
-            leaving[lb.host_veth_master] = leaving.get(lb.host_veth_master, 0) + 1
-    return [
-        DeleteBridge(b)
-        for b in sorted(observed.bridges - needed)
-        if observed.bridge_ports.get(b, 0) <= leaving.get(b, 0)
-    ]
+    leaving = [lb.host_veth_master for short, lb in observed.lbs.items()
+               if short not in wanted and lb.host_veth]
+    return [DeleteBridge(b) for b in unused_bridges(observed.bridges, needed | set(keep),
+                                                      observed.bridge_ports, leaving)]
 
 
 def desired_leg(spec: LoadBalancerSpec, layout: HostLayout) -> VipLeg:

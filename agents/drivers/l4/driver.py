@@ -63,6 +63,7 @@ class L4Driver:
     """Converges one host's nftables-l4 load balancers; ``on_report`` gets transitions only."""
 
     provider = PROVIDER
+    keep_bridges: frozenset[str] = frozenset()  # the other drivers' (set by the agent)
 
     def __init__(
         self,
@@ -102,7 +103,7 @@ class L4Driver:
         return Observed(links.bridges, links.bridge_ports, {s.short: s for s in found})
 
     def plan(self, desired: Mapping[str, LoadBalancerSpec], observed: Observed) -> list[Op]:
-        return plan(desired, observed, self.layout, self.checks.down())
+        return plan(desired, observed, self.layout, self.checks.down(), self.keep_bridges)
 
     async def converge(self, desired: Mapping[str, LoadBalancerSpec]) -> dict[str, LbResult]:
         """Make the host match ``desired`` (the complete set for this host)."""

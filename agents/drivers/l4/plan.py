@@ -141,8 +141,9 @@ def split_clashes(desired: Mapping[str, LoadBalancerSpec]) -> tuple[dict[str, Lo
 
 
 def plan(desired: Mapping[str, LoadBalancerSpec], observed: Observed, layout: L4Layout,
-         down: Mapping[str, Collection[MemberKey]]) -> list[Op]:
-    """All steps for the host; ``down``: the members the health checks hold down, by LB."""
+         down: Mapping[str, Collection[MemberKey]], keep: Collection[str] = ()) -> list[Op]:
+    """All steps for the host; ``down``: the members the health checks hold down, by LB;
+    ``keep``: the bridges the host's other drivers need (never deleted here)."""
     accepted, clashes = split_clashes(desired)
     needed = {layout.bridge(s.network) for s in accepted.values()}
     ops: list[Op] = [EnsureBridge(b) for b in sorted(needed - observed.bridges)]
@@ -155,7 +156,7 @@ def plan(desired: Mapping[str, LoadBalancerSpec], observed: Observed, layout: L4
     ops += [DeleteSlot(s.short, layout.namespace_of(s.short), layout.leg_of(s.short))
             for s in orphans]
     leaving = [s.host_leg_master for s in orphans if s.host_leg]
-    ops += [DeleteBridge(b) for b in unused_bridges(observed.bridges, needed,
+    ops += [DeleteBridge(b) for b in unused_bridges(observed.bridges, needed | set(keep),
                                                       observed.bridge_ports, leaving)]
     return ops
 

@@ -30,6 +30,7 @@ REANNOUNCE_S = (1.2, 2.0)  # gaps between the repeated gratuitous ARPs of a new 
 
 class RouterDriver:
     provider = ROUTER_PROVIDER
+    keep_bridges: frozenset[str] = frozenset()  # the other drivers' (set by the agent)
 
     def __init__(self, host_name: str, *, prefix: str) -> None:
         self.host_name, self.prefix = host_name, prefix
@@ -41,7 +42,7 @@ class RouterDriver:
         self._tasks: set[asyncio.Task[None]] = set()
 
     def plan(self, desired: Mapping[str, RouterSpec], observed: host.Observed) -> list[Op]:
-        return plan(desired, observed, prefix=self.prefix)
+        return plan(desired, observed, prefix=self.prefix, keep=self.keep_bridges)
 
     async def _off_loop(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)

@@ -19,9 +19,10 @@ in each, its links, addresses, default route, sysctls and nftables tables). The 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
+from ..bridges import unused_bridges
 from ..nftables import plan as nft
 from .model import LEG_SYSCTLS, NAMESPACE_SYSCTLS, Leg, RouterSpec
 
@@ -124,7 +125,9 @@ class ReportError(Op):
 # --------------------------------------------------------------------------- planning
 
 
-def plan(desired: Mapping[str, RouterSpec], observed: Observed, *, prefix: str) -> list[Op]:
+def plan(desired: Mapping[str, RouterSpec], observed: Observed, *, prefix: str,
+         keep: Collection[str] = ()) -> list[Op]:
+    """`keep`: the bridges the host's other drivers need (never deleted here)."""
     ops: list[Op] = []
     accepted: dict[str, RouterSpec] = {}
     by_namespace: dict[str, str] = {}
@@ -144,13 +147,9 @@ def plan(desired: Mapping[str, RouterSpec], observed: Observed, *, prefix: str) 
     ops += [DeleteLeg(name) for name in leaving]
     wanted_ns = {s.namespace for s in accepted.values()}
     ops += [DeleteNamespace(ns) for ns in sorted(set(observed.namespaces) - wanted_ns)]
-    freed: dict[str, int] = {}
-    for name in leaving:
-        master = observed.legs[name]
-        if master is not None:
-            freed[master] = freed.get(master, 0) + 1
-    ops += [DeleteBridge(b) for b in sorted(observed.bridges - needed)
-            if observed.bridge_ports.get(b, 0) <= freed.get(b, 0)]
+    ops += [DeleteBridge(b) for b in unused_bridges(observed.bridges, needed | set(keep),
+                                                      observed.bridge_ports,
+                                                      [observed.legs[n] for n in leaving])]
     return ops
 
 
