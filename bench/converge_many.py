@@ -35,7 +35,8 @@ from time_to_serve import (
     vip,
 )
 
-from splice.agents.drivers.haproxy.driver import ACTIVE, HaproxyDriver
+from splice.agents.drivers.haproxy.driver import HaproxyDriver
+from splice.agents.drivers.reports import ACTIVE
 from splice.agents.model import LoadBalancerSpec
 
 

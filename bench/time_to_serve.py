@@ -38,8 +38,9 @@ import nats
 from pyroute2 import IPRoute, netns
 
 from splice.agents import netns as agent_netns
-from splice.agents.drivers.haproxy.driver import ACTIVE, HaproxyDriver
+from splice.agents.drivers.haproxy.driver import HaproxyDriver
 from splice.agents.drivers.haproxy.render import LbPaths, render
+from splice.agents.drivers.reports import ACTIVE
 from splice.agents.model import LoadBalancerSpec, NetworkSpec
 from splice.agents.runtime import Agent
 from splice.events.lbaas import Listener, Member, Pool

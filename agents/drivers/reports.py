@@ -11,7 +11,7 @@ any enabled listener or pool is not ONLINE, else ONLINE.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from splice.agents.model import LoadBalancerSpec
@@ -125,3 +125,31 @@ def lb_status(
     enabled += [pools[p.id] for p in spec.pools if p.admin_state_up and p.members]
     ok = (Operating.ONLINE, Operating.NO_MONITOR, Operating.DRAINING)
     return Operating.ONLINE if all(s in ok for s in enabled) else Operating.DEGRADED
+
+
+class Ledger:
+    """What a driver last reported of each of its load balancers: it adds DELETED results for
+    those that left the desired set, and says which results are transitions worth a report."""
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self.reported: dict[str, LbResult] = {}  # the last result of each LB still served
+        self._known: set[str] = set()  # LB ids converged at least once (for DELETED)
+
+    def close(self, results: dict[str, LbResult], desired: Collection[str]) -> list[Report]:
+        """Add to `results` (one per desired LB) a DELETED one for each LB no longer desired;
+        return the transitions since the last call."""
+        for lb_id in sorted(self._known - set(desired)):
+            results[lb_id] = deleted(lb_id)
+        self._known = (self._known | set(results)) - {
+            i for i, r in results.items() if r.provisioning_status == DELETED}
+        out = []
+        for lb_id, result in sorted(results.items()):
+            diff = changes(self.reported.get(lb_id), result)
+            if result.provisioning_status == DELETED:
+                self.reported.pop(lb_id, None)
+            else:
+                self.reported[lb_id] = result
+            if diff:
+                out.append(Report(self.host, result, diff))
+        return out

@@ -14,15 +14,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.client
-import json
 import os
 import socket
 import subprocess
 import sys
 import time
-import uuid
 from collections import Counter
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -38,6 +36,7 @@ from splice.agents.runtime import Agent
 from splice.natsserver import NatsServer
 from splice.services.service import CommandService
 from tests.dataplane.fabric import MEMBER_SCRIPT
+from tests.dataplane.test_router_e2e import cmd, off_loop, until
 
 pytestmark = pytest.mark.routed
 
@@ -51,31 +50,6 @@ MEMBERS = {f"m{i}": f"{SUBNET}.{21 + i}" for i in range(3)}
 CLIENTS = {"c0": f"{SUBNET}.2", "c1": f"{SUBNET}.3"}
 PORT = 8080
 MONITOR = {"type": "TCP", "delay": 1, "timeout": 1, "max_retries": 2, "max_retries_down": 2}
-
-
-async def off_loop(fn: Callable[..., Any], *args: Any) -> Any:
-    """pyroute2 runs an event loop of its own: call it from a worker thread."""
-    return await asyncio.get_running_loop().run_in_executor(None, fn, *args)
-
-
-async def until(probe: Callable[[], Any], what: str, deadline: float = 15.0) -> Any:
-    """Poll ``probe`` (run off the loop) until it returns something truthy."""
-    end = time.monotonic() + deadline
-    while True:
-        value = await off_loop(probe)
-        if value:
-            return value
-        if time.monotonic() > end:
-            raise AssertionError(f"timed out after {deadline}s waiting for {what}")
-        await asyncio.sleep(0.05)
-
-
-async def cmd(nc: Any, subject: str, body: dict[str, Any]) -> dict[str, Any]:
-    body = {"command_id": str(uuid.uuid4()), "actor": "e2e", **body}
-    reply = json.loads((await nc.request(f"splice.cmd.{subject}", json.dumps(body).encode(),
-                                         timeout=15)).data)
-    assert reply["ok"], (subject, reply)
-    return dict(reply)
 
 
 def sh(*argv: str) -> str:

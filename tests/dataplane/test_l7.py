@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import uuid
 
-from splice.agents.drivers.haproxy.driver import ACTIVE, HaproxyDriver
+from splice.agents.drivers.haproxy.driver import HaproxyDriver
+from splice.agents.drivers.reports import ACTIVE
 from splice.agents.model import LoadBalancerSpec
 from splice.events.lbaas import L7Policy, L7Rule, Listener, Member, Pool
 from tests.dataplane.fabric import MEMBER_PORT, SUBNET, Fabric, wait_until

@@ -14,8 +14,9 @@ from pyroute2 import netns
 
 from splice.agents import netns as agent_netns
 from splice.agents.drivers.haproxy import process as haproxy
-from splice.agents.drivers.haproxy.driver import ACTIVE, DELETED, HaproxyDriver
+from splice.agents.drivers.haproxy.driver import HaproxyDriver
 from splice.agents.drivers.haproxy.render import LbPaths
+from splice.agents.drivers.reports import ACTIVE, DELETED
 from tests.dataplane.fabric import PREFIX, Fabric, Recorder, lb_spec, wait_until
 
 

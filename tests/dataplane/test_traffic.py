@@ -5,7 +5,8 @@ from __future__ import annotations
 import threading
 from collections import Counter
 
-from splice.agents.drivers.haproxy.driver import ACTIVE, HaproxyDriver
+from splice.agents.drivers.haproxy.driver import HaproxyDriver
+from splice.agents.drivers.reports import ACTIVE
 from splice.events.lbaas import HealthMonitor, SessionPersistence
 from tests.dataplane.fabric import Fabric, Recorder, lb_spec, wait_until
 

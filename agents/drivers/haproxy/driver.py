@@ -51,12 +51,10 @@ from splice.agents.drivers.haproxy.render import LbPaths, digest
 from splice.agents.drivers.haproxy.status import rollup
 from splice.agents.drivers.reports import (
     ACTIVE,
-    DELETED,
     ERROR,
     LbResult,
+    Ledger,
     Report,
-    changes,
-    deleted,
 )
 from splice.agents.model import HostLayout, LoadBalancerSpec
 
@@ -91,8 +89,7 @@ class HaproxyDriver:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="splice-agent")
         self._converging = asyncio.Lock()
         self._desired: dict[str, LoadBalancerSpec] = {}
-        self._reported: dict[str, LbResult] = {}
-        self._known: set[str] = set()  # LB ids converged at least once (for DELETED)
+        self._ledger = Ledger(host_name)
         Path(self.layout.state_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
 
     # ------------------------------------------------------------------ public
@@ -119,7 +116,9 @@ class HaproxyDriver:
             accepted, clashes = split_short_id_clashes(self._desired, self.layout)
             failures = await self._apply_all(self.plan(self._desired, observed), accepted)
             results = await self._results(failures, accepted, clashes)
-            self._report(results)
+            for report in self._ledger.close(results, self._desired):
+                if self.on_report is not None:
+                    self.on_report(report)
             return results
 
     async def resync(self) -> dict[str, LbResult]:
@@ -182,28 +181,12 @@ class HaproxyDriver:
         for lb_id, reason in clashes.items():
             spec = self._desired[lb_id]
             results[lb_id] = LbResult(lb_id, spec.generation, ERROR, rollup(spec, None), reason)
-        for lb_id in sorted(self._known - set(self._desired)):
-            results[lb_id] = deleted(lb_id)
-        self._known = (self._known | set(results)) - {
-            i for i, r in results.items() if r.provisioning_status == DELETED
-        }
         return results
 
     async def _run(self, fn: Callable[..., Any], *args: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     # ------------------------------------------------------------------ reports
-
-    def _report(self, results: Mapping[str, LbResult]) -> None:
-        for lb_id, result in sorted(results.items()):
-            before = self._reported.get(lb_id)
-            diff = changes(before, result)
-            if result.provisioning_status == DELETED:
-                self._reported.pop(lb_id, None)
-            else:
-                self._reported[lb_id] = result
-            if diff and self.on_report is not None:
-                self.on_report(Report(self.host_name, result, diff))
 
     # ------------------------------------------------------------------ observation helpers
 

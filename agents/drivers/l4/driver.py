@@ -31,12 +31,10 @@ import structlog
 from splice.agents.drivers import resync_every
 from splice.agents.drivers.reports import (
     ACTIVE,
-    DELETED,
     ERROR,
     LbResult,
+    Ledger,
     Report,
-    changes,
-    deleted,
 )
 from splice.agents.model import LoadBalancerSpec, check_prefix
 
@@ -84,8 +82,7 @@ class L4Driver:
         self._probes = ThreadPoolExecutor(max_workers=2, thread_name_prefix="splice-l4-probe")
         self._converging = asyncio.Lock()
         self._desired: dict[str, LoadBalancerSpec] = {}
-        self._reported: dict[str, LbResult] = {}
-        self._known: set[str] = set()
+        self._ledger = Ledger(host_name)
         self.checks = Checks()
         self._wake = asyncio.Event()
         self._again = False
@@ -115,7 +112,9 @@ class L4Driver:
             observed = await self.observe(self._desired)
             failures = await self._apply_all(self.plan(self._desired, observed), accepted)
             results = self._results(failures, accepted, clashes)
-            self._report(results)
+            for report in self._ledger.close(results, self._desired):
+                if self.on_report is not None:
+                    self.on_report(report)
             return results
 
     async def resync(self) -> dict[str, LbResult]:
@@ -187,27 +186,12 @@ class L4Driver:
             spec = self._desired[lb_id]
             results[lb_id] = LbResult(lb_id, spec.generation, ERROR,
                                       operating(spec, (), False), reason)
-        for lb_id in sorted(self._known - set(self._desired)):
-            results[lb_id] = deleted(lb_id)
-        self._known = (self._known | set(results)) - {
-            i for i, r in results.items() if r.provisioning_status == DELETED}
         return results
 
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     # ------------------------------------------------------------------ reports
-
-    def _report(self, results: Mapping[str, LbResult]) -> None:
-        for lb_id, result in sorted(results.items()):
-            before = self._reported.get(lb_id)
-            diff = changes(before, result)
-            if result.provisioning_status == DELETED:
-                self._reported.pop(lb_id, None)
-            else:
-                self._reported[lb_id] = result
-            if diff and self.on_report is not None:
-                self.on_report(Report(self.host_name, result, diff))
 
     # ------------------------------------------------------------------ health checks
 
@@ -231,7 +215,7 @@ class L4Driver:
                 await asyncio.sleep(0)
 
     async def _check(self, target: Target) -> None:
-        served = self._reported.get(target.lb_id)
+        served = self._ledger.reported.get(target.lb_id)
         if served is None or served.provisioning_status != ACTIVE:
             return  # its namespace is not built (yet): a failure would say nothing of the member
         try:
