@@ -23,6 +23,7 @@ from typing import Any
 import nats
 import pytest
 from pyroute2 import IPRoute, netns
+from pyroute2.netlink.exceptions import NetlinkError
 
 from splice.agents import netns as agent_netns
 from splice.agents.drivers.nftables.render import nat_table
@@ -91,14 +92,22 @@ class Tenants:
 
     def plug(self, key: str, bridge: str, address: str, gateway: str | None) -> None:
         ns, host_if = self.names[key], f"{PREFIX}u{os.getpid() % 0xFFF:x}{KEYS.index(key)}"
-        agent_netns.ensure_bridge(bridge)
         self.bridges.append(bridge)
         netns.create(ns)
         with IPRoute() as ipr:
             ipr.link("add", ifname=host_if, kind="veth", peer={"ifname": "eth0", "net_ns_fd": ns})
             self.veths.append(host_if)
             idx = ipr.link_lookup(ifname=host_if)[0]
-            ipr.link("set", index=idx, master=ipr.link_lookup(ifname=bridge)[0], state="up")
+            # the bridge carries the agent's prefix: until a port is on it, the agent may remove
+            # it as unused (no router leg yet), so make it again until the veth is plugged in
+            for _ in range(50):
+                agent_netns.ensure_bridge(bridge)
+                with contextlib.suppress(IndexError, NetlinkError):
+                    ipr.link("set", index=idx, master=ipr.link_lookup(ifname=bridge)[0])
+                    break
+            else:
+                raise AssertionError(f"could not plug {host_if} into {bridge}")
+            ipr.link("set", index=idx, state="up")
         sh("ip", "-n", ns, "addr", "add", f"{address}/24", "dev", "eth0")
         sh("ip", "-n", ns, "link", "set", "eth0", "up")
         sh("ip", "-n", ns, "link", "set", "lo", "up")
