@@ -20,7 +20,7 @@ from msgspec import Struct
 
 from . import advanced as ev
 from .advanced import FirewallRule, PortForward
-from .folding import apply_with, by_tag, fold_with
+from .folding import apply_with, by_tag, chain_attached, chain_detached, fold_with
 from .wire import InsertionState
 
 
@@ -57,7 +57,6 @@ class NatState(Struct, kw_only=True):
 
 
 S = TypeVar("S", FirewallState, NatState)
-
 
 
 def apply(state: FirewallState | NatState, event: Any) -> bool:
@@ -133,19 +132,6 @@ def _nat_deleted(s: NatState, e: ev.NatDeleted) -> None:
     s.deleted = True
 
 
-# -- appliers: both ---------------------------------------------------------------------------
-
-
-def _chain_attached(s: FirewallState | NatState, e: ev.ServiceChainAttached) -> None:
-    if e.chain_id not in s.chains:
-        s.chains = [*s.chains, e.chain_id]
-
-
-def _chain_detached(s: FirewallState | NatState, e: ev.ServiceChainDetached) -> None:
-    s.chains = [c for c in s.chains if c != e.chain_id]
-
-
-
 FIREWALL_APPLIERS: dict[str, Callable[..., None]] = by_tag({
     ev.FirewallCreated: _fw_created,
     ev.FirewallUpdated: _fw_updated,
@@ -154,16 +140,16 @@ FIREWALL_APPLIERS: dict[str, Callable[..., None]] = by_tag({
     ev.FirewallRuleRemoved: _rule_removed,
     ev.ServiceScheduled: _fw_scheduled,
     ev.FirewallDeleted: _fw_deleted,
-    ev.ServiceChainAttached: _chain_attached,
-    ev.ServiceChainDetached: _chain_detached,
+    ev.ServiceChainAttached: chain_attached,
+    ev.ServiceChainDetached: chain_detached,
 })
 NAT_APPLIERS: dict[str, Callable[..., None]] = by_tag({
     ev.NatCreated: _nat_created,
     ev.PortForwardAdded: _forward_added,
     ev.PortForwardRemoved: _forward_removed,
     ev.NatDeleted: _nat_deleted,
-    ev.ServiceChainAttached: _chain_attached,
-    ev.ServiceChainDetached: _chain_detached,
+    ev.ServiceChainAttached: chain_attached,
+    ev.ServiceChainDetached: chain_detached,
 })
 APPLIERS: dict[type[Any], dict[str, Callable[..., None]]] = {
     FirewallState: FIREWALL_APPLIERS,

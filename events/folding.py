@@ -4,7 +4,7 @@ never its Python class name), and applying one event with such a table."""
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 Applier = Callable[..., None]
 S = TypeVar("S")
@@ -34,3 +34,20 @@ def fold_with(appliers: Mapping[str, Applier], state: S, events: Iterable[Any]) 
     for event in events:
         apply_with(appliers, state, event)
     return state
+
+
+class InChains(Protocol):
+    """A service's state that keeps the chains it is a hop of."""
+
+    chains: list[str]
+
+
+def chain_attached(s: InChains, e: Any) -> None:
+    """`ServiceChainAttached`, the same for every service that can be a hop."""
+    if e.chain_id not in s.chains:
+        s.chains = [*s.chains, e.chain_id]
+
+
+def chain_detached(s: InChains, e: Any) -> None:
+    """`ServiceChainDetached`."""
+    s.chains = [c for c in s.chains if c != e.chain_id]

@@ -18,7 +18,7 @@ from msgspec import Struct
 
 from . import lbaas as ev
 from .advanced import ServiceChainAttached, ServiceChainDetached
-from .folding import apply_with, by_tag
+from .folding import apply_with, by_tag, chain_attached, chain_detached
 from .lbaas import Listener, Member, Pool
 from .wire import InsertionState
 
@@ -54,7 +54,6 @@ class LoadBalancerState(Struct, kw_only=True):
     @property
     def provider(self) -> str:
         return self.insertion.provider if self.insertion else ""
-
 
 
 def apply(state: LoadBalancerState, event: Any) -> bool:
@@ -207,16 +206,6 @@ def _operating(s: LoadBalancerState, e: ev.LoadBalancerOperatingStatusChanged) -
         s.statuses.update(part)
 
 
-def _chain_attached(s: LoadBalancerState, e: ServiceChainAttached) -> None:
-    if e.chain_id not in s.chains:
-        s.chains = [*s.chains, e.chain_id]
-
-
-def _chain_detached(s: LoadBalancerState, e: ServiceChainDetached) -> None:
-    s.chains = [c for c in s.chains if c != e.chain_id]
-
-
-
 APPLIERS: dict[str, Callable[..., None]] = by_tag({
     ev.LoadBalancerCreated: _created,
     ev.LoadBalancerUpdated: _updated,
@@ -241,7 +230,7 @@ APPLIERS: dict[str, Callable[..., None]] = by_tag({
     ev.LoadBalancerProvisioningTimedOut: _timed_out,
     ev.LoadBalancerDeleted: _deleted,
     ev.LoadBalancerOperatingStatusChanged: _operating,
-    ServiceChainAttached: _chain_attached,
-    ServiceChainDetached: _chain_detached,
+    ServiceChainAttached: chain_attached,
+    ServiceChainDetached: chain_detached,
 })
 LB_EVENT_TAGS = frozenset(APPLIERS)
