@@ -201,6 +201,19 @@ class TapDeleted(EventMeta, tag="TapDeleted"):
     pass
 
 
+class PortTapAttached(EventMeta, tag="PortTapAttached"):
+    """On a port: a standalone tap (its public id) mirrors this port or mirrors to it. While
+    any does, the port keeps its host (`port.update` refuses another) and is not deleted."""
+
+    tap_id: str
+
+
+class PortTapDetached(EventMeta, tag="PortTapDetached"):
+    """On a port: that tap is gone."""
+
+    tap_id: str
+
+
 # -- placement and chains, common to every advanced service ---------------------------------
 
 

@@ -1,7 +1,8 @@
-"""The one fold of a firewall and of a NAT: their state as Structs, and the appliers of their events.
+"""The one fold of a firewall, of a NAT and of a tap: their state as Structs, and the appliers
+of their events.
 
-The aggregates (command side) and the host agent (desired state) both hold a `FirewallState`
-or a `NatState` and change it with `apply`, so neither keeps a parallel copy of the state or
+The aggregates (command side) and the host agent (desired state) both hold a `FirewallState`,
+a `NatState` or a `TapState` and change it with `apply`, so neither keeps a parallel copy of the state or
 of the rules that build it (as `lbaas_fold` does for load balancers).
 
 Only applying lives here: no decisions, no checks, no clocks. Appliers are chosen by the
@@ -56,10 +57,31 @@ class NatState(Struct, kw_only=True):
         return self.insertion.router_id if self.insertion else None
 
 
-S = TypeVar("S", FirewallState, NatState)
+class TapState(Struct, kw_only=True):
+    """Everything the events of one tap say: which port's traffic goes to which monitor port.
+
+    `direction` is the port's (Neutron's) point of view: ``ingress`` is the traffic into the
+    port's machine, ``egress`` the traffic out of it. A standalone tap (no router) is placed on
+    the host both ports are bound to (`host`)."""
+
+    name: str = ""
+    port_id: str = ""
+    monitor_port_id: str = ""
+    direction: str = "both"  # ingress | egress | both
+    insertion: InsertionState | None = None
+    host: str | None = None
+    chains: list[str] = []
+    deleted: bool = False
+
+    @property
+    def router_id(self) -> str | None:
+        return self.insertion.router_id if self.insertion else None
 
 
-def apply(state: FirewallState | NatState, event: Any) -> bool:
+S = TypeVar("S", FirewallState, NatState, TapState)
+
+
+def apply(state: FirewallState | NatState | TapState, event: Any) -> bool:
     """Apply one event in place; False when it is not an event of the state's kind."""
     return apply_with(APPLIERS[type(state)], state, event)
 
@@ -75,6 +97,10 @@ def fold_firewall(events: list[Any]) -> FirewallState:
 
 def fold_nat(events: list[Any]) -> NatState:
     return fold(events, NatState())
+
+
+def fold_tap(events: list[Any]) -> TapState:
+    return fold(events, TapState())
 
 
 # -- appliers: firewall -----------------------------------------------------------------------
@@ -132,6 +158,23 @@ def _nat_deleted(s: NatState, e: ev.NatDeleted) -> None:
     s.deleted = True
 
 
+# -- appliers: tap ----------------------------------------------------------------------------
+
+
+def _tap_created(s: TapState, e: ev.TapCreated) -> None:
+    s.name, s.port_id, s.monitor_port_id = e.name, e.port_id, e.monitor_port_id
+    s.direction, s.insertion = e.direction, e.insertion
+    s.host, s.chains, s.deleted = None, [], False
+
+
+def _tap_scheduled(s: TapState, e: ev.ServiceScheduled) -> None:
+    s.host = e.host or None
+
+
+def _tap_deleted(s: TapState, e: ev.TapDeleted) -> None:
+    s.deleted = True
+
+
 FIREWALL_APPLIERS: dict[str, Callable[..., None]] = by_tag({
     ev.FirewallCreated: _fw_created,
     ev.FirewallUpdated: _fw_updated,
@@ -151,9 +194,18 @@ NAT_APPLIERS: dict[str, Callable[..., None]] = by_tag({
     ev.ServiceChainAttached: chain_attached,
     ev.ServiceChainDetached: chain_detached,
 })
+TAP_APPLIERS: dict[str, Callable[..., None]] = by_tag({
+    ev.TapCreated: _tap_created,
+    ev.ServiceScheduled: _tap_scheduled,
+    ev.TapDeleted: _tap_deleted,
+    ev.ServiceChainAttached: chain_attached,
+    ev.ServiceChainDetached: chain_detached,
+})
 APPLIERS: dict[type[Any], dict[str, Callable[..., None]]] = {
     FirewallState: FIREWALL_APPLIERS,
     NatState: NAT_APPLIERS,
+    TapState: TAP_APPLIERS,
 }
 FIREWALL_EVENT_TAGS = frozenset(FIREWALL_APPLIERS)
 NAT_EVENT_TAGS = frozenset(NAT_APPLIERS)
+TAP_EVENT_TAGS = frozenset(TAP_APPLIERS)

@@ -16,8 +16,10 @@ import msgspec
 from splice.events.advanced_fold import (
     FIREWALL_EVENT_TAGS,
     NAT_EVENT_TAGS,
+    TAP_EVENT_TAGS,
     FirewallState,
     NatState,
+    TapState,
     apply,
 )
 from splice.events.contracts import (
@@ -39,6 +41,8 @@ from splice.events.contracts import (
     PortForwardAdded,
     PortForwardIn,
     PortForwardRemoved,
+    PortTapAttached,
+    PortTapDetached,
     ServiceChainAttached,
     ServiceChainCreated,
     ServiceChainDeleted,
@@ -48,8 +52,9 @@ from splice.events.contracts import (
     TapDeleted,
 )
 
-from .domain import InvalidError, NotFoundError, SpliceAggregate, stamp
+from .domain import InvalidError, NotFoundError, SpliceAggregate, public_id, stamp
 from .lbaas import ServiceMixin
+from .network import Port
 
 
 def new_id() -> str:
@@ -103,7 +108,7 @@ class FoldedMixin:
     and changed only by that fold's appliers; its fields are read through read-only
     properties (set on the class by `_read_through`), as `LoadBalancer` reads `lbaas_fold`."""
 
-    STATE: ClassVar[type[FirewallState] | type[NatState]]
+    STATE: ClassVar[type[FirewallState] | type[NatState] | type[TapState]]
     APPLIED_TAGS: ClassVar[frozenset[str]]  # applied by the fold, not by when_* methods
 
     if TYPE_CHECKING:
@@ -276,23 +281,32 @@ class Nat(FoldedMixin, ServiceMixin, SpliceAggregate):
         self.emit(stamp(NatDeleted))
 
 
-_read_through(Firewall)
-_read_through(Nat)
 
 
-class Tap(PlacedMixin, ServiceMixin, SpliceAggregate):
-    """A copy of a port's traffic delivered to a monitor port."""
+class Tap(FoldedMixin, PlacedMixin, ServiceMixin, SpliceAggregate):
+    """A copy of a port's traffic delivered to a monitor port.
+
+    A standalone tap (no router) is realised where the port's traffic is: on the host both
+    ports are bound to (`check_standalone`), by a driver of its provider there (``tc-mirror``:
+    tc mirred from the port's host-side interface to the monitor's). It is scheduled on that
+    host, never by the registry's least-loaded choice, and stays there: while it exists its
+    ports keep their host (`PortTapAttached` on each; `Port.update` refuses a new one)."""
 
     AGGREGATE = "tap"
     KIND: ClassVar[str] = "tap"
+    STATE = TapState
+    APPLIED_TAGS = TAP_EVENT_TAGS
     port_count = 1
 
-    if TYPE_CHECKING:
+    if TYPE_CHECKING:  # the state's fields, read-only (set on the class by _read_through)
+        state: TapState
         name: str
         port_id: str
         monitor_port_id: str
         direction: str
         insertion: InsertionState
+        host: str | None
+        chains: list[str]  # type: ignore[assignment]  # the fold keeps a list
 
     @classmethod
     def create(
@@ -311,13 +325,49 @@ class Tap(PlacedMixin, ServiceMixin, SpliceAggregate):
         self.check_not_in_chain()
         self.emit(stamp(TapDeleted))
 
-    def when_TapCreated(self, e: TapCreated) -> None:
-        self.name, self.port_id, self.monitor_port_id = e.name, e.port_id, e.monitor_port_id
-        self.direction, self.insertion = e.direction, e.insertion
-        self.chains, self.host = set(), None
 
-    def when_TapDeleted(self, e: TapDeleted) -> None:
-        self.deleted = True
+def check_standalone(port: Port, monitor: Port) -> str:
+    """The host a standalone tap of `port` to `monitor` runs on: both ports bound to it."""
+    if port.id == monitor.id:
+        raise InvalidError("a port cannot monitor itself", "$.monitor_port_id")
+    if not port.host:
+        raise InvalidError("a standalone tap needs a port bound to a host (port.create or "
+                           "port.update with --host): its traffic is on that host", "$.port_id")
+    if not monitor.host:
+        raise InvalidError("the monitor port is bound to no host (port.create or port.update "
+                           "with --host)", "$.monitor_port_id")
+    if monitor.host != port.host:
+        raise InvalidError(f"the monitor port is on host {monitor.host}, the tapped port on "
+                           f"{port.host}: tc mirrors within one host", "$.monitor_port_id")
+    return port.host
+
+
+def check_host_offers(host: str, hosts: dict[str, dict[str, object]], provider: str) -> None:
+    """A registered host must offer the tap's provider; an unregistered one may still come."""
+    known = hosts.get(host)
+    if known is not None and provider not in known["providers"]:  # type: ignore[operator]
+        raise InvalidError(f"host {host} (where the ports are) offers no {provider}: choose a "
+                           "service type whose tap provider it offers", "$.service_type_id")
+
+
+def tap_port(port: Port, tap_id: str) -> None:
+    if public_id(tap_id) not in port_taps(port):
+        port.emit(stamp(PortTapAttached, tap_id=public_id(tap_id)))
+
+
+def untap_port(port: Port, tap_id: str) -> None:
+    if public_id(tap_id) in port_taps(port):
+        port.emit(stamp(PortTapDetached, tap_id=public_id(tap_id)))
+
+
+def port_taps(port: Port) -> list[str]:
+    """The public ids of the standalone taps that use this port."""
+    return list(port.taps)
+
+
+_read_through(Firewall)
+_read_through(Nat)
+_read_through(Tap)
 
 
 # Which hop insertion suits which kind of service, and how many ports of its own it needs.

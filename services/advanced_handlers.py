@@ -6,10 +6,22 @@ from typing import cast
 
 from splice.events import contracts as c
 
-from .advanced import Firewall, Nat, ServiceChain, Tap, attach, check_hop, detach
+from .advanced import (
+    Firewall,
+    Nat,
+    ServiceChain,
+    Tap,
+    attach,
+    check_hop,
+    check_host_offers,
+    check_standalone,
+    detach,
+    tap_port,
+    untap_port,
+)
 from .common_handlers import Decision, SpliceApplication, Touched
 from .domain import InvalidError, NotFoundError, aggregate_id, new_public_id, public_id
-from .hosts_handlers import consume, release
+from .hosts_handlers import HOSTS_ID, consume, release
 from .insertion_handlers import insert_service, resolve_insertion, retire_service
 from .network_handlers import drop_port, net_id, new_port, port_id, router_id
 from .registry import SERVICES
@@ -126,15 +138,30 @@ def delete_nat(app: SpliceApplication, tenant: str, cmd: c.DeleteNat) -> Decisio
 
 
 def create_tap(app: SpliceApplication, tenant: str, cmd: c.CreateTap) -> Decision:
+    """A routed tap is placed like the other routed services; a standalone one (no router)
+    goes where its port's traffic is: the host both ports are bound to, which must offer the
+    tap's provider if it is registered (if not yet, the tap waits there for its agent)."""
     t = Touched()
     insertion, router, st = resolve_insertion(app, tenant, "tap", cmd.router_id, cmd.service_type_id, False)
-    app.get_live(port_id(tenant, cmd.port_id), "port", "$.port_id")
-    app.get_live(port_id(tenant, cmd.monitor_port_id), "port", "$.monitor_port_id")
+    port = t.get(app, port_id(tenant, cmd.port_id), "port", "$.port_id")
+    monitor = t.get(app, port_id(tenant, cmd.monitor_port_id), "port", "$.monitor_port_id")
+    host = None
+    if router is None:
+        host = check_standalone(port, monitor)
+        registry = app.get_or_none(HOSTS_ID)
+        check_host_offers(host, registry.hosts if registry is not None else {}, insertion.provider)
     consume(app, tenant, t, "tap")
     tap = Tap.create(svc_id(tenant, "tap", new_public_id()), cmd.name, cmd.port_id,
                      cmd.monitor_port_id, cmd.direction, insertion)
     t.add(tap)
-    insert_service(app, t, tap, router, st)
+    if host is None:
+        insert_service(app, t, tap, router, st)
+        return Decision(tap, t.list())
+    st.use(tap.id)  # `insert_service` without the registry's placement: the ports choose
+    tap.schedule(host)
+    for p in (port, monitor):
+        tap_port(p, tap.id)
+    t.add(st, port, monitor)
     return Decision(tap, t.list())
 
 
@@ -143,6 +170,11 @@ def delete_tap(app: SpliceApplication, tenant: str, cmd: c.DeleteTap) -> Decisio
     tap = cast(Tap, app.get_live(svc_id(tenant, "tap", cmd.id), "tap"))
     tap.delete()
     t.add(tap)
+    for public in (tap.port_id, tap.monitor_port_id):
+        port = app.get_or_none(port_id(tenant, public))
+        if port is not None and not port.deleted:
+            untap_port(port, tap.id)
+            t.add(port)
     retire_service(app, tenant, t, tap, "tap")
     return Decision(tap, t.list())
 

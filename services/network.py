@@ -23,6 +23,8 @@ from splice.events.contracts import (
     NetworkExternalSet,
     PortCreated,
     PortDeleted,
+    PortTapAttached,
+    PortTapDetached,
     PortUpdated,
     QuotaConsumed,
     QuotaCreated,
@@ -154,6 +156,7 @@ class Port(SpliceAggregate):
         name: str | None
         device_owner: str
         host: str | None
+        taps: list[str]  # the standalone taps that use it (they run on its host)
 
     @classmethod
     def create(
@@ -179,6 +182,9 @@ class Port(SpliceAggregate):
         )
 
     def update(self, name: str | None, host: str | None) -> None:
+        if host != self.host and self.taps:
+            raise InUseError(f"{len(self.taps)} tap(s) mirror on this port's host "
+                             f"({', '.join(self.taps)}): delete them first", "$.host")
         if (name, host) != (self.name, self.host):
             self.emit(stamp(PortUpdated, name=name, host=host))
 
@@ -188,6 +194,13 @@ class Port(SpliceAggregate):
     def when_PortCreated(self, e: PortCreated) -> None:
         self.network_id, self.ip_address, self.mac_address = e.network_id, e.ip_address, e.mac_address
         self.name, self.device_owner, self.host = e.name, e.device_owner, e.host
+        self.taps = []
+
+    def when_PortTapAttached(self, e: PortTapAttached) -> None:
+        self.taps = [*self.taps, e.tap_id]
+
+    def when_PortTapDetached(self, e: PortTapDetached) -> None:
+        self.taps = [t for t in self.taps if t != e.tap_id]
 
     def when_PortUpdated(self, e: PortUpdated) -> None:
         self.name, self.host = e.name, e.host

@@ -107,6 +107,9 @@ def delete_port(app: SpliceApplication, tenant: str, cmd: c.DeletePort) -> Decis
     port: Port = app.get_live(port_id(tenant, cmd.id), "port")
     if port.device_owner != "compute":
         raise InUseError(f"the port belongs to {port.device_owner}: delete that instead", "$.id")
+    if port.taps:
+        raise InUseError(f"{len(port.taps)} tap(s) use this port ({', '.join(port.taps)}): "
+                         "delete them first", "$.id")
     t = Touched()
     drop_port(app, tenant, t, cmd.id)
     return Decision(port, t.list())

@@ -196,8 +196,8 @@ async def test_firewall_nat_tap_and_chain_over_nats(svc: CommandService, nc: Any
     outside = await cmd(nc, f"{T}.nat.add_forward", {"id": nat["id"], "forward": {
         "protocol": "tcp", "external_port": 2222, "internal_address": "172.16.0.1", "internal_port": 22}}, ok=False)
     assert outside["error"]["field"] == "$.forward.internal_address"
-    p1 = await cmd(nc, f"{T}.port.create", {"network_id": b["net"]})
-    p2 = await cmd(nc, f"{T}.port.create", {"network_id": b["net"]})
+    p1 = await cmd(nc, f"{T}.port.create", {"network_id": b["net"], "host": "h1"})
+    p2 = await cmd(nc, f"{T}.port.create", {"network_id": b["net"], "host": "h1"})
     tap = await cmd(nc, f"{T}.tap.create", {"name": "t", "port_id": p1["id"], "monitor_port_id": p2["id"]})
     lb = await cmd(nc, f"{T}.loadbalancer.create", {"name": "lb", "vip_network_id": b["net"]})
     wrong = await cmd(nc, f"{T}.chain.create", {"name": "c", "classifier": {"protocol": "tcp"}, "hops": [
