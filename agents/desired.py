@@ -10,6 +10,10 @@ is an address of the router's leg on the VIP's network, and its provider's drive
 dataplane in that namespace (`LoadBalancerSpec.hosted_in`). A load balancer this host cannot
 serve (no driver for its provider, or its router is not served here) is returned as an error
 with the reason, never handed to another driver.
+
+`desired_taps` hands the tap driver the standalone taps placed on this host (where both their
+ports are bound), each naming its port's and its monitor's host-side interfaces
+(`drivers.tap.port_interface`); a tap it cannot serve is returned with the reason.
 """
 
 from __future__ import annotations
@@ -17,12 +21,14 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
-from splice.events.advanced_fold import FirewallState, NatState
+from splice.events.advanced_fold import FirewallState, NatState, TapState
 from splice.events.lbaas_fold import LoadBalancerState
+from splice.events.port_fold import PortState
 from splice.events.router_fold import RouterState
 
 from .drivers.router import RouterLayout, RouterSpec, router_spec
 from .drivers.router.routed import routed_on
+from .drivers.tap.model import TapSpec, port_interface
 from .model import LoadBalancerSpec, NetworkSpec
 
 GONE = ("PENDING_DELETE", "DELETED")
@@ -45,6 +51,8 @@ class Folds:
     routers: Mapping[str, RouterState] = field(default_factory=dict)
     firewalls: Mapping[str, FirewallState] = field(default_factory=dict)
     nats: Mapping[str, NatState] = field(default_factory=dict)
+    taps: Mapping[str, TapState] = field(default_factory=dict)
+    ports: Mapping[str, PortState] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,3 +126,27 @@ def desired_routers(folds: Folds, host: str, *, prefix: str) -> dict[str, Router
         out[public(agg_id)] = router_spec(public(agg_id), state, nets, prefix, firewalls=fws,
                                           nats=nats, vips=routed_vips(folds, host, agg_id))
     return out
+
+
+def desired_taps(folds: Folds, host: str, providers: Collection[str]
+                 ) -> tuple[dict[str, TapSpec], dict[str, str]]:
+    """The standalone taps this host serves (public id -> spec), and, by public id, those
+    placed here that it cannot serve, with the reason. Routed taps are not served here."""
+    out: dict[str, TapSpec] = {}
+    refused: dict[str, str] = {}
+    for agg_id, tap in sorted(folds.taps.items()):
+        if tap.host != host or tap.deleted or tap.insertion is None or tap.router_id:
+            continue
+        if tap.insertion.provider not in providers:
+            refused[public(agg_id)] = f"host {host} has no driver for provider {tap.insertion.provider!r}"
+            continue
+        ports = [folds.ports.get(f"{tenant(agg_id)}.port.{p}") for p in (tap.port_id, tap.monitor_port_id)]
+        away = [f"{what} port {p} is {'gone' if s is None or s.deleted else f'bound to {s.host}'}"
+                for what, p, s in zip(("its", "its monitor"), (tap.port_id, tap.monitor_port_id), ports,
+                                      strict=True) if s is None or s.deleted or s.host != host]
+        if away:
+            refused[public(agg_id)] = "; ".join(away)
+            continue
+        out[public(agg_id)] = TapSpec(public(agg_id), port_interface(tap.port_id),
+                                      port_interface(tap.monitor_port_id), tap.direction)
+    return out, refused

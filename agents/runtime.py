@@ -28,6 +28,11 @@
   trouble is logged (routers have no status report on the wire yet). Firewalls and NAT are
   folded too (`splice.events.advanced_fold`): those routed on a router placed here become
   tables in its namespace (`drivers.router.routed`);
+* taps (when the agent offers ``tc-mirror``): the standalone taps placed on this host, with the
+  ports they use (`splice.events.port_fold`: the host each port is bound to), are handed to the
+  tap driver (`desired.desired_taps`), which mirrors with tc; a tap it cannot serve is logged
+  with the reason (taps have no status report on the wire) and tried again on resync. The
+  folds and the snapshot are `agents.folds`';
 * a resync timer re-converges the last desired set to repair drift.
 """
 
@@ -35,14 +40,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import copy
 import json
 import os
 import re
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import msgspec
 import nats
@@ -50,17 +54,19 @@ import structlog
 
 from splice.events import contracts as c
 from splice.events import subjects
-from splice.events.advanced_fold import FirewallState, NatState
-from splice.events.advanced_fold import apply as apply_service
+from splice.events.advanced_fold import FirewallState, NatState, TapState
 from splice.events.follow import Delivery, Follower
 from splice.events.lbaas_fold import LoadBalancerState, apply
+from splice.events.port_fold import PortState
 from splice.events.router_fold import ROUTER_PROVIDER, RouterState
-from splice.events.router_fold import apply as apply_router
 
-from .desired import Folds, desired_lbs, desired_routers, public, tenant
+from .desired import Folds, desired_lbs, desired_routers, desired_taps, public, tenant
 from .drivers import drivers
 from .drivers.reports import LbResult, Report
 from .drivers.router import RouterDriver, RouterSpec
+from .drivers.tap import PROVIDER as TAP_PROVIDER
+from .drivers.tap import TapDriver
+from .folds import FOLDS, Snapshot, copy_for_apply, fold_into
 from .model import LoadBalancerSpec
 
 log = structlog.get_logger("splice.agent")
@@ -68,21 +74,9 @@ log = structlog.get_logger("splice.agent")
 HEARTBEAT_S = 2.0
 SUBJECTS = [subjects.events_of("loadbalancer"), subjects.events_of("network"),
             subjects.events_of("router"), subjects.events_of("firewall"),
-            subjects.events_of("nat")]
+            subjects.events_of("nat"), subjects.events_of("tap"), subjects.events_of("port")]
 _decoders = {name: msgspec.json.Decoder(t) for name, t in c.EVENT_TYPES.items()}
 
-
-
-class Snapshot(msgspec.Struct, kw_only=True):
-    """The agent's folds and position, so that a restart need not replay the history."""
-
-    seq: int = 0
-    followed: list[str] = []  # the subjects folded up to `seq` (fewer than SUBJECTS: replay)
-    lbs: dict[str, LoadBalancerState] = {}  # by aggregate id <tenant>.loadbalancer.<uuid>
-    networks: dict[str, tuple[str, str]] = {}  # network aggregate id -> (cidr, gateway)
-    routers: dict[str, RouterState] = {}  # by aggregate id <tenant>.router.<uuid>
-    firewalls: dict[str, FirewallState] = {}  # by aggregate id <tenant>.firewall.<uuid>
-    nats: dict[str, NatState] = {}  # by aggregate id <tenant>.nat.<uuid>
 
 
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
@@ -92,25 +86,6 @@ def one_line(text: str) -> str:
     """A reason as the report's contract takes it: no line breaks or control characters
     (haproxy's own words come on several lines)."""
     return _CONTROL.sub(" ", text).strip()
-
-
-S = TypeVar("S", LoadBalancerState, RouterState, FirewallState, NatState)
-
-
-def copy_for_apply(state: S) -> S:
-    """A copy of `state` that an applier may change without touching `state`.
-
-    The fold's appliers change the state's own containers in place (add to, pop from, update
-    its dicts) and replace the values in them, never change a value in place: a copy of each
-    container is enough (a microsecond, where a deep copy of a large load balancer costs a
-    millisecond per event).
-    """
-    containers = {
-        name: copy.copy(value)
-        for name in state.__struct_fields__
-        if isinstance(value := getattr(state, name), (dict, list, set))
-    }
-    return msgspec.structs.replace(state, **containers)
 
 
 class Agent:
@@ -146,15 +121,19 @@ class Agent:
         self.snapshot_path = self.state_dir / f"agent-{host}.json"
         self.resync_s = resync_s
         # a state directory per driver (haproxy's keeps its historical name)
-        self.drivers = {p: known[p](host, self.state_dir / ("lb" if p == "haproxy" else p),
-                                    prefix=prefix, on_report=self._on_report)
-                        for p in self.providers if p != ROUTER_PROVIDER}
+        made = {p: known[p](host, self.state_dir / ("lb" if p == "haproxy" else p),
+                            prefix=prefix, on_report=self._on_report)
+                for p in self.providers if p != ROUTER_PROVIDER}
+        self.tap_driver: TapDriver | None = made.pop(TAP_PROVIDER, None)  # type: ignore[assignment]
+        self.drivers = made  # the load balancers' drivers
         self.prefix = prefix
         self.router_driver = (RouterDriver(host, prefix=prefix)
                               if ROUTER_PROVIDER in self.providers else None)
         self.routers: dict[str, RouterState] = {}  # by aggregate id
         self.firewalls: dict[str, FirewallState] = {}  # by aggregate id
         self.nats: dict[str, NatState] = {}  # by aggregate id
+        self.taps: dict[str, TapState] = {}  # by aggregate id
+        self.ports: dict[str, PortState] = {}  # by aggregate id
         self.lbs: dict[str, LoadBalancerState] = {}  # by aggregate id
         self.networks: dict[str, tuple[str, str]] = {}
         self.seq = 0
@@ -182,11 +161,13 @@ class Agent:
             return
         self.seq, self.networks, self.lbs = snap.seq, dict(snap.networks), dict(snap.lbs)
         self.routers, self.firewalls, self.nats = dict(snap.routers), dict(snap.firewalls), dict(snap.nats)
+        self.taps, self.ports = dict(snap.taps), dict(snap.ports)
 
     def save_snapshot(self) -> None:
         data = msgspec.json.encode(Snapshot(seq=self.seq, followed=SUBJECTS, lbs=self.lbs,
                                              networks=self.networks, routers=self.routers,
-                                             firewalls=self.firewalls, nats=self.nats))
+                                             firewalls=self.firewalls, nats=self.nats,
+                                             taps=self.taps, ports=self.ports))
         tmp = self.snapshot_path.with_suffix(".tmp")
         with open(tmp, "wb") as f:
             f.write(data)
@@ -219,24 +200,8 @@ class Agent:
                 self._reported.pop(agg_id, None)
             else:
                 self.lbs[agg_id] = state
-        elif where.aggregate == "router":
-            had = self.routers.get(agg_id)
-            router = RouterState() if had is None else copy_for_apply(had)
-            apply_router(router, payload)  # raises on a bad event: `self.routers` is untouched
-            if router.deleted:
-                self.routers.pop(agg_id, None)
-            else:
-                self.routers[agg_id] = router
-        elif where.aggregate in ("firewall", "nat"):
-            folds: dict[str, Any] = self.firewalls if where.aggregate == "firewall" else self.nats
-            had_svc = folds.get(agg_id)
-            svc = ((FirewallState() if where.aggregate == "firewall" else NatState())
-                   if had_svc is None else copy_for_apply(had_svc))
-            apply_service(svc, payload)  # raises on a bad event: the fold is untouched
-            if svc.deleted:
-                folds.pop(agg_id, None)
-            else:
-                folds[agg_id] = svc
+        elif where.aggregate in FOLDS:  # raises on a bad event: the fold is untouched then
+            fold_into(getattr(self, FOLDS[where.aggregate][0]), where.aggregate, agg_id, payload)
         self._dirty.set()
 
     def _caught_up(self, _position: int) -> None:
@@ -253,7 +218,8 @@ class Agent:
     # -- converging -------------------------------------------------------------------------
 
     def folds(self) -> Folds:
-        return Folds(self.lbs, self.networks, self.routers, self.firewalls, self.nats)
+        return Folds(self.lbs, self.networks, self.routers, self.firewalls, self.nats,
+                     self.taps, self.ports)
 
     def desired(self) -> dict[str, dict[str, LoadBalancerSpec]]:
         """What each driver must serve here (`desired.desired_lbs`); a load balancer placed
@@ -279,6 +245,9 @@ class Agent:
         if self.router_driver is not None:  # first: routed load balancers run in its namespaces
             self.router_driver.keep_bridges = everyone - bridges[ROUTER_PROVIDER]
             await self.router_driver.converge(routers)
+        if self.tap_driver is not None:
+            taps, refused = desired_taps(self.folds(), self.host, (TAP_PROVIDER,))
+            await self.tap_driver.converge(taps, refused)  # it logs what it cannot serve
         results: dict[str, LbResult] = {}
         for provider, driver in self.drivers.items():
             driver.keep_bridges = everyone - bridges[provider]
@@ -306,8 +275,9 @@ class Agent:
 
     async def _resync(self, stop: asyncio.Event) -> None:
         loops = [d.run_resync(self.resync_s, stop) for d in self.drivers.values()]
-        if self.router_driver is not None:
-            loops.append(self.router_driver.run_resync(self.resync_s, stop))
+        for extra in (self.router_driver, self.tap_driver):
+            if extra is not None:
+                loops.append(extra.run_resync(self.resync_s, stop))
         await asyncio.gather(*loops)
 
     async def _report_results(self, wanted: set[str], results: dict[str, LbResult]) -> None:
@@ -422,5 +392,6 @@ class Agent:
                     await self._nc.drain()
             for driver in self.drivers.values():
                 driver.close()
-            if self.router_driver is not None:
-                self.router_driver.close()
+            for extra in (self.router_driver, self.tap_driver):
+                if extra is not None:
+                    extra.close()

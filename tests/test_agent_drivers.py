@@ -19,7 +19,7 @@ NET = "22222222-0000-4000-8000-000000000002"
 def test_an_agent_refuses_to_offer_a_provider_it_has_no_driver_for(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="f5-bigip"):
         Agent("nats://127.0.0.1:1", "h1", tmp_path, providers=["haproxy", "f5-bigip"])
-    assert set(drivers()) == {"haproxy", "nftables-l4"}
+    assert set(drivers()) == {"haproxy", "nftables-l4", "tc-mirror"}
 
 
 class Recording(Agent):

@@ -66,5 +66,7 @@ def drivers() -> Mapping[str, type[Driver]]:
     """The drivers by provider (imported here, not at import time of the agent's model)."""
     from .haproxy import HaproxyDriver
     from .l4 import L4Driver
+    from .tap import TapDriver
 
-    return {HaproxyDriver.provider: HaproxyDriver, L4Driver.provider: L4Driver}
+    return {HaproxyDriver.provider: HaproxyDriver, L4Driver.provider: L4Driver,
+            TapDriver.provider: TapDriver}  # the agent hands it taps, not load balancers
