@@ -41,7 +41,7 @@ class TapDriver:
         self.band = PrefBand.of(prefix)
         self._desired: dict[str, TapSpec] = {}
         self._refused: dict[str, str] = {}
-        self._logged: dict[str, str] = {}
+        self.reasons: dict[str, str] = {}  # by tap: why it was not served last time ("": it was)
         self._lock = asyncio.Lock()
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="tap")
         self.converges = 0
@@ -74,12 +74,12 @@ class TapDriver:
             elif not o.ok:
                 log.warning("tap step failed", host=self.host_name, reason=o.reason)
         for tap_id, reason in results.items():
-            if reason and self._logged.get(tap_id) != reason:
+            if reason and self.reasons.get(tap_id) != reason:
                 log.warning("tap not served: retried on resync", host=self.host_name,
                             tap=tap_id, reason=reason)
-            elif not reason and self._logged.get(tap_id):
+            elif not reason and self.reasons.get(tap_id):
                 log.info("tap served", host=self.host_name, tap=tap_id)
-        self._logged = dict(results)
+        self.reasons = dict(results)
         return results
 
     async def resync(self) -> dict[str, str]:
