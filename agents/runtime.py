@@ -30,7 +30,10 @@
   tables in its namespace (`drivers.router.routed`);
 * taps (when the agent offers ``tc-mirror``): the standalone taps placed on this host, with the
   ports they use (`splice.events.port_fold`: the host each port is bound to), are handed to the
-  tap driver (`desired.desired_taps`), which mirrors with tc; a tap it cannot serve is logged
+  tap driver (`desired.desired_taps`), which mirrors with tc. A compute port bound to this host
+  is plugged by whoever runs the machine (as Nova does for Neutron); its host-side interface,
+  in the root namespace, is named as Neutron names it: ``tap`` + the first 11 characters of the
+  port id (`drivers.tap.port_interface`); a tap it cannot serve is logged
   with the reason (taps have no status report on the wire) and tried again on resync. The
   folds and the snapshot are `agents.folds`';
 * a resync timer re-converges the last desired set to repair drift.
