@@ -34,7 +34,7 @@ from splice.tls import self_signed
 
 log = structlog.get_logger("splice.root")
 # What an agent offers unless told otherwise: every provider it has a host driver for.
-AGENT_PROVIDERS = ["haproxy", "nftables-l4", ROUTER_PROVIDER]
+AGENT_PROVIDERS = ["haproxy", "nftables-l4", ROUTER_PROVIDER, "tc-mirror"]
 
 # How long each part of stopping may take; together they stay well inside a few seconds.
 DEMO_CLEANUP_S = 3.0

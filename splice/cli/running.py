@@ -41,7 +41,7 @@ def agent(
     nats_url: NatsUrlOpt = None,
     state_dir: Annotated[Path | None, typer.Option(help="Where the agent keeps its state.")] = None,
     provider: Annotated[list[str] | None, typer.Option(
-        "--provider", help="Providers offered (default: haproxy, nftables-l4 and router).")] = None,
+        "--provider", help="Providers offered (default: haproxy, nftables-l4, router, tc-mirror).")] = None,
     prefix: Annotated[str, typer.Option(help="Name prefix of everything the agent owns.")] = "spl-",
     resync: Annotated[float, typer.Option(help="Seconds between drift repairs.")] = 30.0,
     log_level: LogLevelOpt = "INFO",
