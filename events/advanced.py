@@ -258,10 +258,31 @@ class Hop(Struct, kw_only=True):
     insertion: str
 
 
+ChainPriority = Annotated[int, Meta(ge=0, le=65535, description="Higher wins where classifiers overlap.")]
+Hops = Annotated[list[HopIn], Meta(min_length=1, max_length=16)]
+
+
 class CreateServiceChain(Command, tag="chain.create"):
+    """A chain steered in `router_id`'s namespace; `symmetric`: return traffic crosses the hops
+    in reverse. Two chains on one router whose classifiers overlap need different priorities."""
+
     name: Name
     classifier: Classifier
-    hops: Annotated[list[HopIn], Meta(min_length=1, max_length=16)]
+    hops: Hops
+    router_id: Uuid
+    priority: ChainPriority = 0
+    symmetric: bool = False
+
+
+class UpdateServiceChain(Command, tag="chain.update"):
+    """Replace what is given; the rest stays."""
+
+    id: Uuid
+    name: Name | None = None
+    classifier: Classifier | None = None
+    hops: Hops | None = None
+    priority: ChainPriority | None = None
+    symmetric: bool | None = None
 
 
 class DeleteServiceChain(Command, tag="chain.delete"):
@@ -272,6 +293,19 @@ class ServiceChainCreated(EventMeta, tag="ServiceChainCreated"):
     name: str
     classifier: Classifier
     hops: list[Hop]
+    router_id: str | None = None  # None: stored before chains named their router
+    priority: int = 0
+    symmetric: bool = False
+
+
+class ServiceChainUpdated(EventMeta, tag="ServiceChainUpdated"):
+    """The chain's complete new values."""
+
+    name: str
+    classifier: Classifier
+    hops: list[Hop]
+    priority: int
+    symmetric: bool
 
 
 class ServiceChainDeleted(EventMeta, tag="ServiceChainDeleted"):

@@ -58,7 +58,7 @@ class RouterState(Struct, kw_only=True):
     service_type_id: str = ""
     interfaces: dict[str, RouterInterface] = {}  # by network id (public uuid)
     gateway: RouterGateway | None = None
-    services: list[str] = []  # aggregate ids of the services routed on it
+    services: list[str] = []  # aggregate ids of the services routed on it and of its chains
     host: str | None = None  # where the scheduler placed it (None: waiting for a host)
     deleted: bool = False
 

@@ -23,7 +23,6 @@ from splice.events.advanced_fold import (
     apply,
 )
 from splice.events.contracts import (
-    Classifier,
     EventMeta,
     FirewallCreated,
     FirewallDeleted,
@@ -33,7 +32,6 @@ from splice.events.contracts import (
     FirewallRuleMoved,
     FirewallRuleRemoved,
     FirewallUpdated,
-    Hop,
     InsertionState,
     NatCreated,
     NatDeleted,
@@ -43,10 +41,6 @@ from splice.events.contracts import (
     PortForwardRemoved,
     PortTapAttached,
     PortTapDetached,
-    ServiceChainAttached,
-    ServiceChainCreated,
-    ServiceChainDeleted,
-    ServiceChainDetached,
     ServiceScheduled,
     TapCreated,
     TapDeleted,
@@ -370,68 +364,4 @@ _read_through(Nat)
 _read_through(Tap)
 
 
-# Which hop insertion suits which kind of service, and how many ports of its own it needs.
-HOP_RULES: dict[str, dict[str, int]] = {
-    "loadbalancer": {"l3": 1},
-    "firewall": {"l3": 0, "l2": 2, "bump_in_the_wire": 2},
-    "nat": {"l3": 0},
-    "tap": {"tap": 1},
-}
-
-
-def check_hop(kind: str, insertion: str, port_count: int, where: str) -> None:
-    allowed = HOP_RULES[kind]
-    if insertion not in allowed:
-        raise InvalidError(
-            f"a {kind} can be a hop as {', '.join(sorted(allowed))}, not {insertion}",
-            f"{where}.insertion",
-        )
-    if port_count < allowed[insertion]:
-        raise InvalidError(
-            f"{insertion} insertion needs a {kind} with {allowed[insertion]} port(s) of its own; "
-            f"this one has {port_count}",
-            f"{where}.insertion",
-        )
-
-
-class ServiceChain(SpliceAggregate):
-    AGGREGATE = "chain"
-
-    if TYPE_CHECKING:
-        name: str
-        classifier: Classifier
-        hops: list[Hop]
-
-    @classmethod
-    def create(cls, agg_id: str, name: str, classifier: Classifier, hops: list[Hop]) -> ServiceChain:
-        check_cidr(classifier.source_cidr, "$.classifier.source_cidr")
-        check_cidr(classifier.destination_cidr, "$.classifier.destination_cidr")
-        check_range(classifier.source_port, "$.classifier.source_port")
-        check_range(classifier.destination_port, "$.classifier.destination_port")
-        seen: set[str] = set()
-        for i, h in enumerate(hops):
-            if h.service_id in seen:
-                raise InvalidError("a service appears twice in the chain", f"$.hops[{i}].service_id")
-            seen.add(h.service_id)
-        return cls.start(agg_id, stamp(ServiceChainCreated, name=name, classifier=classifier, hops=hops))
-
-    def delete(self) -> None:
-        self.emit(stamp(ServiceChainDeleted))
-
-    def when_ServiceChainCreated(self, e: ServiceChainCreated) -> None:
-        self.name, self.classifier, self.hops = e.name, e.classifier, list(e.hops)
-
-    def when_ServiceChainDeleted(self, e: ServiceChainDeleted) -> None:
-        self.deleted = True
-
-
-def attach(service: ServiceMixin | SpliceAggregate, chain_id: str) -> None:
-    service.emit(stamp(ServiceChainAttached, chain_id=chain_id))  # type: ignore[union-attr]
-
-
-def detach(service: ServiceMixin | SpliceAggregate, chain_id: str) -> None:
-    if chain_id in service.chains:  # type: ignore[union-attr]
-        service.emit(stamp(ServiceChainDetached, chain_id=chain_id))  # type: ignore[union-attr]
-
-
-__all__ = ["HOP_RULES", "Firewall", "Nat", "ServiceChain", "Tap", "attach", "check_hop", "detach", "msgspec"]
+__all__ = ["Firewall", "Nat", "Tap", "msgspec"]

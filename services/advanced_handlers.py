@@ -9,19 +9,15 @@ from splice.events import contracts as c
 from .advanced import (
     Firewall,
     Nat,
-    ServiceChain,
     Tap,
-    attach,
-    check_hop,
     check_host_offers,
     check_standalone,
-    detach,
     tap_port,
     untap_port,
 )
 from .common_handlers import Decision, SpliceApplication, Touched
-from .domain import InvalidError, NotFoundError, aggregate_id, new_public_id, public_id
-from .hosts_handlers import HOSTS_ID, consume, release
+from .domain import InvalidError, aggregate_id, new_public_id, public_id
+from .hosts_handlers import HOSTS_ID, consume
 from .insertion_handlers import insert_service, resolve_insertion, retire_service
 from .network_handlers import drop_port, net_id, new_port, port_id, router_id
 from .registry import SERVICES
@@ -177,43 +173,3 @@ def delete_tap(app: SpliceApplication, tenant: str, cmd: c.DeleteTap) -> Decisio
             t.add(port)
     retire_service(app, tenant, t, tap, "tap")
     return Decision(tap, t.list())
-
-
-# -- chains -----------------------------------------------------------------------------------
-
-
-def create_chain(app: SpliceApplication, tenant: str, cmd: c.CreateServiceChain) -> Decision:
-    t = Touched()
-    consume(app, tenant, t, "chain")
-    chain_id = aggregate_id(tenant, ServiceChain.AGGREGATE, new_public_id())
-    hops: list[c.Hop] = []
-    services = []
-    for i, h in enumerate(cmd.hops):
-        where = f"$.hops[{i}]"
-        svc = app.get_live(svc_id(tenant, h.kind, h.service_id), h.kind, f"{where}.service_id")
-        if getattr(svc, "provisioning_status", "") == "PENDING_DELETE":
-            raise NotFoundError(f"{h.kind} {h.service_id} is being deleted", f"{where}.service_id")
-        check_hop(h.kind, h.insertion, svc.port_count, where)
-        hops.append(c.Hop(service_id=h.service_id, kind=h.kind, insertion=h.insertion))
-        services.append(svc)
-    chain = ServiceChain.create(chain_id, cmd.name, cmd.classifier, hops)
-    t.add(chain)
-    for svc in services:
-        attach(svc, chain_id)
-        t.add(svc)
-    return Decision(chain, t.list())
-
-
-def delete_chain(app: SpliceApplication, tenant: str, cmd: c.DeleteServiceChain) -> Decision:
-    t = Touched()
-    chain_id = aggregate_id(tenant, ServiceChain.AGGREGATE, cmd.id)
-    chain = cast(ServiceChain, app.get_live(chain_id, "service chain"))
-    chain.delete()
-    t.add(chain)
-    for h in chain.hops:
-        svc = app.get_or_none(svc_id(tenant, h.kind, h.service_id))
-        if svc is not None:
-            detach(svc, chain_id)
-            t.add(svc)
-    release(app, tenant, t, "chain")
-    return Decision(chain, t.list())

@@ -8,6 +8,7 @@ from __future__ import annotations
 from splice.events import contracts as c
 
 from . import advanced_handlers as adv
+from . import chain_handlers as chains
 from . import hosts_handlers as hosts
 from . import lbaas_handlers as lb
 from . import network_handlers as net
@@ -70,8 +71,9 @@ COMMAND_HANDLERS: dict[type[c.Command], Handler] = {
     c.DeleteNat: adv.delete_nat,
     c.CreateTap: adv.create_tap,
     c.DeleteTap: adv.delete_tap,
-    c.CreateServiceChain: adv.create_chain,
-    c.DeleteServiceChain: adv.delete_chain,
+    c.CreateServiceChain: chains.create_chain,
+    c.UpdateServiceChain: chains.update_chain,
+    c.DeleteServiceChain: chains.delete_chain,
 }
 
 _missing = set(c.COMMANDS.values()) - set(COMMAND_HANDLERS)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from .advanced import Firewall, Nat, ServiceChain, Tap
+from .advanced import Firewall, Nat, Tap
+from .chains import ServiceChain
 from .domain import SpliceAggregate
 from .lbaas import LoadBalancer
 from .network import HostRegistry, Network, Port, Quota

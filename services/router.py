@@ -116,7 +116,7 @@ class Router(SpliceAggregate):
         if self.interfaces:
             raise InUseError("remove the router's interfaces first", "$.id")
         if self.services:
-            raise InUseError(f"{len(self.services)} service(s) are inserted on this router", "$.id")
+            raise InUseError(f"{len(self.services)} service(s) or chain(s) use this router", "$.id")
         self.emit(stamp(RouterDeleted))
 
     # -- applying: the fold's appliers only ----------------------------------------------------

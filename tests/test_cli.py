@@ -209,8 +209,9 @@ def test_generated_cli_verbs_send_every_family_of_commands(
     fw = ok("firewall", "create", "--name", "fw", "--router-id", router["id"],
             "--rules", '[{"action": "allow", "protocol": "tcp", "destination_port": "80"}]')
     ok("firewall", "insert-rule", fw["id"], "--rule", '{"action": "deny"}')
-    ok("chain", "create", "--name", "c1", "--classifier", '{"protocol": "tcp"}',
-       "--hops", json.dumps([{"service_id": lb["id"], "kind": "loadbalancer", "insertion": "l3"}]))
+    chain = ok("chain", "create", "--name", "c1", "--classifier", '{"protocol": "tcp"}', "--router-id", router["id"],
+               "--hops", json.dumps([{"service_id": lb["id"], "kind": "loadbalancer", "insertion": "l3"}]))
+    ok("chain", "update", chain["id"], "--priority", "3")
     bad = run(["port", "create", "--network-id", net["id"], "--ip-address", "10.88.0.7", "-o", "json"], env)
     assert bad.returncode == 1 and json.loads(bad.stdout)["error"]["code"] == "address_in_use"
     assert port["id"]

@@ -391,20 +391,111 @@ def test_nat_needs_a_gateway_and_internal_addresses_on_attached_networks(w: Worl
 
 def test_chain_hops_must_suit_kind_and_port_count_and_pin_their_services(w: World) -> None:
     b = setup(w)
-    routed_fw = w.cmd(T, "CreateFirewall", name="rfw", router_id=b["router"])
-    e = err(w, InvalidError, T, "CreateServiceChain", name="c", classifier={}, hops=[
-        {"service_id": routed_fw, "kind": "firewall", "insertion": "bump_in_the_wire"}])
-    assert e.field == "$.hops[0].insertion" and "2 port(s)" in e.message
-    e = err(w, NotFoundError, T, "CreateServiceChain", name="c", classifier={}, hops=[
-        {"service_id": routed_fw, "kind": "loadbalancer", "insertion": "l3"}])
-    assert e.field == "$.hops[0].service_id"
+    lb = w.cmd(T, "CreateLoadBalancer", name="lb", vip_network_id=b["net"])
+    e = err(w, InvalidError, T, "CreateServiceChain", name="c", classifier={}, router_id=b["router"], hops=[
+        {"service_id": lb, "kind": "loadbalancer", "insertion": "bump_in_the_wire"}])
+    assert e.field == "$.hops[0].insertion"
     fw = w.cmd(T, "CreateFirewall", name="fw", network_id=b["net"])
-    chain = w.cmd(T, "CreateServiceChain", name="c", classifier={"protocol": "tcp"}, hops=[
+    e = err(w, NotFoundError, T, "CreateServiceChain", name="c", classifier={}, router_id=b["router"], hops=[
+        {"service_id": fw, "kind": "loadbalancer", "insertion": "l3"}])
+    assert e.field == "$.hops[0].service_id"
+    chain = w.cmd(T, "CreateServiceChain", name="c", classifier={"protocol": "tcp"}, router_id=b["router"], hops=[
         {"service_id": fw, "kind": "firewall", "insertion": "bump_in_the_wire"},
-        {"service_id": routed_fw, "kind": "firewall", "insertion": "l3"}])
+        {"service_id": lb, "kind": "loadbalancer", "insertion": "l3"}])
     err(w, InUseError, T, "DeleteFirewall", id=fw)
     w.cmd(T, "DeleteServiceChain", id=chain)
     w.cmd(T, "DeleteFirewall", id=fw)
+
+
+def hop(fw: str, insertion: str = "bump_in_the_wire") -> dict[str, str]:
+    return {"service_id": fw, "kind": "firewall", "insertion": insertion}
+
+
+def test_a_chain_names_its_router_priority_and_symmetry_and_pins_the_router(w: World) -> None:
+    b = setup(w)
+    fw = w.cmd(T, "CreateFirewall", name="fw", network_id=b["net"])
+    e = err(w, NotFoundError, T, "CreateServiceChain", name="c", classifier={}, router_id=b["net"], hops=[hop(fw)])
+    assert e.field == "$.router_id"
+    e = err(w, NotFoundError, "globex", "CreateServiceChain", name="c", classifier={}, router_id=b["router"],
+            hops=[hop(fw)])
+    assert e.field == "$.router_id"
+    chain = w.cmd(T, "CreateServiceChain", name="c", classifier={"protocol": "tcp"}, router_id=b["router"],
+                  priority=7, symmetric=True, hops=[hop(fw)])
+    got = w.get(T, "chain", chain)
+    assert (got.router_id, got.priority, got.symmetric) == (b["router"], 7, True)
+    assert w.get(T, "router", b["router"]).services == [got.id]
+    w.cmd(T, "RemoveRouterInterface", id=b["router"], network_id=b["net"])
+    w.cmd(T, "ClearRouterGateway", id=b["router"])
+    assert "chain" in err(w, InUseError, T, "DeleteRouter", id=b["router"]).message
+    w.cmd(T, "DeleteServiceChain", id=chain)
+    assert w.get(T, "router", b["router"]).services == []
+    w.cmd(T, "DeleteRouter", id=b["router"])
+
+
+def test_overlapping_chains_on_one_router_need_different_priorities(w: World) -> None:
+    b = setup(w)
+    fws = [w.cmd(T, "CreateFirewall", name=f"fw{i}", network_id=b["net"]) for i in range(4)]
+    web = {"protocol": "tcp", "destination_cidr": "10.1.0.0/24", "destination_port": "80-443"}
+    w.cmd(T, "CreateServiceChain", name="a", classifier=web, router_id=b["router"], hops=[hop(fws[0])])
+    events = len(w.app.recorder.select_notifications(0, 10_000))  # type: ignore[attr-defined]
+    e = err(w, InvalidError, T, "CreateServiceChain", name="b", router_id=b["router"], hops=[hop(fws[1])],
+            classifier={"protocol": "any", "destination_cidr": "10.1.0.128/25", "destination_port": "443"})
+    assert e.field == "$.priority"
+    assert len(w.app.recorder.select_notifications(0, 10_000)) == events  # type: ignore[attr-defined]
+    assert w.get(T, "firewall", fws[1]).chains == []
+    w.cmd(T, "CreateServiceChain", name="b", router_id=b["router"], hops=[hop(fws[1])], priority=1,
+          classifier={"protocol": "any", "destination_cidr": "10.1.0.128/25", "destination_port": "443"})
+    w.cmd(T, "CreateServiceChain", name="c", classifier={"protocol": "udp"}, router_id=b["router"],
+          hops=[hop(fws[2])])  # udp does not meet tcp
+    other = w.cmd(T, "CreateRouter", name="other")  # another router: no tie
+    w.cmd(T, "CreateServiceChain", name="d", classifier=web, router_id=other, hops=[hop(fws[3])])
+
+
+def test_hops_sit_on_the_path_and_in_one_chain(w: World) -> None:
+    b = setup(w)
+    routed = w.cmd(T, "CreateFirewall", name="r", router_id=b["router"])
+    detour = w.cmd(T, "CreateFirewall", name="o", router_id=b["router"], network_id=b["net"], out_of_path=True)
+    fw = w.cmd(T, "CreateFirewall", name="fw", network_id=b["net"])
+    for bad, insertion in ((routed, "l3"), (detour, "l3")):
+        e = err(w, InvalidError, T, "CreateServiceChain", name="c", classifier={}, router_id=b["router"],
+                hops=[hop(fw), hop(bad, insertion)])
+        assert e.field == "$.hops[1].service_id"
+    w.cmd(T, "CreateServiceChain", name="c", classifier={"protocol": "tcp"}, router_id=b["router"], hops=[hop(fw)])
+    e = err(w, InUseError, T, "CreateServiceChain", name="c2", classifier={"protocol": "udp"},
+            router_id=b["router"], hops=[hop(fw)])
+    assert e.field == "$.hops[0].service_id"
+
+
+def test_chain_update_replaces_hops_and_classifier_and_rechecks_the_rules(w: World) -> None:
+    b = setup(w)
+    f1, f2, f3 = (w.cmd(T, "CreateFirewall", name=f"fw{i}", network_id=b["net"]) for i in range(3))
+    routed = w.cmd(T, "CreateFirewall", name="r", router_id=b["router"])
+    chain = w.cmd(T, "CreateServiceChain", name="c", classifier={"protocol": "tcp"}, router_id=b["router"],
+                  hops=[hop(f1), hop(f2)])
+    other = w.cmd(T, "CreateServiceChain", name="o", classifier={"protocol": "udp"}, router_id=b["router"],
+                  hops=[hop(f3)])
+    w.cmd(T, "UpdateServiceChain", id=chain, hops=[hop(f2), hop(f1)])
+    assert w.last == ["ServiceChainUpdated"]  # the same services, in another order
+    w.cmd(T, "UpdateServiceChain", id=chain, hops=[hop(f2), hop(f1)], name="c", priority=0)
+    assert w.last == []  # nothing changed: nothing emitted
+    e = err(w, InUseError, T, "UpdateServiceChain", id=chain, hops=[hop(f3)])
+    assert e.field == "$.hops[0].service_id"
+    e = err(w, InvalidError, T, "UpdateServiceChain", id=chain, hops=[hop(routed, "l3")])
+    assert e.field == "$.hops[0].service_id"
+    e = err(w, InvalidError, T, "UpdateServiceChain", id=chain, classifier={"protocol": "udp"})
+    assert e.field == "$.priority"  # would tie with the other chain
+    assert w.get(T, "chain", chain).classifier.protocol == "tcp"
+    w.cmd(T, "UpdateServiceChain", id=chain, classifier={"protocol": "udp"}, priority=5, symmetric=True)
+    got = w.get(T, "chain", chain)
+    assert (got.classifier.protocol, got.priority, got.symmetric) == ("udp", 5, True)
+    w.cmd(T, "DeleteServiceChain", id=other)
+    w.cmd(T, "UpdateServiceChain", id=chain, hops=[hop(f2), hop(f3)])
+    assert sorted(w.last) == ["ServiceChainAttached", "ServiceChainDetached", "ServiceChainUpdated"]
+    assert [h.service_id for h in w.get(T, "chain", chain).hops] == [f2, f3]
+    assert [w.get(T, "firewall", f).chains for f in (f1, f2, f3)] == [[], [got.id], [got.id]]
+    w.cmd(T, "DeleteFirewall", id=f1)
+    err(w, InUseError, T, "DeleteFirewall", id=f3)
+    w.cmd(T, "UpdateServiceChain", id=chain, priority=0)  # alone on its router now
 
 
 def test_taps_need_two_different_ports_of_the_tenant(w: World) -> None:

@@ -200,17 +200,30 @@ async def test_firewall_nat_tap_and_chain_over_nats(svc: CommandService, nc: Any
     p2 = await cmd(nc, f"{T}.port.create", {"network_id": b["net"], "host": "h1"})
     tap = await cmd(nc, f"{T}.tap.create", {"name": "t", "port_id": p1["id"], "monitor_port_id": p2["id"]})
     lb = await cmd(nc, f"{T}.loadbalancer.create", {"name": "lb", "vip_network_id": b["net"]})
-    wrong = await cmd(nc, f"{T}.chain.create", {"name": "c", "classifier": {"protocol": "tcp"}, "hops": [
+    wrong = await cmd(nc, f"{T}.chain.create", {"name": "c", "classifier": {"protocol": "tcp"},
+                                                 "router_id": b["router"], "hops": [
         {"service_id": lb["id"], "kind": "loadbalancer", "insertion": "bump_in_the_wire"}]}, ok=False)
     assert wrong["error"]["field"] == "$.hops[0].insertion"
-    chain = await cmd(nc, f"{T}.chain.create", {"name": "c", "classifier": {"protocol": "tcp",
-                                                                             "destination_port": "80"}, "hops": [
+    classifier = {"protocol": "tcp", "destination_port": "80"}
+    chain = await cmd(nc, f"{T}.chain.create", {"name": "c", "classifier": classifier, "router_id": b["router"],
+                                                 "priority": 10, "symmetric": True, "hops": [
+        {"service_id": fw["id"], "kind": "firewall", "insertion": "bump_in_the_wire"},
+        {"service_id": tap["id"], "kind": "tap", "insertion": "tap"}]})
+    foreign = await cmd(nc, "globex.chain.create", {"name": "c", "classifier": {}, "router_id": b["router"],
+                                                    "hops": [{"service_id": fw["id"], "kind": "firewall",
+                                                              "insertion": "l3"}]}, ok=False)
+    assert (foreign["error"]["code"], foreign["error"]["field"]) == ("not_found", "$.router_id")
+    lb2 = await cmd(nc, f"{T}.loadbalancer.create", {"name": "lb2", "vip_network_id": b["net"]})
+    tie = await cmd(nc, f"{T}.chain.create", {"name": "d", "classifier": {"protocol": "any"}, "router_id": b["router"],
+                                               "priority": 10, "hops": [
+        {"service_id": lb2["id"], "kind": "loadbalancer", "insertion": "l3"}]}, ok=False)
+    assert tie["error"]["field"] == "$.priority"
+    await cmd(nc, f"{T}.chain.update", {"id": chain["id"], "hops": [
         {"service_id": fw["id"], "kind": "firewall", "insertion": "bump_in_the_wire"},
         {"service_id": tap["id"], "kind": "tap", "insertion": "tap"},
         {"service_id": lb["id"], "kind": "loadbalancer", "insertion": "l3"}]})
-    foreign = await cmd(nc, "globex.chain.create", {"name": "c", "classifier": {}, "hops": [
-        {"service_id": fw["id"], "kind": "firewall", "insertion": "l3"}]}, ok=False)
-    assert foreign["error"]["code"] == "not_found"
+    gone = await cmd(nc, f"{T}.router.delete", {"id": b["router"]}, ok=False)
+    assert gone["error"]["code"] == "in_use"
     used = await cmd(nc, f"{T}.firewall.delete", {"id": fw["id"]}, ok=False)
     assert used["error"]["code"] == "in_use"
     await cmd(nc, f"{T}.chain.delete", {"id": chain["id"]})

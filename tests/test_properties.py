@@ -8,8 +8,8 @@ After each example the raw stream is folded independently of the domain code and
 * an address is never allocated twice on one network while it is held;
 * exactly one service type is the default (once any exists), and the default's history is a
   chain (each change names the previous default: no lost update);
-* a chain's hops are live services of the chain's tenant, and a service is never deleted while
-  a live chain uses it;
+* a chain's hops are live services of the chain's tenant, a service is a hop of one live chain
+  at most, and a service is never deleted while a live chain uses it;
 * every provisioning status move of a load balancer is a legal one;
 * replaying the stored events through the aggregates rebuilds the state the fold sees.
 
@@ -92,6 +92,9 @@ step_cmd = st.one_of(
     st.tuples(st.just("fw_del"), st.integers(0, 3)),
     st.tuples(st.just("chain"), st.lists(st.integers(0, 7), min_size=1, max_size=3)),
     st.tuples(st.just("chain_del"), st.integers(0, 3)),
+    st.tuples(st.just("router"), st.just(0)),
+    st.tuples(st.just("chain_update"), st.integers(0, 3), st.lists(st.integers(0, 7), min_size=1, max_size=3),
+              st.integers(0, 2)),
 )
 steps = st.lists(st.lists(step_cmd, min_size=1, max_size=4), min_size=1, max_size=8)
 
@@ -104,7 +107,7 @@ class Example:
     def __init__(self, r: Running) -> None:
         self.r = r
         self.t = "p" + uuid.uuid4().hex[:10]
-        self.ids: dict[str, list[str]] = {k: [] for k in ("st", "net", "port", "lb", "fw", "chain")}
+        self.ids: dict[str, list[str]] = {k: [] for k in ("st", "net", "port", "lb", "fw", "chain", "router")}
         self.gen: dict[str, int] = {}
 
     def body(self, op: tuple[Any, ...]) -> tuple[str, dict[str, Any], str | None] | None:
@@ -141,14 +144,20 @@ class Example:
             return f"{t}.firewall.create", {"name": "fw", "network_id": n}, "fw"
         if kind == "fw_del" and (f := pick(ids["fw"], op[1])):
             return f"{t}.firewall.delete", {"id": f}, None
-        if kind == "chain":
+        if kind == "router":
+            return f"{t}.router.create", {"name": "r"}, "router"
+        if kind in ("chain", "chain_update"):
             services = [("firewall", "bump_in_the_wire", x) for x in ids["fw"]] + [
                 ("loadbalancer", "l3", x) for x in ids["lb"]]
-            if services:
-                hops = [services[i % len(services)] for i in op[1]]
+            if services and ids["router"]:
+                hops = [services[i % len(services)] for i in op[-2 if kind == "chain_update" else 1]]
                 hops = list({h[2]: h for h in hops}.values())
-                return f"{t}.chain.create", {"name": "c", "classifier": {"protocol": "tcp"}, "hops": [
-                    {"service_id": s, "kind": k, "insertion": ins} for k, ins, s in hops]}, "chain"
+                body = {"classifier": {"protocol": "tcp"}, "hops": [
+                    {"service_id": s, "kind": k, "insertion": ins} for k, ins, s in hops]}
+                if kind == "chain":
+                    return f"{t}.chain.create", {"name": "c", "router_id": ids["router"][0], **body}, "chain"
+                if c := pick(ids["chain"], op[1]):
+                    return f"{t}.chain.update", {"id": c, "priority": op[3], **body}, None
         if kind == "chain_del" and (c := pick(ids["chain"], op[1])):
             return f"{t}.chain.delete", {"id": c}, None
         return None
@@ -218,12 +227,13 @@ def check_invariants(events: list[dict[str, Any]], tenant: str, app: SpliceAppli
         elif typ == "DefaultServiceTypeChanged":
             assert p["previous_id"] == current, "a default change was lost"
             current = p["service_type_id"]
-        elif typ == "ServiceChainCreated":
+        elif typ in ("ServiceChainCreated", "ServiceChainUpdated"):
             for h in p["hops"]:
                 sid = f"{ten}.{h['kind']}.{h['service_id']}"
                 assert sid not in deleted, "a chain references a deleted service"
         elif typ == "ServiceChainAttached":
             live.setdefault(agg_id, set()).add(p["chain_id"])
+            assert len(live[agg_id]) == 1, "a service is a hop of two chains"
             assert p["chain_id"].startswith(f"{ten}."), "a chain uses another tenant's service"
         elif typ == "ServiceChainDetached":
             live[agg_id].discard(p["chain_id"])
