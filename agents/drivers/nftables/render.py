@@ -98,9 +98,14 @@ def l4_table(prefix: str, lb_id: str) -> str:
     return f"{prefix}l4-{short_id(lb_id)}"
 
 
+def chain_table(prefix: str, router_id: str) -> str:
+    """The chain driver's classifier table in a router's namespace (not owned here)."""
+    return f"{prefix}ch-{short_id(router_id)}"
+
+
 def owned_prefixes(prefix: str) -> tuple[str, ...]:
-    """The table names this driver owns: never another driver's (``<prefix>l4-…``), never
-    anything without the agent's prefix."""
+    """The table names this driver owns: never another driver's (``<prefix>l4-…``, the chain
+    driver's ``<prefix>ch-…``), never anything without the agent's prefix."""
     return (f"{prefix}fw-", f"{prefix}nat-")
 
 

@@ -1,0 +1,164 @@
+"""The steered chain's pure parts: the chain fold, the deterministic allocation of marks,
+tables, link-local /30s and names, which chains are refused and why, and the classifier
+table rendered as nft JSON."""
+
+from __future__ import annotations
+
+import ipaddress
+from datetime import UTC, datetime
+
+import pytest
+
+from splice.agents.drivers.chain.model import (
+    MARK_BASE,
+    SLOTS,
+    TABLE_BASE,
+    ChainLayout,
+    chain_specs,
+    link,
+    mark,
+    owns_mark,
+    owns_table,
+    refusal,
+    slot,
+    table,
+)
+from splice.agents.drivers.chain.render import render_chains
+from splice.agents.drivers.nftables.plan import owns
+from splice.agents.drivers.nftables.render import UnsafeValueError, chain_table
+from splice.events import advanced as ev
+from splice.events.advanced import Classifier, FirewallRule, Hop
+from splice.events.advanced_fold import FirewallState
+from splice.events.chain_fold import ChainState, fold_chain
+
+C1 = "11111111-2222-3333-4444-555555555555"
+C2 = "99999999-2222-3333-4444-555555555555"
+R = "bbbbbbbb-2222-3333-4444-555555555555"
+FW = "aaaaaaaa-2222-3333-4444-555555555555"
+FW2 = "cccccccc-2222-3333-4444-555555555555"
+META = {"timestamp": datetime(2026, 1, 1, tzinfo=UTC), "actor": "a", "command_id": "c",
+        "correlation_id": "c"}
+
+
+def hop(service_id: str = FW, insertion: str = "l3", kind: str = "firewall") -> Hop:
+    return Hop(service_id=service_id, kind=kind, insertion=insertion)
+
+
+def chain(*hops: Hop, priority: int = 0, symmetric: bool = False, **classifier: str) -> ChainState:
+    return ChainState(name="c", router_id=R, classifier=Classifier(**classifier),
+                      hops=list(hops or [hop()]), priority=priority, symmetric=symmetric)
+
+
+def test_the_fold_keeps_the_latest_complete_values_and_a_delete():
+    created = ev.ServiceChainCreated(
+        **META, name="a",
+        classifier=Classifier(protocol="tcp"), hops=[hop()], router_id=R, priority=3)
+    updated = ev.ServiceChainUpdated(
+        **META, name="b",
+        classifier=Classifier(protocol="udp"), hops=[hop(FW2), hop()], priority=4, symmetric=True)
+    state = fold_chain([created, updated])
+    assert (state.name, state.router_id, state.classifier.protocol, state.priority) == ("b", R, "udp", 4)
+    assert [h.service_id for h in state.hops] == [FW2, FW] and state.symmetric
+    assert state.hops is not updated.hops
+    assert fold_chain([created, updated, ev.ServiceChainDeleted(**META)]).deleted
+
+
+def test_allocation_is_deterministic_and_within_the_documented_ranges():
+    for cid in (C1, C2, "t.chain." + C1):
+        for i in (0, 15):
+            assert owns_mark(mark(cid, i)) and owns_table(table(cid, i))
+            net = link(cid, i)
+            assert net.prefixlen == 30 and net.subnet_of(ipaddress.IPv4Network("169.254.0.0/16"))
+            assert not net.subnet_of(ipaddress.IPv4Network("169.254.169.0/24"))
+    assert mark(C1, 1) == mark(C1, 0) + 1 and table(C1, 1) == table(C1, 0) + 1
+    assert not owns_mark(MARK_BASE + 16 * SLOTS) and not owns_table(TABLE_BASE - 1)
+    links = {link(f"{n:08x}-0000-0000-0000-000000000000", i) for n in range(300) for i in range(16)}
+    slots = {slot(f"{n:08x}-0000-0000-0000-000000000000") for n in range(300)}
+    assert len(links) == 16 * len(slots)  # distinct slots never share an address
+
+
+def test_names_carry_the_prefix_and_fit_an_interface_name():
+    layout = ChainLayout("spl-")
+    assert layout.hop_namespace(C1, 10) == "spl-h-11111111a"
+    veths = {layout.router_veth(C1, i) for i in range(16)}
+    assert len(veths) == 16 and all(v.startswith("spl-c") and len(v) <= 15 for v in veths)
+    assert chain_table("spl-", R) == "spl-ch-bbbbbbbb"
+    assert not owns("spl-ch-bbbbbbbb", "spl-")  # the nftables driver never deletes it
+
+
+@pytest.mark.parametrize(("state", "reason"), [
+    (chain(), ""),
+    (chain(hop(), hop(FW2, "l2")), "hops inserted l2 are not steered yet (only l3)"),
+    (chain(hop(insertion="tap"), hop(FW2, "bump_in_the_wire")),
+     "hops inserted bump_in_the_wire, tap are not steered yet (only l3)"),
+    (chain(symmetric=True), "symmetric chains are not steered yet"),
+    (ChainState(hops=[hop()]), "the chain names no router"),
+    (chain(logical_source_port=C1), "a logical source port classifier is not steered yet"),
+])
+def test_refusals_name_their_reason(state, reason):
+    assert refusal(state) == reason
+
+
+def test_specs_give_each_l3_hop_its_namespace_link_mark_table_and_firewall():
+    fw = FirewallState(rules=[FirewallRule(action="deny", protocol="tcp", destination_port="80",
+                                           id="r")], default_action="allow")
+    specs, refused = chain_specs({C1: chain(hop(), hop(FW2, kind="nat"), priority=2),
+                                  C2: chain(hop(insertion="l2"))}, {FW: fw}, "spl-")
+    assert refused == {C2: "hops inserted l2 are not steered yet (only l3)"}
+    spec = specs[C1]
+    assert spec.router_id == R and spec.mark == mark(C1, 0)
+    first, second = spec.hops
+    net = link(C1, 0)
+    assert first.router_address == f"{net.network_address + 1}/30"
+    assert first.hop_address == f"{net.network_address + 2}/30" and first.via == str(net[2])
+    assert (first.mark, first.table, second.mark) == (mark(C1, 0), table(C1, 0), mark(C1, 1))
+    assert first.firewall is not None and first.firewall.name == "spl-fw-aaaaaaaa"
+    assert first.firewall.family == "inet" and second.firewall is None
+
+
+def test_two_chains_with_one_slot_collide_and_the_later_is_refused():
+    ids = [f"{n:08x}-0000-0000-0000-000000000000" for n in range(2000)]
+    by_slot: dict[int, str] = {}
+    pair = next((by_slot[slot(i)], i) for i in ids if by_slot.setdefault(slot(i), i) != i)
+    specs, refused = chain_specs({pair[0]: chain(), pair[1]: chain()}, {}, "spl-")
+    assert list(specs) == [pair[0]]
+    assert refused == {pair[1]: f"its marks and addresses collide with chain {pair[0]}"}
+
+
+def _rules(specs):
+    return [r.expr for r in render_chains("spl-ch-bbbbbbbb", specs).rules]
+
+
+def test_the_classifier_table_returns_hops_first_then_classifies_by_priority():
+    specs, _ = chain_specs({C1: chain(hop(), hop(FW2), priority=1, protocol="tcp",
+                                      destination_port="80"),
+                            C2: chain(hop(), priority=7, protocol="icmp",
+                                      source_cidr="10.0.0.0/24")}, {}, "spl-")
+    ruleset = render_chains("spl-ch-bbbbbbbb", specs.values())
+    assert (ruleset.family, ruleset.name) == ("ip", "spl-ch-bbbbbbbb")
+    (base,) = ruleset.chains
+    assert (base.hook, base.prio, base.type, base.policy) == ("prerouting", -150, "filter", "accept")
+    rules = _rules(specs.values())
+    a, b = specs[C2], specs[C1]  # C2 first: higher priority
+    iif = [r[0]["match"]["right"] for r in rules[:3]]
+    assert iif == [a.hops[0].router_if, b.hops[0].router_if, b.hops[1].router_if]
+    assert [r[1]["mangle"]["value"] for r in rules[:3]] == [0, b.hops[1].mark, 0]
+    assert all(r[-1] == {"accept": None} for r in rules[:3])
+    assert rules[3][-1] == {"mangle": {"key": {"ct": {"key": "mark"}}, "value": a.mark}}
+    assert {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "icmp"}} in rules[3]
+    assert rules[4][-1]["mangle"]["value"] == b.mark
+    assert {"match": {"op": "==", "left": {"payload": {"protocol": "tcp", "field": "dport"}},
+                      "right": 80}} in rules[4]
+    assert rules[5][-1] == {"mangle": {"key": {"meta": {"key": "mark"}},
+                                       "value": {"ct": {"key": "mark"}}}}
+    assert len(rules) == 6
+
+
+def test_no_chain_renders_an_empty_table():
+    assert _rules([]) == []
+
+
+def test_unsafe_classifier_values_never_render():
+    specs, _ = chain_specs({C1: chain(source_cidr="10.0.0.0/24; drop")}, {}, "spl-")
+    with pytest.raises(UnsafeValueError):
+        render_chains("spl-ch-bbbbbbbb", specs.values())
