@@ -11,6 +11,9 @@ dataplane in that namespace (`LoadBalancerSpec.hosted_in`). A load balancer this
 serve (no driver for its provider, or its router is not served here) is returned as an error
 with the reason, never handed to another driver.
 
+`desired_chains` hands the chain driver, by router, the chains steered in the routers placed
+here (`drivers.chain`), and the chains of those routers it will not steer, with the reason.
+
 `desired_taps` hands the tap driver the standalone taps placed on this host (where both their
 ports are bound), each naming its port's and its monitor's host-side interfaces
 (`drivers.tap.port_interface`); a tap it cannot serve is returned with the reason.
@@ -22,10 +25,15 @@ from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 
 from splice.events.advanced_fold import FirewallState, NatState, TapState
+from splice.events.chain_fold import ChainState
 from splice.events.lbaas_fold import LoadBalancerState
 from splice.events.port_fold import PortState
 from splice.events.router_fold import RouterState
 
+from .drivers.chain.model import chain_specs
+from .drivers.chain.plan import RouterChains
+from .drivers.chain.render import render_chains
+from .drivers.nftables.render import chain_table
 from .drivers.router import RouterLayout, RouterSpec, router_spec
 from .drivers.router.routed import routed_on
 from .drivers.tap.model import TapSpec, port_interface
@@ -53,6 +61,7 @@ class Folds:
     nats: Mapping[str, NatState] = field(default_factory=dict)
     taps: Mapping[str, TapState] = field(default_factory=dict)
     ports: Mapping[str, PortState] = field(default_factory=dict)
+    chains: Mapping[str, ChainState] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,4 +158,22 @@ def desired_taps(folds: Folds, host: str, providers: Collection[str]
             continue
         out[public(agg_id)] = TapSpec(public(agg_id), port_interface(tap.port_id),
                                       port_interface(tap.monitor_port_id), tap.direction)
+    return out, refused
+
+
+def desired_chains(folds: Folds, host: str, *, prefix: str
+                   ) -> tuple[dict[str, RouterChains], dict[str, str]]:
+    """By router id, the chains of the routers placed on this host; by chain id, those of
+    them that are not steered, with the reason (`drivers.chain.model.refusal`)."""
+    layout = RouterLayout(prefix)
+    mine = {public(a) for a, r in folds.routers.items() if r.host == host and not r.deleted}
+    chains = {public(a): c for a, c in folds.chains.items()
+              if not c.deleted and c.router_id in mine}
+    firewalls = {public(a): f for a, f in folds.firewalls.items() if not f.deleted}
+    specs, refused = chain_specs(chains, firewalls, prefix)
+    out: dict[str, RouterChains] = {}
+    for rid in sorted({s.router_id for s in specs.values()}):
+        these = tuple(s for _, s in sorted(specs.items()) if s.router_id == rid)
+        out[rid] = RouterChains(rid, layout.namespace(rid), these,
+                                render_chains(chain_table(prefix, rid), these))
     return out, refused

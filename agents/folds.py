@@ -16,6 +16,8 @@ import msgspec
 
 from splice.events.advanced_fold import FirewallState, NatState, TapState
 from splice.events.advanced_fold import apply as apply_service
+from splice.events.chain_fold import ChainState
+from splice.events.chain_fold import apply as apply_chain
 from splice.events.lbaas_fold import LoadBalancerState
 from splice.events.port_fold import PortState
 from splice.events.port_fold import apply as apply_port
@@ -35,9 +37,11 @@ class Snapshot(msgspec.Struct, kw_only=True):
     nats: dict[str, NatState] = {}  # by aggregate id <tenant>.nat.<uuid>
     taps: dict[str, TapState] = {}  # by aggregate id <tenant>.tap.<uuid>
     ports: dict[str, PortState] = {}  # by aggregate id <tenant>.port.<uuid>
+    chains: dict[str, ChainState] = {}  # by aggregate id <tenant>.chain.<uuid>
 
 
-S = TypeVar("S", LoadBalancerState, RouterState, FirewallState, NatState, TapState, PortState)
+S = TypeVar("S", LoadBalancerState, RouterState, FirewallState, NatState, TapState, PortState,
+            ChainState)
 
 
 def copy_for_apply(state: S) -> S:
@@ -63,6 +67,7 @@ FOLDS: dict[str, tuple[str, Callable[[], Any], Callable[[Any, Any], bool]]] = {
     "nat": ("nats", NatState, apply_service),
     "tap": ("taps", TapState, apply_service),
     "port": ("ports", PortState, apply_port),
+    "chain": ("chains", ChainState, apply_chain),
 }
 
 

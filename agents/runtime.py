@@ -36,6 +36,9 @@
   port id (`drivers.tap.port_interface`); a tap it cannot serve is logged
   with the reason (taps have no status report on the wire) and tried again on resync. The
   folds and the snapshot are `agents.folds`';
+* chains (with the router driver): the chains of the routers placed here are steered in their
+  namespaces by the chain driver (`drivers.chain`, converged after the router driver), from
+  `desired.desired_chains`; a chain it does not steer is logged with the reason;
 * a resync timer re-converges the last desired set to repair drift.
 """
 
@@ -58,13 +61,23 @@ import structlog
 from splice.events import contracts as c
 from splice.events import subjects
 from splice.events.advanced_fold import FirewallState, NatState, TapState
+from splice.events.chain_fold import ChainState
 from splice.events.follow import Delivery, Follower
 from splice.events.lbaas_fold import LoadBalancerState, apply
 from splice.events.port_fold import PortState
 from splice.events.router_fold import ROUTER_PROVIDER, RouterState
 
-from .desired import Folds, desired_lbs, desired_routers, desired_taps, public, tenant
+from .desired import (
+    Folds,
+    desired_chains,
+    desired_lbs,
+    desired_routers,
+    desired_taps,
+    public,
+    tenant,
+)
 from .drivers import drivers
+from .drivers.chain.driver import ChainDriver
 from .drivers.reports import LbResult, Report
 from .drivers.router import RouterDriver, RouterSpec
 from .drivers.tap import PROVIDER as TAP_PROVIDER
@@ -77,7 +90,8 @@ log = structlog.get_logger("splice.agent")
 HEARTBEAT_S = 2.0
 SUBJECTS = [subjects.events_of("loadbalancer"), subjects.events_of("network"),
             subjects.events_of("router"), subjects.events_of("firewall"),
-            subjects.events_of("nat"), subjects.events_of("tap"), subjects.events_of("port")]
+            subjects.events_of("nat"), subjects.events_of("tap"), subjects.events_of("port"),
+            subjects.events_of("chain")]
 _decoders = {name: msgspec.json.Decoder(t) for name, t in c.EVENT_TYPES.items()}
 
 
@@ -132,11 +146,14 @@ class Agent:
         self.prefix = prefix
         self.router_driver = (RouterDriver(host, prefix=prefix)
                               if ROUTER_PROVIDER in self.providers else None)
+        self.chain_driver = (ChainDriver(host, prefix=prefix)
+                             if ROUTER_PROVIDER in self.providers else None)
         self.routers: dict[str, RouterState] = {}  # by aggregate id
         self.firewalls: dict[str, FirewallState] = {}  # by aggregate id
         self.nats: dict[str, NatState] = {}  # by aggregate id
         self.taps: dict[str, TapState] = {}  # by aggregate id
         self.ports: dict[str, PortState] = {}  # by aggregate id
+        self.chains: dict[str, ChainState] = {}  # by aggregate id
         self.lbs: dict[str, LoadBalancerState] = {}  # by aggregate id
         self.networks: dict[str, tuple[str, str]] = {}
         self.seq = 0
@@ -164,13 +181,14 @@ class Agent:
             return
         self.seq, self.networks, self.lbs = snap.seq, dict(snap.networks), dict(snap.lbs)
         self.routers, self.firewalls, self.nats = dict(snap.routers), dict(snap.firewalls), dict(snap.nats)
-        self.taps, self.ports = dict(snap.taps), dict(snap.ports)
+        self.taps, self.ports, self.chains = dict(snap.taps), dict(snap.ports), dict(snap.chains)
 
     def save_snapshot(self) -> None:
         data = msgspec.json.encode(Snapshot(seq=self.seq, followed=SUBJECTS, lbs=self.lbs,
                                              networks=self.networks, routers=self.routers,
                                              firewalls=self.firewalls, nats=self.nats,
-                                             taps=self.taps, ports=self.ports))
+                                             taps=self.taps, ports=self.ports,
+                                             chains=self.chains))
         tmp = self.snapshot_path.with_suffix(".tmp")
         with open(tmp, "wb") as f:
             f.write(data)
@@ -222,7 +240,7 @@ class Agent:
 
     def folds(self) -> Folds:
         return Folds(self.lbs, self.networks, self.routers, self.firewalls, self.nats,
-                     self.taps, self.ports)
+                     self.taps, self.ports, self.chains)
 
     def desired(self) -> dict[str, dict[str, LoadBalancerSpec]]:
         """What each driver must serve here (`desired.desired_lbs`); a load balancer placed
@@ -248,6 +266,9 @@ class Agent:
         if self.router_driver is not None:  # first: routed load balancers run in its namespaces
             self.router_driver.keep_bridges = everyone - bridges[ROUTER_PROVIDER]
             await self.router_driver.converge(routers)
+        if self.chain_driver is not None:  # then: chains steer in the routers' namespaces
+            await self.chain_driver.converge(*desired_chains(self.folds(), self.host,
+                                                             prefix=self.prefix))
         if self.tap_driver is not None:
             taps, refused = desired_taps(self.folds(), self.host, (TAP_PROVIDER,))
             await self.tap_driver.converge(taps, refused)  # it logs what it cannot serve
@@ -278,7 +299,7 @@ class Agent:
 
     async def _resync(self, stop: asyncio.Event) -> None:
         loops = [d.run_resync(self.resync_s, stop) for d in self.drivers.values()]
-        for extra in (self.router_driver, self.tap_driver):
+        for extra in (self.router_driver, self.chain_driver, self.tap_driver):
             if extra is not None:
                 loops.append(extra.run_resync(self.resync_s, stop))
         await asyncio.gather(*loops)
@@ -395,6 +416,6 @@ class Agent:
                     await self._nc.drain()
             for driver in self.drivers.values():
                 driver.close()
-            for extra in (self.router_driver, self.tap_driver):
+            for extra in (self.router_driver, self.chain_driver, self.tap_driver):
                 if extra is not None:
                     extra.close()

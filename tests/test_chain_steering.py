@@ -23,8 +23,23 @@ from splice.agents.drivers.chain.model import (
     slot,
     table,
 )
+from splice.agents.drivers.chain.plan import (
+    DeleteClassifier,
+    DeleteHop,
+    HopSeen,
+    HopTables,
+    Observed,
+    ReportError,
+    RouterChains,
+    RouterSeen,
+    plan,
+)
 from splice.agents.drivers.chain.render import render_chains
-from splice.agents.drivers.nftables.plan import owns
+from splice.agents.drivers.nftables.plan import (
+    ObservedTable,
+    ReplaceTable,
+    owns,
+)
 from splice.agents.drivers.nftables.render import UnsafeValueError, chain_table
 from splice.events import advanced as ev
 from splice.events.advanced import Classifier, FirewallRule, Hop
@@ -162,3 +177,76 @@ def test_unsafe_classifier_values_never_render():
     specs, _ = chain_specs({C1: chain(source_cidr="10.0.0.0/24; drop")}, {}, "spl-")
     with pytest.raises(UnsafeValueError):
         render_chains("spl-ch-bbbbbbbb", specs.values())
+
+
+# --------------------------------------------------------------------------- the plan
+
+def _desired(*chains: tuple[str, ChainState]) -> dict[str, RouterChains]:
+    specs, _ = chain_specs(dict(chains), {}, "spl-")
+    these = tuple(specs.values())
+    return {R: RouterChains(R, RNS, these, render_chains("spl-ch-bbbbbbbb", these))}
+
+
+RNS = "spl-r-bbbbbbbb"
+
+
+def _served(desired: dict[str, RouterChains]) -> Observed:
+    """What the host holds once `desired` is applied."""
+    rc = desired[R]
+    hops = {h.namespace: HopSeen(h.hop_address, h.router_address.split("/")[0], True)
+            for c in rc.chains for h in c.hops}
+    router = RouterSeen(
+        {h.router_if: h.router_address for c in rc.chains for h in c.hops},
+        frozenset((h.mark, h.table) for c in rc.chains for h in c.hops),
+        {h.table: (h.via, h.router_if) for c in rc.chains for h in c.hops},
+        ObservedTable("ip", rc.classifier.name, rc.classifier.canonical()))
+    return Observed(hops, {RNS: router})
+
+
+def test_plan_builds_hops_then_routes_then_rules_then_the_classifier():
+    desired = _desired((C1, chain(hop(), hop(FW2, kind="nat"))))
+    ops = plan(desired, Observed({}, {RNS: RouterSeen()}), prefix="spl-")
+    kinds = [type(o).__name__ for o in ops]
+    assert kinds == ["EnsureHop", "SetRoute", "EnsureHop", "SetRoute", "AddRule", "AddRule",
+                     "ReplaceClassifier"]
+    assert plan(desired, _served(desired), prefix="spl-") == []
+
+
+def test_plan_repairs_drift_and_waits_for_the_router():
+    desired = _desired((C1, chain()))
+    served = _served(desired)
+    (hop_ns,) = served.hops
+    drifted = Observed({hop_ns: HopSeen(None, None, False)}, served.routers)
+    assert [type(o).__name__ for o in plan(desired, drifted, prefix="spl-")] == ["EnsureHop"]
+    ops = plan(desired, Observed({}, {}), prefix="spl-")
+    assert ops == [ReportError(C1, f"router {R}'s namespace {RNS} is not there yet")]
+
+
+def test_plan_removes_a_deleted_chain_classifier_first_hops_last():
+    served = _served(_desired((C1, chain(hop(), hop(FW2)))))
+    ops = plan({}, served, prefix="spl-")
+    kinds = [type(o).__name__ for o in ops]
+    assert kinds == ["DeleteClassifier", "DeleteRule", "DeleteRule", "FlushTable", "FlushTable",
+                     "DeleteHop", "DeleteHop"]
+    assert isinstance(ops[0], DeleteClassifier) and ops[0].name == "spl-ch-bbbbbbbb"
+
+
+def test_plan_for_an_update_replaces_the_classifier_before_removing_the_old_hop():
+    before = _desired((C1, chain(hop(), hop(FW2))))
+    after = _desired((C1, chain(hop())))
+    ops = plan(after, _served(before), prefix="spl-")
+    kinds = [type(o).__name__ for o in ops]
+    assert kinds == ["ReplaceClassifier", "DeleteRule", "FlushTable", "DeleteHop"]
+    assert isinstance(ops[-1], DeleteHop) and ops[-1].namespace.endswith("1")
+
+
+def test_a_firewall_hop_gets_its_table_in_the_hop_namespace():
+    fw = FirewallState(default_action="allow")
+    specs, _ = chain_specs({C1: chain()}, {FW: fw}, "spl-")
+    these = tuple(specs.values())
+    desired = {R: RouterChains(R, RNS, these, render_chains("spl-ch-bbbbbbbb", these))}
+    ops = plan(desired, _served(desired), prefix="spl-")
+    (tables,) = ops
+    assert isinstance(tables, HopTables) and tables.namespace == these[0].hops[0].namespace
+    (replace,) = tables.ops
+    assert isinstance(replace, ReplaceTable) and replace.ruleset.name == "spl-fw-aaaaaaaa"
