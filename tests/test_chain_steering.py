@@ -51,6 +51,7 @@ C2 = "99999999-2222-3333-4444-555555555555"
 R = "bbbbbbbb-2222-3333-4444-555555555555"
 FW = "aaaaaaaa-2222-3333-4444-555555555555"
 FW2 = "cccccccc-2222-3333-4444-555555555555"
+FW3 = "dddddddd-2222-3333-4444-555555555555"
 META = {"timestamp": datetime(2026, 1, 1, tzinfo=UTC), "actor": "a", "command_id": "c",
         "correlation_id": "c"}
 
@@ -106,7 +107,7 @@ def test_names_carry_the_prefix_and_fit_an_interface_name():
     (chain(hop(), hop(FW2, "l2")), "hops inserted l2 are not steered yet (only l3)"),
     (chain(hop(insertion="tap"), hop(FW2, "bump_in_the_wire")),
      "hops inserted bump_in_the_wire, tap are not steered yet (only l3)"),
-    (chain(symmetric=True), "symmetric chains are not steered yet"),
+    (chain(symmetric=True), ""),
     (ChainState(hops=[hop()]), "the chain names no router"),
     (chain(logical_source_port=C1), "a logical source port classifier is not steered yet"),
 ])
@@ -167,6 +168,50 @@ def test_the_classifier_table_returns_hops_first_then_classifies_by_priority():
     assert rules[5][-1] == {"mangle": {"key": {"meta": {"key": "mark"}},
                                        "value": {"ct": {"key": "mark"}}}}
     assert len(rules) == 6
+
+
+def test_a_symmetric_chain_steers_replies_through_its_hops_in_reverse():
+    specs, refused = chain_specs({C1: chain(hop(), hop(FW2), hop(FW3), symmetric=True,
+                                            protocol="tcp", destination_port="80")}, {}, "spl-")
+    assert refused == {} and specs[C1].symmetric
+    s = specs[C1]
+    marks = [h.mark for h in s.hops]
+    # the same marks, tables and routes as one way: only the classifier table differs
+    assert [(h.mark, h.table) for h in s.hops] == [(mark(C1, i), table(C1, i)) for i in range(3)]
+    rules = _rules([s])
+    direction = {"original": [], "reply": []}
+    for r in rules[:6]:
+        assert r[0]["match"]["left"] == {"meta": {"key": "iifname"}} and r[-1] == {"accept": None}
+        assert r[1]["match"]["left"] == {"ct": {"key": "direction"}}
+        direction[r[1]["match"]["right"]].append((r[0]["match"]["right"], r[2]["mangle"]["value"]))
+    iifs = [h.router_if for h in s.hops]
+    assert direction["original"] == list(zip(iifs, [marks[1], marks[2], 0], strict=True))
+    assert direction["reply"] == list(zip(iifs, [0, marks[0], marks[1]], strict=True))
+    assert rules[6][-1] == {"mangle": {"key": {"ct": {"key": "mark"}}, "value": s.mark}}
+    assert rules[7] == (
+        {"match": {"op": "==", "left": {"ct": {"key": "direction"}}, "right": "reply"}},
+        {"match": {"op": "==", "left": {"ct": {"key": "mark"}}, "right": s.mark}},
+        {"mangle": {"key": {"meta": {"key": "mark"}}, "value": marks[2]}})
+    assert rules[8][0]["match"]["right"] == "original"
+    assert rules[8][-1] == {"mangle": {"key": {"meta": {"key": "mark"}},
+                                       "value": {"ct": {"key": "mark"}}}}
+    assert len(rules) == 9
+
+
+def test_symmetric_and_one_way_chains_share_a_table_each_with_its_own_rules():
+    specs, _ = chain_specs({C1: chain(hop(), symmetric=True, protocol="tcp"),
+                            C2: chain(hop(FW2), priority=5, protocol="icmp")}, {}, "spl-")
+    rules = _rules(specs.values())
+    one_way, sym = specs[C2], specs[C1]
+    assert rules[0] == ({"match": {"op": "==", "left": {"meta": {"key": "iifname"}},
+                                   "right": one_way.hops[0].router_if}},
+                        {"mangle": {"key": {"meta": {"key": "mark"}}, "value": 0}},
+                        {"accept": None})
+    assert [r[1]["match"]["right"] for r in rules[1:3]] == ["original", "reply"]
+    replies = [r for r in rules if r[0]["match"].get("right") == "reply"
+               and r[0]["match"]["left"] == {"ct": {"key": "direction"}}]
+    assert [r[1]["match"]["right"] for r in replies] == [sym.mark]  # the one-way chain: none
+    assert len(rules) == 3 + 2 + 1 + 1
 
 
 def test_no_chain_renders_an_empty_table():

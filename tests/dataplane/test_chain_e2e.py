@@ -2,8 +2,9 @@
 hosting the router folds the chain → hop namespaces, veths, policy routing and the classifier
 table in the router's namespace → traffic.
 
-Classified: ICMP from the client to the server (a one-armed hop sees one direction only; a
-TCP flow would be `ct state invalid` there until symmetric chains exist). Per-hop evidence: a
+Classified: ICMP from the client to the server (a one-way chain: the replies take the direct
+path; the last test steers a `symmetric` chain's TCP both ways through a stateful hop, and shows
+the same chain one way failing). Per-hop evidence: a
 counter table of the test's own in each hop (not the agent's prefix: the agent leaves it),
 counting by TTL in the hop's forward hook, which proves the order (the router takes one off
 before each hop, and each hop one more before its forward hook: 62 in the first, 60 in the
@@ -198,3 +199,85 @@ async def test_two_l3_hops_steer_the_classified_flow_in_order_and_leave_nothing(
     with contextlib.suppress(Exception):
         for f in fws:
             await cmd(nc, f"{T}.firewall.delete", {"id": f})
+
+
+def probe_directions(ns: str) -> None:
+    """A counter per conntrack direction of TCP in the hop's forward path (the test's table)."""
+    batch = {"nftables": [
+        {"add": {"table": {"family": "ip", "name": "probe"}}},
+        {"add": {"chain": {"family": "ip", "table": "probe", "name": "fwd", "type": "filter",
+                           "hook": "forward", "prio": -10, "policy": "accept"}}},
+        *({"add": {"rule": {"family": "ip", "table": "probe", "chain": "fwd", "expr": [
+            {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}},
+            {"match": {"op": "==", "left": {"ct": {"key": "direction"}}, "right": d}},
+            {"counter": None}]}}} for d in ("original", "reply"))]}
+    subprocess.run(["ip", "netns", "exec", ns, "nft", "-j", "-f", "-"], input=json.dumps(batch),
+                   text=True, check=True, capture_output=True)
+
+
+def directions(ns: str) -> dict[str, int]:
+    """TCP packets the hop forwarded, by conntrack direction."""
+    out = sh("ip", "netns", "exec", ns, "nft", "-j", "list", "table", "ip", "probe", check=False)
+    seen: dict[str, int] = {}
+    for item in json.loads(out or '{"nftables": []}')["nftables"]:
+        rule = item.get("rule")
+        if rule:
+            d = next(e["match"]["right"] for e in rule["expr"]
+                     if e.get("match", {}).get("left") == {"ct": {"key": "direction"}})
+            seen[d] = int(next(e["counter"]["packets"] for e in rule["expr"] if "counter" in e))
+    return seen
+
+
+async def test_a_symmetric_chain_takes_replies_back_through_a_stateful_hop(
+        world: dict[str, Any]) -> None:
+    """TCP to the server through a firewall hop that allows it and denies everything else,
+    statefully: with `symmetric` the hop sees both directions and the connection succeeds; the
+    same chain one way only leaves the hop a SYN and then an ACK it finds invalid."""
+    nc, agent, ten, made = world["nc"], world["agent"], world["tenants"], world["made"]
+    nets = made["nets"]
+    rid = (await cmd(nc, f"{T}.router.create", {"name": "edge"}))["id"]
+    made["routers"].append(rid)
+    ns = LAYOUT.namespace(rid)
+    await until(lambda: (s := agent.routers.get(f"{T}.router.{rid}")) is not None
+                and s.host == HOST, "the router placed on the agent's host")
+    for key in ("a", "b"):
+        await cmd(nc, f"{T}.router.add_interface", {"id": rid, "network_id": nets[key]})
+    await off_loop(ten.plug, "cli", LAYOUT.bridge(nets["a"]), CLIENT, "10.77.27.1")
+    await off_loop(ten.plug, "srv", LAYOUT.bridge(nets["b"]), SERVER, "10.77.28.1")
+    await off_loop(ten.serve, "srv", 80)
+    await until(lambda: ten.connect("cli", SERVER) == f"ok:{CLIENT}", "A → B via the router")
+
+    fw = (await cmd(nc, f"{T}.firewall.create", {
+        "name": "stateful", "network_id": nets["a"], "default_action": "deny",
+        "rules": [{"action": "allow", "protocol": "tcp", "destination_port": "80",
+                   "destination_cidr": f"{SERVER}/32"}]}))["id"]
+    chain = (await cmd(nc, f"{T}.chain.create", {
+        "name": "c", "router_id": rid, "priority": 1, "symmetric": True,
+        "classifier": {"protocol": "tcp", "destination_cidr": f"{SERVER}/32"},
+        "hops": [{"service_id": fw, "kind": "firewall", "insertion": "l3"}]}))["id"]
+    hop = CHAINS.hop_namespace(chain, 0)
+    table = chain_table(PREFIX, rid)
+    await until(lambda: table in sh("ip", "netns", "exec", ns, "nft", "list", "tables",
+                                    check=False), "the classifier table in the router")
+    await off_loop(probe_directions, hop)
+
+    # both directions cross the hop: its stateful firewall lets the connection through
+    await until(lambda: ten.connect("cli", SERVER) == f"ok:{CLIENT}", "TCP A → B, symmetric")
+    seen = await off_loop(directions, hop)
+    assert seen["original"] >= 3 and seen["reply"] >= 2, seen  # SYN, ACK, ...; SYN-ACK, ...
+
+    # one way only: the hop sees the SYN, not the SYN-ACK, and drops the ACK as invalid
+    await cmd(nc, f"{T}.chain.update", {"id": chain, "symmetric": False})
+    await until(lambda: ten.connect("cli", SERVER) != f"ok:{CLIENT}", "TCP fails one way")
+    before = (await off_loop(directions, hop))["reply"]
+    assert ten.connect("cli", SERVER) != f"ok:{CLIENT}"
+    assert (await off_loop(directions, hop))["reply"] == before
+
+    # symmetric again, then gone: the direct path is back and nothing is left
+    await cmd(nc, f"{T}.chain.update", {"id": chain, "symmetric": True})
+    await until(lambda: ten.connect("cli", SERVER) == f"ok:{CLIENT}", "TCP A → B, symmetric again")
+    await cmd(nc, f"{T}.chain.delete", {"id": chain})
+    await until(lambda: chain_things(ns) == [], "no veth, rule, route or table of the chain")
+    await until(lambda: ten.connect("cli", SERVER) == f"ok:{CLIENT}", "TCP A → B direct again")
+    with contextlib.suppress(Exception):
+        await cmd(nc, f"{T}.firewall.delete", {"id": fw})

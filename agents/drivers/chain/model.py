@@ -2,8 +2,9 @@
 
 From the fold's `ChainState`s of one agent to `ChainSpec`s (or the reason a chain is not
 steered). Pure: no I/O. Only ``l3`` hops are steered for now; a chain with an ``l2``,
-``bump_in_the_wire`` or ``tap`` hop, or a ``symmetric`` one, is refused whole (nothing
-half-made) with its reason.
+``bump_in_the_wire`` or ``tap`` hop is refused whole (nothing half-made) with its reason. A
+``symmetric`` chain needs nothing more here: its replies reuse each hop's mark, table, veth and
+namespace in the reverse order (`render`).
 
 Allocation, deterministic from the chain id (`slot`: 10 bits of sha256 of the chain id, the
 block of ``169.254.169.0/24`` skipped) and the hop index ``i`` (0..15, a chain has at most 16
@@ -114,6 +115,7 @@ class ChainSpec:
     priority: int
     classifier: Classifier
     hops: tuple[HopSpec, ...]
+    symmetric: bool = False
 
     @property
     def mark(self) -> int:
@@ -124,8 +126,6 @@ def refusal(state: ChainState) -> str:
     """Why this chain is not steered ("" when it can be)."""
     if state.router_id is None:
         return "the chain names no router"
-    if state.symmetric:
-        return "symmetric chains are not steered yet"
     if not 1 <= len(state.hops) <= MAX_HOPS:
         return f"a chain has 1 to {MAX_HOPS} hops"
     odd = sorted({h.insertion for h in state.hops} - STEERED)
@@ -164,5 +164,5 @@ def chain_specs(chains: Mapping[str, ChainState], firewalls: Mapping[str, Firewa
                 layout.router_veth(chain_id, i), f"{net.network_address + 1}/30",
                 f"{net.network_address + 2}/30", mark(chain_id, i), table(chain_id, i), ruleset))
         specs[chain_id] = ChainSpec(chain_id, state.router_id or "", state.priority, state.classifier,
-                                    tuple(hops))
+                                    tuple(hops), state.symmetric)
     return specs, refused

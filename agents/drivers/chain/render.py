@@ -6,11 +6,16 @@ prerouting, priority -150: mangle), its rules in this order:
 1. per chain (higher priority first, then by id) and hop ``i``: a packet coming back from the
    hop (``iifname`` = the hop's router-side veth) gets the mark of hop ``i + 1``, or 0 after
    the last hop (the normal route), and leaves the chain (``accept``: the rules below would
-   mark it again);
+   mark it again); for a ``symmetric`` chain this rule matches ``ct direction original`` and
+   a second one ``ct direction reply``: the mark of hop ``i - 1``, or 0 after the first hop;
 2. per chain in the same order: a new flow that no chain marked yet (``ct mark 0``) and that
    matches the classifier gets ``ct mark`` = the chain's mark (its hop 0's);
-3. every packet of the original direction whose ``ct mark`` is one of the agent's marks gets
-   ``meta mark`` from ``ct mark`` (replies take the direct path: `symmetric` is not steered).
+3. per ``symmetric`` chain: a packet of the reply direction whose ``ct mark`` is the chain's
+   gets the mark of its last hop (replies cross the hops in reverse: each hop's one-armed
+   namespace sends back whatever arrives, and its routing table leads to it either way);
+4. every packet of the original direction whose ``ct mark`` is one of the agent's marks gets
+   ``meta mark`` from ``ct mark`` (the replies of a chain that is not symmetric take the
+   direct path).
 
 Matches come from `nftables.render.rule_expr` (the classifier has a firewall rule's fields):
 only validated, re-parsed values reach a rule. Marks and interface names are checked here.
@@ -47,6 +52,7 @@ def _set(key: dict[str, Any], value: Any) -> dict[str, Any]:
 
 CT_MARK = {"ct": {"key": "mark"}}
 META_MARK = {"meta": {"key": "mark"}}
+CT_DIRECTION = {"ct": {"key": "direction"}}
 
 
 def classifier_expr(spec: ChainSpec) -> tuple[Any, ...]:
@@ -63,12 +69,18 @@ def render_chains(table: str, specs: Iterable[ChainSpec]) -> Ruleset:
     rules: list[Rule] = []
     for spec in ordered:
         for i, hop in enumerate(spec.hops):
+            iif = _match({"meta": {"key": "iifname"}}, ifname(hop.router_if))
             following = spec.hops[i + 1].mark if i + 1 < len(spec.hops) else 0
-            rules.append(Rule(CHAIN, (
-                _match({"meta": {"key": "iifname"}}, ifname(hop.router_if)),
-                _set(META_MARK, _mark(following)),
-                {"accept": None},
-            )))
+            if not spec.symmetric:
+                rules.append(Rule(CHAIN, (iif, _set(META_MARK, _mark(following)), {"accept": None})))
+                continue
+            previous = spec.hops[i - 1].mark if i > 0 else 0
+            for direction, value in (("original", following), ("reply", previous)):
+                rules.append(Rule(CHAIN, (
+                    iif, _match(CT_DIRECTION, direction),
+                    _set(META_MARK, _mark(value)),
+                    {"accept": None},
+                )))
     for spec in ordered:
         rules.append(Rule(CHAIN, (
             _match({"ct": {"key": "state"}}, "new", "in"),
@@ -76,9 +88,16 @@ def render_chains(table: str, specs: Iterable[ChainSpec]) -> Ruleset:
             *classifier_expr(spec),
             _set(CT_MARK, _mark(spec.mark)),
         )))
+    for spec in ordered:
+        if spec.symmetric:
+            rules.append(Rule(CHAIN, (
+                _match(CT_DIRECTION, "reply"),
+                _match(CT_MARK, _mark(spec.mark)),
+                _set(META_MARK, _mark(spec.hops[-1].mark)),
+            )))
     if ordered:
         rules.append(Rule(CHAIN, (
-            _match({"ct": {"key": "direction"}}, "original"),
+            _match(CT_DIRECTION, "original"),
             _match(CT_MARK, {"range": [MARK_BASE, MARK_BASE + 16 * SLOTS - 1]}),
             _set(META_MARK, CT_MARK),
         )))
