@@ -9,6 +9,7 @@ built by :class:`~splice.agents.model.HostLayout`, and the observers filter by p
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno
 import os
@@ -16,6 +17,7 @@ import signal
 import socket
 import struct
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -312,6 +314,25 @@ def ensure_vip_leg(leg: VipLeg) -> None:
     mac = in_netns(leg.namespace, configure)
     if ":" not in leg.address:
         announce(leg.namespace, leg.ns_ifname, leg.address, mac)
+        announce_later(leg.namespace, leg.ns_ifname, leg.address, mac)
+
+
+REANNOUNCE_S = (1.2, 2.0)  # when the gratuitous ARP of a new or changed VIP leg is repeated
+
+
+def announce_later(namespace: str, ifname: str, address: str, mac: str) -> None:
+    """Repeat the gratuitous ARP past the neighbours' ``locktime`` (1 s): a client that talked to
+    the VIP's previous owner (a deleted or re-created namespace, a moved VIP) within a second of
+    the first announcement ignores it and keeps the old MAC until its entry goes stale (seen in
+    the tests: a VIP silent for 10 s and more). Neutron repeats its arping the same way."""
+    def again() -> None:
+        with contextlib.suppress(OSError, NetnsError):
+            announce(namespace, ifname, address, mac)
+
+    for delay in REANNOUNCE_S:
+        timer = threading.Timer(delay, again)
+        timer.daemon = True
+        timer.start()
 
 
 def announce(namespace: str, ifname: str, address: str, mac: str) -> None:
