@@ -124,13 +124,13 @@ def chain_things(ns: str) -> list[str]:
                    if t.startswith(f"{PREFIX}ch-")]
 
 
-async def test_two_l3_hops_steer_the_classified_flow_in_order_and_leave_nothing(
-        world: dict[str, Any]) -> None:
+async def router_between_client_and_server(world: dict[str, Any]) -> tuple[str, str]:
+    """A router on networks a and b, placed on the agent's host, a client on a and a server on
+    b answering through it; returns the router's id and namespace."""
     nc, agent, ten, made = world["nc"], world["agent"], world["tenants"], world["made"]
     nets = made["nets"]
     rid = (await cmd(nc, f"{T}.router.create", {"name": "edge"}))["id"]
     made["routers"].append(rid)
-    ns = LAYOUT.namespace(rid)
     await until(lambda: (s := agent.routers.get(f"{T}.router.{rid}")) is not None
                 and s.host == HOST, "the router placed on the agent's host")
     for key in ("a", "b"):
@@ -139,6 +139,14 @@ async def test_two_l3_hops_steer_the_classified_flow_in_order_and_leave_nothing(
     await off_loop(ten.plug, "srv", LAYOUT.bridge(nets["b"]), SERVER, "10.77.28.1")
     await off_loop(ten.serve, "srv", 80)
     await until(lambda: ten.connect("cli", SERVER) == f"ok:{CLIENT}", "A → B via the router")
+    return rid, LAYOUT.namespace(rid)
+
+
+async def test_two_l3_hops_steer_the_classified_flow_in_order_and_leave_nothing(
+        world: dict[str, Any]) -> None:
+    nc, ten, made = world["nc"], world["tenants"], world["made"]
+    nets = made["nets"]
+    rid, ns = await router_between_client_and_server(world)
     await until(lambda: ping(ten, SERVER), "ping A → B, direct")
 
     fws = [(await cmd(nc, f"{T}.firewall.create", {
@@ -233,19 +241,9 @@ async def test_a_symmetric_chain_takes_replies_back_through_a_stateful_hop(
     """TCP to the server through a firewall hop that allows it and denies everything else,
     statefully: with `symmetric` the hop sees both directions and the connection succeeds; the
     same chain one way only leaves the hop a SYN and then an ACK it finds invalid."""
-    nc, agent, ten, made = world["nc"], world["agent"], world["tenants"], world["made"]
+    nc, ten, made = world["nc"], world["tenants"], world["made"]
     nets = made["nets"]
-    rid = (await cmd(nc, f"{T}.router.create", {"name": "edge"}))["id"]
-    made["routers"].append(rid)
-    ns = LAYOUT.namespace(rid)
-    await until(lambda: (s := agent.routers.get(f"{T}.router.{rid}")) is not None
-                and s.host == HOST, "the router placed on the agent's host")
-    for key in ("a", "b"):
-        await cmd(nc, f"{T}.router.add_interface", {"id": rid, "network_id": nets[key]})
-    await off_loop(ten.plug, "cli", LAYOUT.bridge(nets["a"]), CLIENT, "10.77.27.1")
-    await off_loop(ten.plug, "srv", LAYOUT.bridge(nets["b"]), SERVER, "10.77.28.1")
-    await off_loop(ten.serve, "srv", 80)
-    await until(lambda: ten.connect("cli", SERVER) == f"ok:{CLIENT}", "A → B via the router")
+    rid, ns = await router_between_client_and_server(world)
 
     fw = (await cmd(nc, f"{T}.firewall.create", {
         "name": "stateful", "network_id": nets["a"], "default_action": "deny",

@@ -150,7 +150,7 @@ def ours(dev: str) -> dict[tuple[int, int], frozenset[int]] | None:
 @pytest.fixture
 async def world(fresh_nats: NatsServer, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
     if os.geteuid() != 0:
-        pytest.skip("needs root")
+        raise RuntimeError("needs root (namespaces, tc)")
     url = fresh_nats.url
     svc = CommandService(url)
     await svc.start()
