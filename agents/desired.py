@@ -12,7 +12,8 @@ serve (no driver for its provider, or its router is not served here) is returned
 with the reason, never handed to another driver.
 
 `desired_chains` hands the chain driver, by router, the chains steered in the routers placed
-here (`drivers.chain`), and the chains of those routers it will not steer, with the reason.
+here (`drivers.chain`) with the detours of their out-of-path firewalls, and the chains of those
+routers it will not steer, with the reason.
 
 `desired_taps` hands the tap driver the standalone taps placed on this host (where both their
 ports are bound), each naming its port's and its monitor's host-side interfaces
@@ -30,13 +31,15 @@ from splice.events.lbaas_fold import LoadBalancerState
 from splice.events.port_fold import PortState
 from splice.events.router_fold import RouterState
 
-from .drivers.chain.model import chain_specs
+from .drivers.chain.model import chain_specs, detour
 from .drivers.chain.plan import RouterChains
 from .drivers.chain.render import render_chains
 from .drivers.nftables.render import chain_table
+from .drivers.overlay.plan import Segment, segments
 from .drivers.router import RouterLayout, RouterSpec, router_spec
 from .drivers.router.routed import routed_on
 from .drivers.tap.model import TapSpec, port_interface
+from .folds import HostInfo
 from .model import LoadBalancerSpec, NetworkSpec
 
 GONE = ("PENDING_DELETE", "DELETED")
@@ -62,6 +65,8 @@ class Folds:
     taps: Mapping[str, TapState] = field(default_factory=dict)
     ports: Mapping[str, PortState] = field(default_factory=dict)
     chains: Mapping[str, ChainState] = field(default_factory=dict)
+    segments: Mapping[str, int] = field(default_factory=dict)  # network aggregate id -> VNI
+    hosts: Mapping[str, HostInfo] = field(default_factory=dict)  # by host name
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,8 +113,11 @@ def desired_lbs(folds: Folds, host: str, providers: Collection[str], *, prefix: 
                 continue
             hosted_in = layout.namespace(router_id)
         lb = public(agg_id)
+        vip_port = folds.ports.get(f"{tenant(agg_id)}.port.{state.vip_port_id}")
         out[state.provider][lb] = LoadBalancerSpec(
-            lb, NetworkSpec(state.vip_network_id, *net), state, hosted_in)
+            lb, NetworkSpec(state.vip_network_id, *net), state, hosted_in,
+            vip_port.mac_address if vip_port is not None and vip_port.mac_address
+            and hosted_in is None else None)  # a routed VIP is on the router's leg
     return out, refused
 
 
@@ -140,12 +148,13 @@ def desired_routers(folds: Folds, host: str, *, prefix: str) -> dict[str, Router
 def desired_taps(folds: Folds, host: str, providers: Collection[str]
                  ) -> tuple[dict[str, TapSpec], dict[str, str]]:
     """The standalone taps this host serves (public id -> spec), and, by public id, those
-    placed here that it cannot serve, with the reason. Routed taps are not served here."""
+    placed here that it cannot serve, with the reason. Routed taps are not served here, nor a
+    tap that is a chain's hop: it copies the chain's traffic at its point, not its port's."""
     out: dict[str, TapSpec] = {}
     refused: dict[str, str] = {}
     for agg_id, tap in sorted(folds.taps.items()):
-        if tap.host != host or tap.deleted or tap.insertion is None or tap.router_id:
-            continue
+        if tap.host != host or tap.deleted or tap.insertion is None or tap.router_id or tap.chains:
+            continue  # a chain's tap hop copies the chain's traffic (`drivers.chain`)
         if tap.insertion.provider not in providers:
             refused[public(agg_id)] = f"host {host} has no driver for provider {tap.insertion.provider!r}"
             continue
@@ -163,17 +172,47 @@ def desired_taps(folds: Folds, host: str, providers: Collection[str]
 
 def desired_chains(folds: Folds, host: str, *, prefix: str
                    ) -> tuple[dict[str, RouterChains], dict[str, str]]:
-    """By router id, the chains of the routers placed on this host; by chain id, those of
-    them that are not steered, with the reason (`drivers.chain.model.refusal`)."""
+    """By router id, the chains of the routers placed on this host, and the detours of their
+    out-of-path firewalls (`drivers.chain.model.detour`); by chain id, those of them that are
+    not steered, with the reason (`drivers.chain.model.refusal`)."""
     layout = RouterLayout(prefix)
     mine = {public(a) for a, r in folds.routers.items() if r.host == host and not r.deleted}
     chains = {public(a): c for a, c in folds.chains.items()
               if not c.deleted and c.router_id in mine}
     firewalls = {public(a): f for a, f in folds.firewalls.items() if not f.deleted}
-    specs, refused = chain_specs(chains, firewalls, prefix)
+    for fid, fw in firewalls.items():
+        d = detour(fid, fw)
+        if d is not None and d.router_id in mine:
+            chains[fid] = d
+    monitors = {public(a): port_interface(t.monitor_port_id) for a, t in folds.taps.items()
+                if not t.deleted}
+    ports = {public(a): p for a, p in folds.ports.items()}
+    specs, refused = chain_specs(chains, firewalls, prefix, monitors=monitors, ports=ports)
     out: dict[str, RouterChains] = {}
     for rid in sorted({s.router_id for s in specs.values()}):
         these = tuple(s for _, s in sorted(specs.items()) if s.router_id == rid)
         out[rid] = RouterChains(rid, layout.namespace(rid), these,
                                 render_chains(chain_table(prefix, rid), these))
     return out, refused
+
+
+def desired_segments(folds: Folds, host: str, bridges: Collection[str], *, prefix: str
+                     ) -> dict[str, Segment]:
+    """The networks this host joins to the others over VXLAN (`drivers.overlay`), by network
+    id: those whose bridge one of its drivers needs (`bridges`), and those with a compute port
+    bound here; with the MACs that live on other hosts (compute ports, floating VIPs)."""
+    by_bridge = {NetworkSpec(public(a), "", "").bridge_name(prefix): public(a) for a in folds.networks}
+    present = {by_bridge[b] for b in bridges if b in by_bridge}
+    ported = {p.network_id for p in folds.ports.values() if p.host == host and not p.deleted}
+    vnis = {public(a): v for a, v in folds.segments.items()}
+    remotes = {name: h.underlay_ip for name, h in folds.hosts.items()
+               if name != host and h.alive and h.underlay_ip}
+    elsewhere = {public(a): (p.network_id, p.mac_address, remotes[p.host])
+                 for a, p in folds.ports.items() if p.host in remotes and not p.deleted}
+    for agg_id, lb in folds.lbs.items():  # a floating VIP: its port's MAC is where the LB is
+        vip_port = folds.ports.get(f"{tenant(agg_id)}.port.{lb.vip_port_id}")
+        if (lb.host in remotes and lb.provisioning_status not in GONE and vip_port is not None
+                and (lb.insertion is None or lb.insertion.mode != "routed")):
+            elsewhere[public(agg_id)] = (lb.vip_network_id, vip_port.mac_address, remotes[lb.host])
+    return segments(vnis, present | ported, prefix=prefix, remotes=set(remotes.values()),
+                    ports=elsewhere)

@@ -25,6 +25,22 @@ from splice.events.router_fold import RouterState
 from splice.events.router_fold import apply as apply_router
 
 
+class HostInfo(msgspec.Struct, kw_only=True):
+    """A registered host, as the agents see it: where its underlay is, whether it is live."""
+
+    underlay_ip: str | None = None
+    alive: bool = True
+
+
+def fold_host(hosts: dict[str, HostInfo], topic: str, payload: Any) -> None:
+    """`HostRegistered` (again: live, with its underlay address) and `HostLost`."""
+    name = getattr(payload, "host", "")
+    if topic == "HostRegistered" and name:
+        hosts[name] = HostInfo(underlay_ip=getattr(payload, "underlay_ip", None))
+    elif topic == "HostLost" and name in hosts:
+        hosts[name] = HostInfo(underlay_ip=hosts[name].underlay_ip, alive=False)
+
+
 class Snapshot(msgspec.Struct, kw_only=True):
     """The agent's folds and position, so that a restart need not replay the history."""
 
@@ -38,6 +54,8 @@ class Snapshot(msgspec.Struct, kw_only=True):
     taps: dict[str, TapState] = {}  # by aggregate id <tenant>.tap.<uuid>
     ports: dict[str, PortState] = {}  # by aggregate id <tenant>.port.<uuid>
     chains: dict[str, ChainState] = {}  # by aggregate id <tenant>.chain.<uuid>
+    segments: dict[str, int] = {}  # network aggregate id -> its VNI
+    hosts: dict[str, HostInfo] = {}  # by host name
 
 
 S = TypeVar("S", LoadBalancerState, RouterState, FirewallState, NatState, TapState, PortState,

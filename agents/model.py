@@ -61,12 +61,15 @@ class LoadBalancerSpec:
 
     `hosted_in`: a routed load balancer runs in its router's namespace (named here), whose
     router driver holds the VIP on the router's leg; a floating one (None) gets a namespace
-    and a VIP leg of its own."""
+    and a VIP leg of its own, with the MAC of its VIP port (`vip_mac`, as Neutron's VIP port
+    has one): the other hosts' forwarding entries name it, and it stays when the load
+    balancer moves to another host."""
 
     id: str
     network: NetworkSpec
     state: LoadBalancerState
     hosted_in: str | None = None
+    vip_mac: str | None = None  # the VIP port's MAC, held by the VIP leg (None: the kernel's)
 
     @property
     def generation(self) -> int:
@@ -116,7 +119,7 @@ class LoadBalancerSpec:
     def with_vip(self, address: str) -> LoadBalancerSpec:
         return LoadBalancerSpec(self.id, self.network,
                                 msgspec.structs.replace(self.state, vip_address=address),
-                                self.hosted_in)
+                                self.hosted_in, self.vip_mac)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LoadBalancerSpec:

@@ -42,20 +42,28 @@ def in_netns(name: str, fn: Callable[[], T]) -> T:
     """
     home = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
     try:
-        target = os.open(f"{NETNS_DIR}/{name}", os.O_RDONLY)
+        enter(name)
         try:
-            if _libc.setns(target, _CLONE_NEWNET) != 0:
-                err = ctypes.get_errno()
-                raise OSError(err, f"setns into {name}: {os.strerror(err)}")
-            try:
-                return fn()
-            finally:
-                if _libc.setns(home, _CLONE_NEWNET) != 0:  # pragma: no cover - cannot happen
-                    os._exit(70)  # a thread stranded in a tenant namespace must not go on
+            return fn()
         finally:
-            os.close(target)
+            if _libc.setns(home, _CLONE_NEWNET) != 0:  # pragma: no cover - cannot happen
+                os._exit(70)  # a thread stranded in a tenant namespace must not go on
     finally:
         os.close(home)
+
+
+def enter(name: str) -> None:
+    """Move the calling thread into the named namespace (for good, unless `in_netns` brings
+    it back): done first thing in a process (`splice agent --netns`), every thread made
+    afterwards starts there, and so does every process it runs (``ip``, ``nft``, haproxy).
+    Only the network namespace changes."""
+    target = os.open(f"{NETNS_DIR}/{name}", os.O_RDONLY)
+    try:
+        if _libc.setns(target, _CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"setns into {name}: {os.strerror(err)}")
+    finally:
+        os.close(target)
 
 
 class NetnsError(RuntimeError):
@@ -108,11 +116,11 @@ def observe_host(prefix: str) -> HostLinks:
     for link in links:
         name = link.get_attr("IFLA_IFNAME")
         master = by_index.get(link.get_attr("IFLA_MASTER"))
-        if master is not None:
-            ports[master] = ports.get(master, 0) + 1
+        kind = _link_kind(link)
+        if master is not None and not (kind == "vxlan" and name.startswith(prefix)):
+            ports[master] = ports.get(master, 0) + 1  # our VXLAN device alone: unused
         if not name.startswith(prefix):
             continue
-        kind = _link_kind(link)
         if kind == "bridge":
             bridges.add(name)
         elif kind == "veth":
@@ -215,6 +223,18 @@ def ensure_bridge(name: str) -> None:
         if not idx:
             raise NetnsError(f"bridge {name} vanished while being created")
         ipr.link("set", index=idx[0], state="up")
+
+
+def delete_unused_bridge(name: str) -> bool:
+    """Delete our bridge ``name`` (``<prefix>br-<network>``) if nothing but our own VXLAN
+    device is plugged into it now.
+
+    A plan decides from an observation that may be a pass old: a port plugged in since (a
+    tenant's machine, another driver's leg) keeps the bridge. Returns whether it went."""
+    if observe_host(name[:name.rindex("br-")]).bridge_ports.get(name, 0):
+        return False
+    delete_link(name)
+    return True
 
 
 def delete_link(name: str) -> None:

@@ -39,7 +39,9 @@
 * chains (with the router driver): the chains of the routers placed here are steered in their
   namespaces by the chain driver (`drivers.chain`, converged after the router driver), from
   `desired.desired_chains`; a chain it does not steer is logged with the reason;
-* a resync timer re-converges the last desired set to repair drift.
+* a resync timer re-converges the last desired set to repair drift;
+* every `stats_s` it reads the load balancers' counters (`agents.stats`: metrics, and answers
+  on ``splice.stats.<tenant>.<host>.<lb>``), never as events.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ import nats
 import structlog
 
 from splice.events import contracts as c
-from splice.events import subjects
+from splice.events import metrics, subjects
 from splice.events.advanced_fold import FirewallState, NatState, TapState
 from splice.events.chain_fold import ChainState
 from splice.events.follow import Delivery, Follower
@@ -67,35 +69,35 @@ from splice.events.lbaas_fold import LoadBalancerState, apply
 from splice.events.port_fold import PortState
 from splice.events.router_fold import ROUTER_PROVIDER, RouterState
 
+from . import stats
 from .desired import (
     Folds,
     desired_chains,
     desired_lbs,
     desired_routers,
+    desired_segments,
     desired_taps,
     public,
     tenant,
 )
 from .drivers import drivers
 from .drivers.chain.driver import ChainDriver
+from .drivers.overlay.driver import OverlayDriver
 from .drivers.reports import LbResult, Report
 from .drivers.router import RouterDriver, RouterSpec
 from .drivers.tap import PROVIDER as TAP_PROVIDER
 from .drivers.tap import TapDriver
-from .folds import FOLDS, Snapshot, copy_for_apply, fold_into
+from .folds import FOLDS, HostInfo, Snapshot, copy_for_apply, fold_host, fold_into
+from .liveness import Liveness
 from .model import LoadBalancerSpec
 
 log = structlog.get_logger("splice.agent")
 
-HEARTBEAT_S = 2.0
 SUBJECTS = [subjects.events_of("loadbalancer"), subjects.events_of("network"),
             subjects.events_of("router"), subjects.events_of("firewall"),
             subjects.events_of("nat"), subjects.events_of("tap"), subjects.events_of("port"),
-            subjects.events_of("chain")]
+            subjects.events_of("chain"), subjects.events_of("hosts", tenant=subjects.ADMIN)]
 _decoders = {name: msgspec.json.Decoder(t) for name, t in c.EVENT_TYPES.items()}
-
-
-
 _CONTROL = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]+")
 
 
@@ -119,9 +121,13 @@ class Agent:
         resync_s: float = 30.0,
         nc: Any = None,
         js_prefix: str | None = None,
+        underlay_ip: str | None = None,
+        stats_s: float = stats.DEFAULT_INTERVAL_S,
     ) -> None:
         """`nc`: the process's NATS connection (left open on stop); without it, one of its own.
-        `js_prefix`: the JetStream API as a host's account imports it (None: the services')."""
+        `js_prefix`: the JetStream API as a host's account imports it (None: the services').
+        `underlay_ip`: this host's address on the underlay, registered with the host, where
+        the other hosts send its networks' VXLAN traffic (None: the host joins no tunnel)."""
         self.nats_url, self.host = nats_url, host
         self.js_prefix = js_prefix
         self._shared_nc = nc
@@ -148,6 +154,13 @@ class Agent:
                               if ROUTER_PROVIDER in self.providers else None)
         self.chain_driver = (ChainDriver(host, prefix=prefix)
                              if ROUTER_PROVIDER in self.providers else None)
+        self.underlay_ip = underlay_ip
+        self.overlay = OverlayDriver(prefix=prefix, underlay_ip=underlay_ip)
+        self.segments: dict[str, int] = {}  # network aggregate id -> VNI
+        self.hosts: dict[str, HostInfo] = {}  # by host name
+        self.liveness = Liveness(host, {"providers": self.providers, **(
+            {"underlay_ip": underlay_ip} if underlay_ip else {})}, self._command,
+            self.overlay.fence, lambda: self._dirty.set())
         self.routers: dict[str, RouterState] = {}  # by aggregate id
         self.firewalls: dict[str, FirewallState] = {}  # by aggregate id
         self.nats: dict[str, NatState] = {}  # by aggregate id
@@ -164,6 +177,7 @@ class Agent:
         self.ready = asyncio.Event()
         self.converges = 0
         self.follower: Follower | None = None  # its `set_aside` lists the events set aside
+        self.stats = stats.Book(host, stats_s)  # the latest per-service counters
         self.load_snapshot()  # resume where the last run stopped
 
     # -- snapshot ---------------------------------------------------------------------------
@@ -182,13 +196,15 @@ class Agent:
         self.seq, self.networks, self.lbs = snap.seq, dict(snap.networks), dict(snap.lbs)
         self.routers, self.firewalls, self.nats = dict(snap.routers), dict(snap.firewalls), dict(snap.nats)
         self.taps, self.ports, self.chains = dict(snap.taps), dict(snap.ports), dict(snap.chains)
+        self.segments, self.hosts = dict(snap.segments), dict(snap.hosts)
 
     def save_snapshot(self) -> None:
         data = msgspec.json.encode(Snapshot(seq=self.seq, followed=SUBJECTS, lbs=self.lbs,
                                              networks=self.networks, routers=self.routers,
                                              firewalls=self.firewalls, nats=self.nats,
                                              taps=self.taps, ports=self.ports,
-                                             chains=self.chains))
+                                             chains=self.chains, segments=self.segments,
+                                             hosts=self.hosts))
         tmp = self.snapshot_path.with_suffix(".tmp")
         with open(tmp, "wb") as f:
             f.write(data)
@@ -210,8 +226,17 @@ class Agent:
         if where.aggregate == "network":
             if isinstance(payload, c.NetworkCreated):
                 self.networks[agg_id] = (payload.cidr, payload.gateway)
+                self.segments[agg_id] = getattr(payload, "segmentation_id", 0)
             elif isinstance(payload, c.NetworkDeleted):
                 self.networks.pop(agg_id, None)
+                self.segments.pop(agg_id, None)
+        elif where.aggregate == "hosts":
+            fold_host(self.hosts, d.topic, payload)
+            task = self.liveness.on_host_event(d.topic, getattr(payload, "host", ""),
+                                               getattr(payload, "command_id", None))
+            if task is not None:
+                self._pending_reports.add(task)
+                task.add_done_callback(self._pending_reports.discard)
         elif where.aggregate == "loadbalancer":
             before = self.lbs.get(agg_id)
             state = LoadBalancerState() if before is None else copy_for_apply(before)
@@ -240,7 +265,7 @@ class Agent:
 
     def folds(self) -> Folds:
         return Folds(self.lbs, self.networks, self.routers, self.firewalls, self.nats,
-                     self.taps, self.ports, self.chains)
+                     self.taps, self.ports, self.chains, self.segments, self.hosts)
 
     def desired(self) -> dict[str, dict[str, LoadBalancerSpec]]:
         """What each driver must serve here (`desired.desired_lbs`); a load balancer placed
@@ -262,7 +287,12 @@ class Agent:
         bridges = {p: frozenset(s.network.bridge_name(self.prefix) for s in specs.values()
                                 if s.hosted_in is None) for p, specs in desired.items()}
         bridges[ROUTER_PROVIDER] = frozenset().union(*(r.bridges for r in routers.values()))
+        segments = desired_segments(self.folds(), self.host,
+                                    frozenset().union(*bridges.values()), prefix=self.prefix)
+        bridges["overlay"] = frozenset(s.bridge for s in segments.values())
         everyone = frozenset().union(*bridges.values())
+        if not self.liveness.fenced:  # first: a leg's first gratuitous ARP must reach the others
+            await self.overlay.converge(segments, set(segments))
         if self.router_driver is not None:  # first: routed load balancers run in its namespaces
             self.router_driver.keep_bridges = everyone - bridges[ROUTER_PROVIDER]
             await self.router_driver.converge(routers)
@@ -287,8 +317,10 @@ class Agent:
                 continue
             self._dirty.clear()
             try:
-                wanted, results = await self.converge()
+                with metrics.CONVERGE_SECONDS.time():
+                    wanted, results = await self.converge()
             except Exception:
+                metrics.CONVERGE_ERRORS.inc()
                 log.exception("converge failed; retrying on the next change or resync")
                 await asyncio.sleep(1)
                 self._dirty.set()
@@ -299,7 +331,7 @@ class Agent:
 
     async def _resync(self, stop: asyncio.Event) -> None:
         loops = [d.run_resync(self.resync_s, stop) for d in self.drivers.values()]
-        for extra in (self.router_driver, self.chain_driver, self.tap_driver):
+        for extra in (self.router_driver, self.chain_driver, self.tap_driver, self.overlay):
             if extra is not None:
                 loops.append(extra.run_resync(self.resync_s, stop))
         await asyncio.gather(*loops)
@@ -379,28 +411,21 @@ class Agent:
 
     # -- lifecycle --------------------------------------------------------------------------
 
-    async def _heartbeat(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            with contextlib.suppress(Exception):
-                await self._nc.publish(subjects.heartbeat(self.host),
-                                       json.dumps({"host": self.host, "providers": self.providers}).encode())
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), timeout=HEARTBEAT_S)
-
     async def run(self, stop: asyncio.Event) -> None:
+        await self.overlay.fence()  # until registered again and caught up (`liveness`)
         self._nc = self._shared_nc or await nats.connect(
             self.nats_url.split(","), name=f"splice-agent-{self.host}",
             max_reconnect_attempts=-1, reconnect_time_wait=0.5)
         try:
-            registered = await self._command(subjects.command(subjects.HOSTS, "host", "register"), {
-                "command_id": f"register-{self.host}-{uuid.uuid4().hex[:8]}",
-                "actor": f"agent:{self.host}", "host": self.host, "providers": self.providers})
+            registered = await self.liveness.register()
             log.info("agent started", host=self.host, registered=registered, resume_from=self.seq)
             tasks = [
-                asyncio.create_task(self._heartbeat(stop)),
+                asyncio.create_task(self.liveness.heartbeats(self._nc, stop)),
+                asyncio.create_task(self.liveness.watch_connection(self._nc, stop)),
                 asyncio.create_task(self._consume(stop)),
                 asyncio.create_task(self._converge_loop(stop)),
                 asyncio.create_task(self._resync(stop)),
+                asyncio.create_task(stats.run_agent(self, stop)),
             ]
             await stop.wait()
             for t in tasks:
@@ -416,6 +441,6 @@ class Agent:
                     await self._nc.drain()
             for driver in self.drivers.values():
                 driver.close()
-            for extra in (self.router_driver, self.chain_driver, self.tap_driver):
+            for extra in (self.router_driver, self.chain_driver, self.tap_driver, self.overlay):
                 if extra is not None:
                     extra.close()

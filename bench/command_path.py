@@ -15,7 +15,9 @@ One run, one nats-server (its own temporary store, a free port, ``sync_interval:
 With ``--rounds R`` the phases alternate R times and the figures are medians, which evens out
 a machine busy with other work. Only ``{"ok": true}`` replies count; error replies and failed
 requests are reported by kind. Human-readable figures go to stdout; the last line is one JSON
-object ending with ``"splice_cmds_per_s", "raw_publish_per_s", "ratio", "clients"``.
+object ending with ``"splice_cmds_per_s", "raw_publish_per_s", "ratio", "clients", "services"``.
+With ``--services 2`` two ``splice serve`` processes share the queue group (the ratio judged is
+the one-process figure; two show what a second process adds, against the same raw figure).
 
     .venv/bin/python bench/command_path.py --clients 32 --duration 10 --command update
 """
@@ -78,6 +80,13 @@ class Phase:
         xs = sorted(self.latencies)
         return round(xs[min(len(xs) - 1, int(p / 100 * len(xs)))] * 1000, 2)
 
+    @property
+    def cpu_per_cmd_ms(self) -> float | None:
+        """The command service's CPU time per answered command: the figure that a busy machine
+        disturbs least (rates move with the neighbours' load, this moves less)."""
+        cpu = sum(v for k, v in self.cpu_s.items() if k.startswith("splice serve"))
+        return cpu / self.ok * 1000 if cpu and self.ok else None
+
     def describe(self) -> str:
         lines = [
             f"{self.name}: {self.ok} ok in {self.elapsed_s:.2f} s = {self.rate:,.0f}/s; "
@@ -87,6 +96,8 @@ class Phase:
         if self.cpu_s:
             used = ", ".join(f"{k} {v:.1f} s" for k, v in self.cpu_s.items())
             lines.append(f"  CPU used: {used} (of {self.elapsed_s * os.cpu_count():.1f} s)")
+            if self.cpu_per_cmd_ms is not None and not self.name.startswith("raw"):
+                lines.append(f"  splice serve CPU per command: {self.cpu_per_cmd_ms:.3f} ms")
         if self.errors:
             lines.append(f"  errors: {sum(self.errors.values())}")
             lines += [f"    {n} x {kind}" for kind, n in self.errors.most_common(10)]
@@ -168,19 +179,26 @@ def error_kind(reply: dict[str, Any]) -> str:
     return f"{err.get('code')}: {err.get('message')}"[:160]
 
 
-async def wait_until_serving(nc: Client, service: subprocess.Popen[bytes], timeout: float) -> None:
-    """Until the service answers a request (an invalid one: it appends nothing)."""
+async def wait_until_serving(
+    nc: Client, services: list[subprocess.Popen[bytes]], logs: list[Path], timeout: float
+) -> None:
+    """Until every service says it is ready and one answers a request (an invalid one: it
+    appends nothing)."""
     deadline = time.monotonic() + timeout
     while True:
-        if service.poll() is not None:
-            raise RuntimeError(f"splice serve exited with {service.returncode}")
+        for service in services:
+            if service.poll() is not None:
+                raise RuntimeError(f"splice serve exited with {service.returncode}")
         try:
-            await nc.request(f"{ADMIN}.create", b"{}", timeout=1)
-            return
+            ready = all(b"command service ready" in log.read_bytes() for log in logs)
+            if ready:
+                await nc.request(f"{ADMIN}.create", b"{}", timeout=1)
+                return
         except (nats.errors.NoRespondersError, nats.errors.TimeoutError):
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"splice serve did not answer within {timeout}s") from None
-            await asyncio.sleep(0.1)
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"splice serve did not answer within {timeout}s") from None
+        await asyncio.sleep(0.1)
 
 
 def st_body(name: str) -> dict[str, Any]:
@@ -345,10 +363,15 @@ def merged(phases: list[Phase]) -> Phase:
 
 
 async def bench(
-    args: argparse.Namespace, server: NatsServer, service: subprocess.Popen[bytes]
+    args: argparse.Namespace,
+    server: NatsServer,
+    services: list[subprocess.Popen[bytes]],
+    logs: list[Path],
 ) -> dict[str, Any]:
     assert server.proc is not None
-    pids = {"splice serve": service.pid, "nats-server": server.proc.pid, "bench": os.getpid()}
+    pids = {("splice serve" if i == 0 else f"splice serve {i + 1}"): p.pid
+            for i, p in enumerate(services)}
+    pids |= {"nats-server": server.proc.pid, "bench": os.getpid()}
     limits = Limits(args.duration, args.commands)
     run = uuid.uuid4().hex[:8]
     kinds = ["create", "update"] if args.command == "both" else [args.command]
@@ -356,7 +379,7 @@ async def bench(
     rounds: dict[str, list[Phase]] = {k: [] for k in [*kinds, "raw"]}
     nc = await nats.connect(server.url, name="bench", max_reconnect_attempts=0)
     try:
-        await wait_until_serving(nc, service, args.start_timeout)
+        await wait_until_serving(nc, services, logs, args.start_timeout)
         print(f"splice serve answers on {server.url}; {args.clients} clients", flush=True)
         if args.warmup > 0:  # not measured: first loads, caches, the default service type
             await splice_create(nc, f"{run}w", args.clients, Limits(args.warmup, None), pids)
@@ -417,6 +440,8 @@ async def bench(
         result[f"splice_{kind}_p50_ms"] = all_of.percentile_ms(50)
         result[f"splice_{kind}_p99_ms"] = all_of.percentile_ms(99)
         result[f"splice_{kind}_errors"] = sum(all_of.errors.values())
+        per_cmd = [ph.cpu_per_cmd_ms for ph in rounds[kind] if ph.cpu_per_cmd_ms is not None]
+        result[f"splice_{kind}_cpu_ms_per_cmd"] = round(median(per_cmd), 3) if per_cmd else None
     raw_all = merged(rounds["raw"])
     result["raw_p50_ms"] = raw_all.percentile_ms(50)
     result["raw_p99_ms"] = raw_all.percentile_ms(99)
@@ -465,6 +490,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="the command that runs `splice` (default: the splice script next to this Python); "
         "e.g. to profile the service",
     )
+    p.add_argument(
+        "--services",
+        type=int,
+        default=1,
+        help="splice serve processes in the queue group (default 1: the figure the ratio is "
+        "judged on; 2 shows what a second process adds)",
+    )
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, store)")
     args = p.parse_args(argv)
     if args.duration is None:
@@ -476,33 +508,33 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     tmp = Path(tempfile.mkdtemp(prefix="splice-bench-"))
     server = NatsServer(store_dir=tmp / "nats")
-    service: subprocess.Popen[bytes] | None = None
-    service_log = tmp / "splice-serve.log"
+    services: list[subprocess.Popen[bytes]] = []
+    logs = [tmp / f"splice-serve-{i + 1}.log" for i in range(args.services)]
     try:
         server.start()
-        with service_log.open("wb") as out:
-            service = subprocess.Popen(
-                [
-                    *(shlex.split(args.serve_cmd) or [splice_script()]),
-                    "serve",
-                    "--nats-url",
-                    server.url,
-                ],
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        print(f"nats-server {server.url} (sync_interval: always) store {tmp}", flush=True)
+        for log in logs:
+            with log.open("wb") as out:
+                services.append(subprocess.Popen(
+                    [*(shlex.split(args.serve_cmd) or [splice_script()]),
+                     "serve", "--nats-url", server.url],
+                    stdin=subprocess.DEVNULL,
+                    stdout=out,
+                    stderr=subprocess.STDOUT,
+                    start_new_session=True,
+                ))
+        print(f"nats-server {server.url} (sync_interval: always) store {tmp}; "
+              f"{args.services} splice serve process(es) in one queue group", flush=True)
         try:
-            result = asyncio.run(bench(args, server, service))
+            result = asyncio.run(bench(args, server, services, logs))
         except BaseException:
-            print(f"--- splice serve log (last lines) ---\n{tail(service_log)}", file=sys.stderr)
+            for log in logs:
+                print(f"--- {log.name} (last lines) ---\n{tail(log)}", file=sys.stderr)
             raise
+        result["services"] = args.services
         print(json.dumps(result), flush=True)
         return 0
     finally:
-        if service is not None:
+        for service in services:
             stop_process(service)
         server.stop()
         if args.keep:

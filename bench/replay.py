@@ -8,13 +8,18 @@ SPLICE_EVENTS with realistic service-type events (create, then updates that chan
 and providers, every 10th type deleted) through the JetStream recorder in atomic batches of
 1000, then in the same run:
 
-1. raw: how fast nats-py reads the stream — an ordered consumer with a callback that only counts;
+1. raw: how fast nats-py reads the stream — an ordered consumer with a callback that only counts
+   (the fastest consumer shape nats-py has: fetch loops and pull requests are slower);
 2. replay: a full rebuild of every read model (audit log, resources, service types) into a
    fresh database — the projector exactly as `splice projections rebuild` runs it.
 
-The last line is JSON: ``replay_events_per_s``, ``raw_read_per_s`` and ``ratio`` (for SQLite;
-with ``--backend both`` also ``postgres_replay_events_per_s`` and ``postgres_ratio``), and
-``backend``.
+Then, untimed, the first replay's database is checked as `splice projections verify` checks a
+live one: a rebuild into a scratch database, here in batches of another size (997 events, so
+that other batch boundaries must give the same rows), compared table by table.
+
+The last line is JSON: ``replay_events_per_s``, ``raw_read_per_s``, ``ratio`` and ``verified``
+(for SQLite; with ``--backend both`` also ``postgres_replay_events_per_s``, ``postgres_ratio``
+and ``postgres_verified``), and ``backend``. ``--rounds N`` keeps the best of N of each figure.
 """
 
 from __future__ import annotations
@@ -37,8 +42,10 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from splice.events.jetstream import JetStreamFactory
 from splice.natsserver import NatsServer
-from splice.projections.projector import Projector, last_event_seq, run_projection
-from splice.projections.store import open_store, with_database
+from splice.projections.maintenance import verify
+from splice.projections.parallel import project_until
+from splice.projections.projector import last_event_seq
+from splice.projections.store import with_database
 
 _encode = msgspec.json.Encoder().encode
 
@@ -136,11 +143,8 @@ async def replay(url: str, db_url: str, batch: int) -> tuple[float, int]:
     js = nc.jetstream()
     end = await last_event_seq(js)
     t0 = time.perf_counter()
-    store = open_store(db_url)
-    projector = Projector(store)
-    await run_projection(js, projector, asyncio.Event(), until=end, batch_size=batch)
+    await project_until(js, db_url, end, batch_size=batch)
     elapsed = time.perf_counter() - t0
-    store.close()
     await nc.close()
     return end / elapsed, end
 
@@ -173,24 +177,22 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             print(f"raw read (ordered consumer, callback): {raw:,.0f} events/s", file=sys.stderr)
             result["raw_read_per_s"] = round(raw)
             if args.backend in ("sqlite", "both"):
-                rate = await _best(
+                rate, same = await _best(
                     server.url, args, lambda i: (str(Path(tmp) / f"rm{i}.sqlite"), None)
                 )
                 print(f"replay into SQLite: {rate:,.0f} events/s", file=sys.stderr)
                 result["replay_events_per_s"] = round(rate)
                 result["ratio"] = round(rate / raw, 3)
+                result["verified"] = same
             if args.backend in ("postgres", "both"):
-                rate = await _best(server.url, args, lambda i: scratch_pg(args.pg_url))
+                rate, same = await _best(server.url, args, lambda i: scratch_pg(args.pg_url))
                 print(f"replay into PostgreSQL: {rate:,.0f} events/s", file=sys.stderr)
-                key = (
-                    "replay_events_per_s"
-                    if args.backend == "postgres"
-                    else "postgres_replay_events_per_s"
-                )
-                result[key] = round(rate)
+                prefix = "" if args.backend == "postgres" else "postgres_"
+                result[f"{prefix}replay_events_per_s"] = round(rate)
                 result["ratio" if args.backend == "postgres" else "postgres_ratio"] = round(
                     rate / raw, 3
                 )
+                result[f"{prefix}verified"] = same
         finally:
             server.stop()
     result["backend"] = args.backend
@@ -198,17 +200,33 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     return result
 
 
-async def _best(url: str, args: argparse.Namespace, make_db: Any) -> float:
-    best = 0.0
+async def _best(url: str, args: argparse.Namespace, make_db: Any) -> tuple[float, bool]:
+    """The best replay rate of `args.rounds`, and whether the first replay's rows are the
+    ones `verify` rebuilds (in batches of another size)."""
+    best, same = 0.0, False
     for i in range(args.rounds):
         db_url, drop = make_db(i)
         try:
             rate, _ = await replay(url, db_url, args.batch)
+            if i == 0:
+                same = await check(url, db_url)
         finally:
             if drop is not None:
                 drop()
         best = max(best, rate)
-    return best
+    return best, same
+
+
+async def check(url: str, db_url: str) -> bool:
+    """`splice projections verify` on a replayed database: identical to a rebuild?"""
+    nc = await nats.connect(url)
+    try:
+        report = await verify(nc.jetstream(), db_url, batch_size=997)
+    finally:
+        await nc.close()
+    if not report["identical"]:
+        print(f"NOT identical to a rebuild: {json.dumps(report)[:2000]}", file=sys.stderr)
+    return bool(report["identical"])
 
 
 def main() -> None:

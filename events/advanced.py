@@ -222,6 +222,9 @@ class ServiceScheduled(EventMeta, tag="ServiceScheduled"):
 
     host: str
     previous_host: str | None = None
+    # With host "": the provider no live host offers, that the service waits for (absent on
+    # older events, and None once it is placed).
+    waiting_for: str | None = None
 
 
 class ServiceChainAttached(EventMeta, tag="ServiceChainAttached"):

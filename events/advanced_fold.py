@@ -21,7 +21,15 @@ from msgspec import Struct
 
 from . import advanced as ev
 from .advanced import FirewallRule, PortForward
-from .folding import apply_with, by_tag, chain_attached, chain_detached, fold_with
+from .folding import (
+    apply_with,
+    by_tag,
+    chain_attached,
+    chain_detached,
+    deleted,
+    fold_with,
+    scheduled,
+)
 from .wire import InsertionState
 
 
@@ -35,6 +43,7 @@ class FirewallState(Struct, kw_only=True):
     network_id: str | None = None  # floating (bump-in-the-wire): the network of its two ports
     port_ids: list[str] = []
     host: str | None = None  # floating: where the scheduler placed it
+    waiting_for: str | None = None  # no host: the provider it waits for (no live host offers it)
     chains: list[str] = []
     deleted: bool = False
 
@@ -70,6 +79,7 @@ class TapState(Struct, kw_only=True):
     direction: str = "both"  # ingress | egress | both
     insertion: InsertionState | None = None
     host: str | None = None
+    waiting_for: str | None = None  # no host: the provider it waits for (no live host offers it)
     chains: list[str] = []
     deleted: bool = False
 
@@ -109,7 +119,7 @@ def fold_tap(events: list[Any]) -> TapState:
 def _fw_created(s: FirewallState, e: ev.FirewallCreated) -> None:
     s.name, s.rules, s.default_action = e.name, list(e.rules), e.default_action
     s.insertion, s.network_id, s.port_ids = e.insertion, e.network_id, list(e.port_ids)
-    s.host, s.chains, s.deleted = None, [], False
+    s.host, s.waiting_for, s.chains, s.deleted = None, None, [], False
 
 
 def _fw_updated(s: FirewallState, e: ev.FirewallUpdated) -> None:
@@ -130,14 +140,6 @@ def _rule_removed(s: FirewallState, e: ev.FirewallRuleRemoved) -> None:
     s.rules = [r for r in s.rules if r.id != e.rule_id]
 
 
-def _fw_scheduled(s: FirewallState, e: ev.ServiceScheduled) -> None:
-    s.host = e.host or None
-
-
-def _fw_deleted(s: FirewallState, e: ev.FirewallDeleted) -> None:
-    s.deleted = True
-
-
 # -- appliers: NAT ----------------------------------------------------------------------------
 
 
@@ -154,25 +156,13 @@ def _forward_removed(s: NatState, e: ev.PortForwardRemoved) -> None:
     s.forwards = [f for f in s.forwards if f.id != e.forward_id]
 
 
-def _nat_deleted(s: NatState, e: ev.NatDeleted) -> None:
-    s.deleted = True
-
-
 # -- appliers: tap ----------------------------------------------------------------------------
 
 
 def _tap_created(s: TapState, e: ev.TapCreated) -> None:
     s.name, s.port_id, s.monitor_port_id = e.name, e.port_id, e.monitor_port_id
     s.direction, s.insertion = e.direction, e.insertion
-    s.host, s.chains, s.deleted = None, [], False
-
-
-def _tap_scheduled(s: TapState, e: ev.ServiceScheduled) -> None:
-    s.host = e.host or None
-
-
-def _tap_deleted(s: TapState, e: ev.TapDeleted) -> None:
-    s.deleted = True
+    s.host, s.waiting_for, s.chains, s.deleted = None, None, [], False
 
 
 FIREWALL_APPLIERS: dict[str, Callable[..., None]] = by_tag({
@@ -181,8 +171,8 @@ FIREWALL_APPLIERS: dict[str, Callable[..., None]] = by_tag({
     ev.FirewallRuleInserted: _rule_inserted,
     ev.FirewallRuleMoved: _rule_moved,
     ev.FirewallRuleRemoved: _rule_removed,
-    ev.ServiceScheduled: _fw_scheduled,
-    ev.FirewallDeleted: _fw_deleted,
+    ev.ServiceScheduled: scheduled,
+    ev.FirewallDeleted: deleted,
     ev.ServiceChainAttached: chain_attached,
     ev.ServiceChainDetached: chain_detached,
 })
@@ -190,14 +180,14 @@ NAT_APPLIERS: dict[str, Callable[..., None]] = by_tag({
     ev.NatCreated: _nat_created,
     ev.PortForwardAdded: _forward_added,
     ev.PortForwardRemoved: _forward_removed,
-    ev.NatDeleted: _nat_deleted,
+    ev.NatDeleted: deleted,
     ev.ServiceChainAttached: chain_attached,
     ev.ServiceChainDetached: chain_detached,
 })
 TAP_APPLIERS: dict[str, Callable[..., None]] = by_tag({
     ev.TapCreated: _tap_created,
-    ev.ServiceScheduled: _tap_scheduled,
-    ev.TapDeleted: _tap_deleted,
+    ev.ServiceScheduled: scheduled,
+    ev.TapDeleted: deleted,
     ev.ServiceChainAttached: chain_attached,
     ev.ServiceChainDetached: chain_detached,
 })

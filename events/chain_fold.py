@@ -17,7 +17,7 @@ from msgspec import Struct, field
 
 from . import advanced as ev
 from .advanced import Classifier, Hop
-from .folding import apply_with, by_tag, fold_with
+from .folding import apply_with, by_tag, deleted, fold_with
 
 
 class ChainState(Struct, kw_only=True):
@@ -40,14 +40,10 @@ def _updated(s: ChainState, e: ev.ServiceChainUpdated) -> None:
     s.priority, s.symmetric = e.priority, e.symmetric
 
 
-def _deleted(s: ChainState, e: ev.ServiceChainDeleted) -> None:
-    s.deleted = True
-
-
 CHAIN_APPLIERS: dict[str, Callable[..., None]] = by_tag({
     ev.ServiceChainCreated: _created,
     ev.ServiceChainUpdated: _updated,
-    ev.ServiceChainDeleted: _deleted,
+    ev.ServiceChainDeleted: deleted,
 })
 
 

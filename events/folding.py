@@ -51,3 +51,32 @@ def chain_attached(s: InChains, e: Any) -> None:
 def chain_detached(s: InChains, e: Any) -> None:
     """`ServiceChainDetached`."""
     s.chains = [c for c in s.chains if c != e.chain_id]
+
+
+class Deletable(Protocol):
+    """An aggregate's state that its last event marks deleted."""
+
+    deleted: bool
+
+
+def deleted(s: Deletable, e: Any) -> None:
+    """The aggregate's ``…Deleted`` event, the same for every fold that keeps it."""
+    s.deleted = True
+
+
+class Placeable(Protocol):
+    """A service's state that keeps where the scheduler put it, or the provider it waits for."""
+
+    host: str | None
+    waiting_for: str | None
+
+
+def scheduled(s: Placeable, e: Any) -> None:
+    """`ServiceScheduled` (a host, or "" and the provider it waits for)."""
+    s.host = e.host or None
+    s.waiting_for = None if e.host else e.waiting_for
+
+
+def status_reason(waiting_for: str | None) -> str | None:
+    """Why a service is not served yet, in words (None: nothing holds it back)."""
+    return f"waiting for a host that offers {waiting_for}" if waiting_for else None

@@ -180,9 +180,18 @@ class Follower:
                 await wait_any((stop,), backoff)
                 backoff = min(backoff * 2, 5.0)
         finally:
-            if self._cleanup:
-                await asyncio.wait(self._cleanup, timeout=1.0)
+            await self._settle_cleanup()
         return self.position
+
+    async def _settle_cleanup(self) -> None:
+        """Give the consumers' deletions in the background a second, then cancel and await
+        those still waiting (such a consumer expires on the server once inactive)."""
+        if not self._cleanup:
+            return
+        _, waiting = await asyncio.wait(self._cleanup, timeout=1.0)
+        for task in waiting:
+            task.cancel()
+        await asyncio.gather(*waiting, return_exceptions=True)
 
     def close(self) -> None:
         """Make `run()` return (after the message in hand, if a handler calls it)."""

@@ -193,7 +193,8 @@ class ListenerIn(Struct, kw_only=True):
 # Every change to a load balancer's tree carries the generation it moves to (`TreeChange`). A
 # change to a listener or a pool carries the part whole (created, updated) or names it by id
 # (`ListenerChange`, `PoolChange`: the part itself, or its L7 policies, members, health monitor).
-# These bases carry no tag: they are no events of their own.
+# These bases carry no tag: they are no events of their own; nor do those of the parts carried
+# whole (`ListenerWhole`, `PoolWhole`, `MemberWhole`).
 
 
 class TreeChange(EventMeta, kw_only=True):
@@ -236,40 +237,63 @@ class LoadBalancerUpdated(TreeChange, tag="LoadBalancerUpdated"):
 
 
 class LoadBalancerScheduled(EventMeta, tag="LoadBalancerScheduled"):
+    """The scheduler placed the load balancer on a host ("": none), or found none."""
+
     host: str
     previous_host: str | None = None
+    # With host "": the provider no live host offers, that the load balancer waits for
+    # (absent on older events, and None once it is placed).
+    waiting_for: str | None = None
 
 
-class ListenerCreated(TreeChange, tag="ListenerCreated"):
+class ListenerWhole(TreeChange):
+    """A listener carried whole: as created, or as an update leaves it."""
+
     listener: Listener
 
 
-class ListenerUpdated(TreeChange, tag="ListenerUpdated"):
-    listener: Listener
+class ListenerCreated(ListenerWhole, tag="ListenerCreated"):
+    pass
+
+
+class ListenerUpdated(ListenerWhole, tag="ListenerUpdated"):
+    pass
 
 
 class ListenerDeleted(ListenerChange, tag="ListenerDeleted"):
     pass
 
 
-class PoolCreated(TreeChange, tag="PoolCreated"):
+class PoolWhole(TreeChange):
+    """A pool carried whole (its members and health monitor too): created, or updated."""
+
     pool: Pool
 
 
-class PoolUpdated(TreeChange, tag="PoolUpdated"):
-    pool: Pool
+class PoolCreated(PoolWhole, tag="PoolCreated"):
+    pass
+
+
+class PoolUpdated(PoolWhole, tag="PoolUpdated"):
+    pass
 
 
 class PoolDeleted(PoolChange, tag="PoolDeleted"):
     pass
 
 
-class MemberCreated(PoolChange, tag="MemberCreated"):
+class MemberWhole(PoolChange):
+    """A pool's member carried whole: created, or updated."""
+
     member: Member
 
 
-class MemberUpdated(PoolChange, tag="MemberUpdated"):
-    member: Member
+class MemberCreated(MemberWhole, tag="MemberCreated"):
+    pass
+
+
+class MemberUpdated(MemberWhole, tag="MemberUpdated"):
+    pass
 
 
 class MemberDeleted(PoolChange, tag="MemberDeleted"):
@@ -300,16 +324,19 @@ class LoadBalancerDeleteRequested(TreeChange, tag="LoadBalancerDeleteRequested")
     pass
 
 
-class LoadBalancerProvisioned(EventMeta, tag="LoadBalancerProvisioned"):
+class AgentReport(EventMeta):
+    """What the agent on `host` said of the load balancer's `generation` (no event of its own:
+    it has no tag)."""
+
+    host: str
+    generation: int
+
+
+class LoadBalancerProvisioned(AgentReport, tag="LoadBalancerProvisioned"):
     """An agent converged `generation`; ACTIVE when it is the newest one."""
 
-    host: str
-    generation: int
 
-
-class LoadBalancerProvisioningFailed(EventMeta, tag="LoadBalancerProvisioningFailed"):
-    host: str
-    generation: int
+class LoadBalancerProvisioningFailed(AgentReport, tag="LoadBalancerProvisioningFailed"):
     reason: str
 
 

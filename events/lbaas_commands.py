@@ -86,8 +86,13 @@ class CreateListener(TreeCommand, tag="listener.create"):
     listener: ListenerIn
 
 
-class UpdateListener(TreeCommand, tag="listener.update"):
+class TreePartCommand(TreeCommand, tag=False):
+    """A command on one listener or pool of the tree, named by its id."""
+
     id: Uuid
+
+
+class UpdateListener(TreePartCommand, tag="listener.update"):
     name: Name | None = None
     connection_limit: ConnectionLimit | None = None
     timeout_client_data: Millis | None = None
@@ -97,16 +102,15 @@ class UpdateListener(TreeCommand, tag="listener.update"):
     admin_state_up: bool | None = None
 
 
-class DeleteListener(TreeCommand, tag="listener.delete"):
-    id: Uuid
+class DeleteListener(TreePartCommand, tag="listener.delete"):
+    pass
 
 
 class CreatePool(TreeCommand, tag="pool.create"):
     pool: PoolIn
 
 
-class UpdatePool(TreeCommand, tag="pool.update"):
-    id: Uuid
+class UpdatePool(TreePartCommand, tag="pool.update"):
     name: Name | None = None
     lb_algorithm: Algorithm | None = None
     session_persistence: SessionPersistence | None = None
@@ -114,24 +118,29 @@ class UpdatePool(TreeCommand, tag="pool.update"):
     admin_state_up: bool | None = None
 
 
-class DeletePool(TreeCommand, tag="pool.delete"):
-    id: Uuid
+class DeletePool(TreePartCommand, tag="pool.delete"):
+    pass
 
 
 class CreateMember(PoolCommand, tag="member.create"):
     member: MemberIn
 
 
-class UpdateMember(PoolCommand, tag="member.update"):
+class MemberCommand(PoolCommand, tag=False):
+    """A command on one member of the pool, named by its id."""
+
     id: Uuid
+
+
+class UpdateMember(MemberCommand, tag="member.update"):
     weight: Weight | None = None
     backup: bool | None = None
     admin_state_up: bool | None = None
     name: Name | None = None
 
 
-class DeleteMember(PoolCommand, tag="member.delete"):
-    id: Uuid
+class DeleteMember(MemberCommand, tag="member.delete"):
+    pass
 
 
 class ReplaceMembers(PoolCommand, tag="member.batch_update"):

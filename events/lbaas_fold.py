@@ -41,6 +41,7 @@ class LoadBalancerState(Struct, kw_only=True):
     operating_status: str = "OFFLINE"
     statuses: dict[str, str] = {}  # operating status of each listener, pool, member
     host: str | None = None
+    waiting_for: str | None = None  # no host: the provider it waits for (no live host offers it)
     error: str = ""
     chains: list[str] = []
     deleted: bool = False
@@ -87,7 +88,7 @@ def _created(s: LoadBalancerState, e: ev.LoadBalancerCreated) -> None:
     s.listeners = {li.id: li for li in e.listeners}
     s.generation, s.converged = e.generation, 0
     s.provisioning_status, s.operating_status = "PENDING_CREATE", "OFFLINE"
-    s.statuses, s.host, s.error, s.chains = {}, None, "", []
+    s.statuses, s.host, s.waiting_for, s.error, s.chains = {}, None, None, "", []
 
 
 def _updated(s: LoadBalancerState, e: ev.LoadBalancerUpdated) -> None:
@@ -97,6 +98,7 @@ def _updated(s: LoadBalancerState, e: ev.LoadBalancerUpdated) -> None:
 
 def _scheduled(s: LoadBalancerState, e: ev.LoadBalancerScheduled) -> None:
     s.host = e.host or None
+    s.waiting_for = None if e.host else e.waiting_for
 
 
 def _listener_set(s: LoadBalancerState, e: ev.ListenerCreated | ev.ListenerUpdated) -> None:

@@ -55,6 +55,14 @@ class OutMsg:
     headers: dict[str, str]
 
 
+async def cancelled(*tasks: asyncio.Future[Any]) -> None:
+    """Cancel those of `tasks` not done yet and await them (no task is left pending)."""
+    waiting = [t for t in tasks if not t.done()]
+    for t in waiting:
+        t.cancel()
+    await asyncio.gather(*waiting, return_exceptions=True)
+
+
 class NatsThread:
     """One nats-py connection on a private event loop in a daemon thread."""
 
@@ -80,6 +88,11 @@ class NatsThread:
         self._inbox_prefix = self.nc.new_inbox()
         self._mux: dict[str, asyncio.Queue[Msg]] = {}
         self.call(self._start_mux())
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The connection's loop (to schedule work on it from other threads)."""
+        return self._loop
 
     def on_disconnect(self, callback: Callable[[], None]) -> None:
         """Call `callback` on the connection's loop whenever the connection is lost."""
@@ -218,12 +231,11 @@ class NatsThread:
             while True:
                 get_commit = asyncio.ensure_future(q.get())
                 get_first = asyncio.ensure_future(first_q.get())
-                done, _ = await asyncio.wait(
-                    {get_commit, get_first}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED
-                )
-                for f in (get_commit, get_first):
-                    if f not in done:
-                        f.cancel()
+                try:
+                    done, _ = await asyncio.wait({get_commit, get_first}, timeout=timeout,
+                                                 return_when=asyncio.FIRST_COMPLETED)
+                finally:  # the wait that lost (or both, cancelled or timed out) ends here
+                    await cancelled(get_commit, get_first)
                 if not done:
                     raise TimeoutError("atomic batch publish timed out")
                 for f in done:
@@ -256,6 +268,8 @@ class NatsThread:
             pass
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self._loop.close()  # else "unclosed event loop" when it is collected
 
     async def _cancel_rest(self) -> None:
         me = asyncio.current_task()
@@ -263,130 +277,3 @@ class NatsThread:
         for t in rest:
             t.cancel()
         await asyncio.gather(*rest, return_exceptions=True)
-
-
-class GroupCommitter:
-    """Commits the writes of concurrent callers together, as atomic batches.
-
-    A JetStream atomic batch costs about the same for two messages as for a hundred (the server
-    stages and commits it as a whole), so writes that arrive while commits are in flight wait
-    and go together in the next one; up to `inflight` commits run at once. Writes that check
-    the same subject never share a batch nor run at the same time (the server checks a subject
-    once per batch, and a concurrent check would fail spuriously). If a shared batch is refused
-    — one of its writes lost a concurrency check — each write is retried on its own, so a
-    conflict only ever fails the write that caused it. Runs on the connection's loop; `submit`
-    returns (last seq, count) of the caller's messages.
-    """
-
-    def __init__(
-        self, conn: NatsThread, *, max_msgs: int = 1000, timeout: float = 10.0, inflight: int = 2
-    ) -> None:
-        self.conn = conn
-        self.max_msgs = max_msgs
-        self.timeout = timeout
-        self.inflight = inflight
-        self._queue: list[tuple[Sequence[OutMsg], set[str], asyncio.Future[tuple[int, int]]]] = []
-        self._busy: set[str] = set()  # checked subjects of the commits in flight
-        self._running = 0
-        self._tasks: set[asyncio.Task[None]] = set()
-        self.commits = 0
-        self.grouped = 0
-
-    def abandon(self) -> None:
-        """Cancel the commits in flight and drop the queued ones: the connection is gone."""
-        for _, _, fut in self._queue:
-            fut.cancel()
-        self._queue.clear()
-        for task in list(self._tasks):
-            task.cancel()  # its `finally` frees the subjects it checked
-
-    async def submit(self, msgs: Sequence[OutMsg]) -> tuple[int, int]:
-        if len(msgs) == 1:
-            # One message is one publish: cheaper alone than inside a batch, and publishes
-            # of different callers already run side by side on the server.
-            return await self.conn.publish(msgs, timeout=self.timeout)
-        fut: asyncio.Future[tuple[int, int]] = asyncio.get_running_loop().create_future()
-        self._queue.append((msgs, self._checked(msgs), fut))
-        self._start()
-        return await fut
-
-    @staticmethod
-    def _checked(msgs: Sequence[OutMsg]) -> set[str]:
-        return {
-            m.headers.get("Nats-Expected-Last-Subject-Sequence-Subject", m.subject)
-            for m in msgs
-            if "Nats-Expected-Last-Subject-Sequence" in m.headers
-        }
-
-    def _start(self) -> None:
-        while self._queue and self._running < self.inflight:
-            group = self._take()
-            if not group:
-                return
-            self._running += 1
-            task = asyncio.ensure_future(self._commit(group))
-            self._tasks.add(task)
-            task.add_done_callback(self._done)
-
-    def _done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        self._running -= 1
-        self._start()
-
-    def _take(self) -> list[tuple[Sequence[OutMsg], set[str], asyncio.Future[tuple[int, int]]]]:
-        group: list[tuple[Sequence[OutMsg], set[str], asyncio.Future[tuple[int, int]]]] = []
-        rest: list[tuple[Sequence[OutMsg], set[str], asyncio.Future[tuple[int, int]]]] = []
-        size = 0
-        taken: set[str] = set()
-        for item in self._queue:
-            msgs, checked, _ = item
-            clash = checked & (taken | self._busy)
-            if clash or (group and size + len(msgs) > self.max_msgs):
-                rest.append(item)
-                continue
-            group.append(item)
-            taken |= checked
-            size += len(msgs)
-        self._queue = rest
-        self._busy |= taken
-        return group
-
-    async def _commit(
-        self, group: list[tuple[Sequence[OutMsg], set[str], asyncio.Future[tuple[int, int]]]]
-    ) -> None:
-        self.commits += 1
-        try:
-            if len(group) == 1:
-                await self._one(group[0][0], group[0][2])
-                return
-            self.grouped += len(group)
-            msgs = [m for item, _, _ in group for m in item]
-            try:
-                last, count = await self.conn.publish(msgs, timeout=self.timeout)
-            except JetStreamAPIError:
-                for item, _, fut in group:  # find the write(s) that were refused
-                    await self._one(item, fut)
-                return
-            except Exception as e:
-                for _, _, fut in group:
-                    if not fut.done():
-                        fut.set_exception(e)
-                return
-            seq = last - count + 1
-            for item, _, fut in group:
-                seq += len(item)
-                if not fut.done():
-                    fut.set_result((seq - 1, len(item)))
-        finally:
-            for _, checked, _ in group:
-                self._busy -= checked
-
-    async def _one(self, msgs: Sequence[OutMsg], fut: asyncio.Future[tuple[int, int]]) -> None:
-        try:
-            result = await self.conn.publish(msgs, timeout=self.timeout)
-        except Exception as e:
-            if not fut.done():
-                fut.set_exception(e)
-        else:
-            if not fut.done():
-                fut.set_result(result)

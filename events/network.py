@@ -48,16 +48,20 @@ class DeleteServiceType(Command, tag="servicetype.delete"):
     id: Uuid
 
 
-class ServiceTypeCreated(EventMeta, tag="ServiceTypeCreated"):
+class ServiceTypeDescribed(EventMeta):
+    """A service type whole, as created or updated (no event of its own: it has no tag)."""
+
     name: str
     description: str
     providers: dict[str, str]
 
 
-class ServiceTypeUpdated(EventMeta, tag="ServiceTypeUpdated"):
-    name: str
-    description: str
-    providers: dict[str, str]
+class ServiceTypeCreated(ServiceTypeDescribed, tag="ServiceTypeCreated"):
+    pass
+
+
+class ServiceTypeUpdated(ServiceTypeDescribed, tag="ServiceTypeUpdated"):
+    pass
 
 
 class ServiceTypeDefaultSet(EventMeta, tag="ServiceTypeDefaultSet"):
@@ -80,17 +84,23 @@ class ServiceTypeDeleted(EventMeta, tag="ServiceTypeDeleted"):
     pass
 
 
-class ServiceTypeNameCreated(EventMeta, tag="ServiceTypeNameCreated"):
+class ServiceTypeNameChange(EventMeta):
+    """A service type's name, kept unique by an aggregate of its own (no event of its own: it
+    has no tag)."""
+
     name: str
 
 
-class ServiceTypeNameClaimed(EventMeta, tag="ServiceTypeNameClaimed"):
-    name: str
+class ServiceTypeNameCreated(ServiceTypeNameChange, tag="ServiceTypeNameCreated"):
+    pass
+
+
+class ServiceTypeNameClaimed(ServiceTypeNameChange, tag="ServiceTypeNameClaimed"):
     service_type_id: str
 
 
-class ServiceTypeNameReleased(EventMeta, tag="ServiceTypeNameReleased"):
-    name: str
+class ServiceTypeNameReleased(ServiceTypeNameChange, tag="ServiceTypeNameReleased"):
+    pass
 
 
 class DefaultServiceTypeCreated(EventMeta, tag="DefaultServiceTypeCreated"):
@@ -110,6 +120,7 @@ class RegisterHost(Command, tag="host.register"):
 
     host: HostName
     providers: Annotated[list[Provider], Meta(max_length=32)]
+    underlay_ip: IPv4 | None = None  # where other hosts reach its VXLAN tunnels
 
 
 class DeclareHostLost(Command, tag="host.lost"):
@@ -125,25 +136,28 @@ class HostRegistryCreated(EventMeta, tag="HostRegistryCreated"):
 class HostRegistered(EventMeta, tag="HostRegistered"):
     host: str
     providers: list[str]
+    underlay_ip: str | None = None  # None: not given (or registered before hosts had one)
 
 
 class HostLost(EventMeta, tag="HostLost"):
     host: str
 
 
-class ServicePlaced(EventMeta, tag="ServicePlaced"):
-    """The scheduler put a service on a host (least loaded live host offering its provider)."""
+class ServiceOfProvider(EventMeta):
+    """The scheduler's word on a service of a provider (no event of its own: it has no tag)."""
 
     service_id: str
     provider: str
+
+
+class ServicePlaced(ServiceOfProvider, tag="ServicePlaced"):
+    """The scheduler put a service on a host (least loaded live host offering its provider)."""
+
     host: str
 
 
-class ServiceWaiting(EventMeta, tag="ServiceWaiting"):
+class ServiceWaiting(ServiceOfProvider, tag="ServiceWaiting"):
     """No live host offers the provider yet: the service waits for one."""
-
-    service_id: str
-    provider: str
 
 
 class ServiceUnplaced(EventMeta, tag="ServiceUnplaced"):
@@ -171,15 +185,19 @@ class QuotaLimitsSet(EventMeta, tag="QuotaLimitsSet"):
     limits: dict[str, int]
 
 
-class QuotaConsumed(EventMeta, tag="QuotaConsumed"):
+class QuotaUse(EventMeta):
+    """How many of a resource kind the tenant uses now (no event of its own: it has no tag)."""
+
     resource: str
     used: int
+
+
+class QuotaConsumed(QuotaUse, tag="QuotaConsumed"):
     limit: int
 
 
-class QuotaReleased(EventMeta, tag="QuotaReleased"):
-    resource: str
-    used: int
+class QuotaReleased(QuotaUse, tag="QuotaReleased"):
+    pass
 
 
 # -- networks and ports ---------------------------------------------------------------------
@@ -228,6 +246,7 @@ class NetworkCreated(EventMeta, tag="NetworkCreated"):
     name: str
     cidr: str
     gateway: str
+    segmentation_id: int = 0  # its VXLAN VNI, unique across tenants; 0: created before VNIs
 
 
 class NetworkDeleted(EventMeta, tag="NetworkDeleted"):
@@ -238,14 +257,41 @@ class NetworkExternalSet(EventMeta, tag="NetworkExternalSet"):
     external: bool
 
 
-class AddressAllocated(EventMeta, tag="AddressAllocated"):
+# -- segments: the one pool of VXLAN VNIs (admin, a singleton) --------------------------------
+
+
+class SegmentPoolCreated(EventMeta, tag="SegmentPoolCreated"):
+    pass
+
+
+class SegmentChange(EventMeta):
+    """A VNI of the pool and the network it is (was) for (no event of its own: no tag)."""
+
+    segmentation_id: int
+    network_id: str  # the network's aggregate id <tenant>.network.<uuid>
+
+
+class SegmentAllocated(SegmentChange, tag="SegmentAllocated"):
+    """A network's VNI, taken from the pool with its `NetworkCreated` (one write)."""
+
+
+class SegmentReleased(SegmentChange, tag="SegmentReleased"):
+    """Back to the pool with the network's `NetworkDeleted`: the next network may get it."""
+
+
+class AddressChange(EventMeta):
+    """An address of the network and the port it is (was) for (no event of its own: no tag)."""
+
     ip_address: str
     port_id: str
 
 
-class AddressReleased(EventMeta, tag="AddressReleased"):
-    ip_address: str
-    port_id: str
+class AddressAllocated(AddressChange, tag="AddressAllocated"):
+    pass
+
+
+class AddressReleased(AddressChange, tag="AddressReleased"):
+    pass
 
 
 class PortCreated(EventMeta, tag="PortCreated"):
@@ -274,21 +320,22 @@ class CreateRouter(Command, tag="router.create"):
     service_type_id: Uuid | None = None  # default: the default service type
 
 
-class AddRouterInterface(Command, tag="router.add_interface"):
+class RouterNetworkCommand(Command, tag=False):
+    """A command to a router about one network (no command of its own: it has no tag)."""
+
+    id: Uuid
+    network_id: Uuid
+
+
+class AddRouterInterface(RouterNetworkCommand, tag="router.add_interface"):
     """Plug the router into a network at the network's gateway address."""
 
-    id: Uuid
-    network_id: Uuid
+
+class RemoveRouterInterface(RouterNetworkCommand, tag="router.remove_interface"):
+    pass
 
 
-class RemoveRouterInterface(Command, tag="router.remove_interface"):
-    id: Uuid
-    network_id: Uuid
-
-
-class SetRouterGateway(Command, tag="router.set_gateway"):
-    id: Uuid
-    network_id: Uuid
+class SetRouterGateway(RouterNetworkCommand, tag="router.set_gateway"):
     enable_snat: bool = True
 
 
@@ -305,20 +352,22 @@ class RouterCreated(EventMeta, tag="RouterCreated"):
     service_type_id: str
 
 
-class RouterInterfaceAdded(EventMeta, tag="RouterInterfaceAdded"):
+class RouterLegChange(EventMeta):
+    """A router's leg on a network: the network and the port (no event of its own: no tag)."""
+
     network_id: str
     port_id: str
+
+
+class RouterInterfaceAdded(RouterLegChange, tag="RouterInterfaceAdded"):
     ip_address: str
 
 
-class RouterInterfaceRemoved(EventMeta, tag="RouterInterfaceRemoved"):
-    network_id: str
-    port_id: str
+class RouterInterfaceRemoved(RouterLegChange, tag="RouterInterfaceRemoved"):
+    pass
 
 
-class RouterGatewaySet(EventMeta, tag="RouterGatewaySet"):
-    network_id: str
-    port_id: str
+class RouterGatewaySet(RouterLegChange, tag="RouterGatewaySet"):
     ip_address: str
     enable_snat: bool
 
@@ -327,12 +376,18 @@ class RouterGatewayCleared(EventMeta, tag="RouterGatewayCleared"):
     port_id: str
 
 
-class RouterServiceAttached(EventMeta, tag="RouterServiceAttached"):
+class RouterServiceChange(EventMeta):
+    """A service in the router's namespace (no event of its own: it has no tag)."""
+
     service_id: str
 
 
-class RouterServiceDetached(EventMeta, tag="RouterServiceDetached"):
-    service_id: str
+class RouterServiceAttached(RouterServiceChange, tag="RouterServiceAttached"):
+    pass
+
+
+class RouterServiceDetached(RouterServiceChange, tag="RouterServiceDetached"):
+    pass
 
 
 class RouterDeleted(EventMeta, tag="RouterDeleted"):

@@ -16,7 +16,7 @@ from typing import Any
 from msgspec import Struct
 
 from . import network as ev
-from .folding import apply_with, by_tag, fold_with
+from .folding import apply_with, by_tag, deleted, fold_with
 
 
 class PortState(Struct, kw_only=True):
@@ -36,14 +36,10 @@ def _updated(s: PortState, e: ev.PortUpdated) -> None:
     s.host = e.host
 
 
-def _deleted(s: PortState, e: ev.PortDeleted) -> None:
-    s.deleted = True
-
-
 PORT_APPLIERS: dict[str, Callable[..., None]] = by_tag({
     ev.PortCreated: _created,
     ev.PortUpdated: _updated,
-    ev.PortDeleted: _deleted,
+    ev.PortDeleted: deleted,
 })
 
 

@@ -23,7 +23,7 @@ from msgspec import Struct
 
 from . import advanced as adv
 from . import network as ev
-from .folding import apply_with, by_tag, fold_with
+from .folding import apply_with, by_tag, deleted, fold_with, scheduled
 
 # What an agent with the router driver advertises, and what the scheduler places routers by.
 # Not a service type's provider: a router is not a service of a kind (its service type chooses
@@ -60,6 +60,7 @@ class RouterState(Struct, kw_only=True):
     gateway: RouterGateway | None = None
     services: list[str] = []  # aggregate ids of the services routed on it and of its chains
     host: str | None = None  # where the scheduler placed it (None: waiting for a host)
+    waiting_for: str | None = None  # no host: the provider it waits for (no live host offers it)
     deleted: bool = False
 
 
@@ -79,6 +80,7 @@ def fold_router(events: list[Any]) -> RouterState:
 def _created(s: RouterState, e: ev.RouterCreated) -> None:
     s.name, s.service_type_id = e.name, e.service_type_id
     s.interfaces, s.gateway, s.services, s.host, s.deleted = {}, None, [], None, False
+    s.waiting_for = None
 
 
 def _interface_added(s: RouterState, e: ev.RouterInterfaceAdded) -> None:
@@ -107,14 +109,6 @@ def _service_detached(s: RouterState, e: ev.RouterServiceDetached) -> None:
     s.services = [x for x in s.services if x != e.service_id]
 
 
-def _scheduled(s: RouterState, e: adv.ServiceScheduled) -> None:
-    s.host = e.host or None
-
-
-def _deleted(s: RouterState, e: ev.RouterDeleted) -> None:
-    s.deleted = True
-
-
 
 ROUTER_APPLIERS: dict[str, Callable[..., None]] = by_tag({
     ev.RouterCreated: _created,
@@ -124,7 +118,7 @@ ROUTER_APPLIERS: dict[str, Callable[..., None]] = by_tag({
     ev.RouterGatewayCleared: _gateway_cleared,
     ev.RouterServiceAttached: _service_attached,
     ev.RouterServiceDetached: _service_detached,
-    adv.ServiceScheduled: _scheduled,
-    ev.RouterDeleted: _deleted,
+    adv.ServiceScheduled: scheduled,
+    ev.RouterDeleted: deleted,
 })
 ROUTER_EVENT_TAGS = frozenset(ROUTER_APPLIERS)

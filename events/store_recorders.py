@@ -34,6 +34,7 @@ from .store_datastore import (
     EXPECTED_LAST_SEQ,
     EXPECTED_LAST_SEQ_SUBJECT,
     JetStreamDatastore,
+    walk_pays,
 )
 
 
@@ -151,6 +152,10 @@ class JetStreamAggregateRecorder(AggregateRecorder):
             ds.remember(originator_id, ev.originator_version, seq)
             return [ev] if gt is None or ev.originator_version > gt else []
         start = 1
+        if lte is None and limit is None:  # all after `gt`: bounded by how many there are
+            walked = self._walk(originator_id, subject, gt)
+            if walked is not None:
+                return walked[::-1] if desc else walked
         if gt is not None and gt > 0:
             # nothing at or below `gt` is wanted: read only what follows (a bounded search
             # finds where `gt` is when this process does not know it)
@@ -174,6 +179,27 @@ class JetStreamAggregateRecorder(AggregateRecorder):
         if limit is not None:
             events = events[:limit]
         return events
+
+    def _walk(self, originator_id: UUID | str, subject: str,
+              gt: int | None) -> list[StoredEvent] | None:
+        """The aggregate's events after version `gt` (None: all), by back-pointers from its
+        newest (see `walk_back`); None when a scan of the stream costs less (`walk_pays`) or
+        the chain breaks."""
+        ds = self.datastore
+        last = ds.last(subject)
+        if last is None:
+            return []
+        newest = int(last.headers[subjects.H_VERSION])
+        ds.remember(originator_id, newest, last.seq)
+        if gt is not None and newest <= gt:
+            return []
+        from_seq = (ds.seq_of(originator_id, gt) or 0) if gt else 0  # where a scan would start
+        if not walk_pays(newest - (gt or 0), last.seq - from_seq):
+            return None
+        msgs = ds.walk_back(last, subject, None if gt is None else gt + 1)
+        if msgs is None:
+            return None
+        return [ds.to_event(m)[0] for m in msgs]
 
 
 class JetStreamApplicationRecorder(JetStreamAggregateRecorder, ApplicationRecorder):

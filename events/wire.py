@@ -9,9 +9,9 @@ paths, cookie and header names, URLs, codes. Semantic checks that a pattern cann
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
-from msgspec import Meta, Struct
+from msgspec import UNSET, Meta, Struct, UnsetType
 
 # Every pattern matches whole strings and means the same in Python and in ECMA-262 (JSON
 # Schema): Python's `$` also matches before a final newline, so each ends with `$(?!\n)`;
@@ -189,14 +189,68 @@ class Error(Struct, kw_only=True):
     retry_after_ms: RetryAfterMs | None = None
 
 
+class CreatedMember(Struct, kw_only=True):
+    """A member a create made: its id, and what tells it apart in its pool."""
+
+    id: str
+    address: str
+    protocol_port: int
+    name: str | None = None
+
+
+class CreatedPool(Struct, kw_only=True):
+    """A pool a create made, with its members. Its health monitor, if it has one, is named by
+    the pool's id (`healthmonitor show POOL`): it has no id of its own."""
+
+    id: str
+    name: str
+    members: list[CreatedMember] = []
+    healthmonitor: str | None = None  # the monitor's type (HTTP, TCP, …), None without one
+
+
+class CreatedL7Rule(Struct, kw_only=True):
+    id: str
+    type: str
+    compare_type: str
+    value: str
+
+
+class CreatedL7Policy(Struct, kw_only=True):
+    id: str
+    name: str | None
+    action: str
+    position: int
+    rules: list[CreatedL7Rule] = []
+
+
+class CreatedListener(Struct, kw_only=True):
+    id: str
+    name: str
+    protocol: str
+    protocol_port: int
+    default_pool_id: str | None = None
+    l7policies: list[CreatedL7Policy] = []
+
+
 class Ok(Struct, kw_only=True):
-    """The command was applied (or had been, when sent again with the same command id)."""
+    """The command was applied (or had been, when sent again with the same command id).
+
+    A create that makes children answers their ids too, in the fields below, absent otherwise:
+    `loadbalancer.create` its `listeners` and `pools` (with their members, policies, rules),
+    `pool.create` and `member.batch_update` the pool's `members`, `listener.create` its
+    `l7policies`, `l7policy.create` its `rules`.
+    """
 
     ok: Literal[True] = True
     id: str
     version: int
     seq: int | None
     command_id: str
+    listeners: list[CreatedListener] | UnsetType = UNSET
+    pools: list[CreatedPool] | UnsetType = UNSET
+    members: list[CreatedMember] | UnsetType = UNSET
+    l7policies: list[CreatedL7Policy] | UnsetType = UNSET
+    rules: list[CreatedL7Rule] | UnsetType = UNSET
 
 
 class Failed(Struct, kw_only=True):
@@ -235,13 +289,23 @@ class InsertionState(Struct, kw_only=True):
 
 Providers = Annotated[
     dict[ServiceKind, Provider],
-    Meta(min_length=1, description="The provider that serves each kind of service."),
+    Meta(
+        min_length=1,
+        description="The provider that serves each kind of service.",
+        # msgspec's schema leaves a dict's key type out: say which kinds the keys may be
+        extra_json_schema={"propertyNames": {"enum": list(get_args(ServiceKind))}},
+    ),
 ]
 
 __all__ = [
     "Actor",
     "Cidr",
     "Command",
+    "CreatedL7Policy",
+    "CreatedL7Rule",
+    "CreatedListener",
+    "CreatedMember",
+    "CreatedPool",
     "Description",
     "Error",
     "ErrorCode",

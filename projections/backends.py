@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .schema import Table
-from .store import Store
+from .store import Store, on_conflict
+
+STAGE_FROM = 64  # rows of one table in one batch from which PostgreSQL upserts go through COPY
 
 
 class SQLiteStore(Store):
@@ -54,7 +57,7 @@ class SQLiteStore(Store):
         conn.execute("BEGIN")  # a read transaction: one WAL snapshot for every SELECT in it
         return conn
 
-    def _append(self, cur: Any, table: Table, rows: list[tuple[Any, ...]]) -> None:
+    def _append(self, cur: Any, table: Table, rows: Sequence[Sequence[Any]]) -> None:
         names = table.column_names
         cur.executemany(
             f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
@@ -118,11 +121,36 @@ class PostgresStore(Store):
         conn.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
         return conn
 
-    def _append(self, cur: Any, table: Table, rows: list[tuple[Any, ...]]) -> None:
+    def _append(self, cur: Any, table: Table, rows: Sequence[Sequence[Any]]) -> None:
+        self._copy(cur, table.name, table, rows)
+
+    @staticmethod
+    def _copy(cur: Any, into: str, table: Table, rows: Sequence[Sequence[Any]]) -> None:
         names = ", ".join(table.column_names)
-        with cur.copy(f"COPY {table.name} ({names}) FROM STDIN") as copy:
+        with cur.copy(f"COPY {into} ({names}) FROM STDIN") as copy:
             for row in rows:
                 copy.write_row(row)
+
+    def _upsert(self, cur: Any, t: Table, rows: list[Sequence[Any]]) -> None:
+        """Many rows: COPY them into a temporary table of the same shape, then one
+        ``INSERT ... SELECT ... ON CONFLICT``: the client sends rows instead of running a
+        statement per row (a tenth of the client's CPU), and the server works in bulk."""
+        if len(rows) < STAGE_FROM:
+            super()._upsert(cur, t, rows)
+            return
+        stage = f"pg_temp.stage_{t.name}"
+        # ON COMMIT DELETE ROWS: empty at the start of every transaction. LIKE copies the
+        # columns only (no key): a table redefined later gets a fresh stage (`_drop_view`).
+        cur.execute(f"CREATE TEMP TABLE IF NOT EXISTS stage_{t.name} (LIKE {t.name}) "
+                    f"ON COMMIT DELETE ROWS")
+        self._copy(cur, stage, t, rows)
+        names = ", ".join(t.column_names)
+        cur.execute(f"INSERT INTO {t.name} ({names}) SELECT {names} FROM {stage} {on_conflict(t)}")
+
+    def _drop_view(self, cur: Any, view: Any) -> None:
+        super()._drop_view(cur, view)
+        for table in view.tables:
+            cur.execute(f"DROP TABLE IF EXISTS pg_temp.stage_{table.name}")
 
     def close(self) -> None:
         if self._w is not None:

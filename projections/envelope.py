@@ -8,15 +8,15 @@ the audit log share it; a projector reads a few hundred thousand of these per se
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import msgspec
 
 from splice.events import subjects
-from splice.events.upcasting import upcast
+from splice.events.upcasting import CURRENT, upcast
 
 # Keys every payload carries besides the event's own fields (events/wire.EventMeta; "type" is
 # the tag msgspec writes for the tagged Struct).
@@ -73,6 +73,55 @@ def decode_payload(topic: str, data: bytes) -> dict[str, Any]:
     except (msgspec.DecodeError, msgspec.ValidationError):
         return {"_raw": data.decode(errors="replace")}
     return upcast(topic, payload)
+
+
+class Part(Protocol):
+    """What `from_batch` reads of a delivery (`splice.events.follow.Delivery` has it)."""
+
+    @property
+    def seq(self) -> int: ...
+    @property
+    def time_ns(self) -> int: ...
+    @property
+    def subject(self) -> str: ...
+    @property
+    def headers(self) -> Mapping[str, str]: ...
+    @property
+    def data(self) -> bytes: ...
+
+
+def from_batch(batch: Sequence[Part]) -> list[Event | Exception]:
+    """`from_parts` for a whole batch, in order: an Event, or why there is none.
+
+    The same results as one `from_parts` per delivery, in one loop with its lookups hoisted
+    (a rebuild spends a good part of its time here).
+    """
+    out: list[Event | Exception] = []
+    append = out.append
+    version_header, topic_header, prefix = subjects.H_VERSION, subjects.H_TOPIC, subjects.PREFIX
+    decode, errors = _decode, (msgspec.DecodeError, msgspec.ValidationError)
+    for d in batch:
+        parts = d.subject.split(".")
+        if len(parts) != 6 or parts[0] != prefix or parts[1] != "evt":
+            append(ValueError(f"not an event subject: {d.subject!r}"))
+            continue
+        hdrs = d.headers or {}
+        topic = hdrs.get(topic_header) or parts[5]
+        try:
+            version = int(hdrs.get(version_header) or 0)
+        except ValueError as e:
+            append(e)
+            continue
+        data = d.data
+        try:
+            payload = decode(data) if data else {}
+        except errors:
+            payload = {"_raw": data.decode(errors="replace")}
+        else:
+            if topic in CURRENT:
+                payload = upcast(topic, payload)
+        append(Event(d.seq, d.time_ns, parts[2], parts[3], parts[4], topic, version, payload))
+    return out
 
 
 def from_parts(

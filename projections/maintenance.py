@@ -18,7 +18,6 @@ position). The scratch rebuild counts nothing in the set-aside metric: it is a c
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import tempfile
 import uuid
@@ -26,7 +25,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .projector import Progress, Projector, last_event_seq, run_projection
+from .parallel import project_until
+from .projector import Progress, last_event_seq
 from .store import SET_ASIDE, Store, is_postgres, open_store, with_database
 from .views import VIEWS, View
 
@@ -55,9 +55,8 @@ async def rebuild(
             target = await last_event_seq(js)
             store.set_meta(REBUILD_MARK, str(target))
             store.reset(views)
-        projector = Projector(store, views)
-        position = await run_projection(
-            js, projector, asyncio.Event(), until=target, batch_size=batch_size, on_batch=on_batch
+        position = await project_until(
+            js, db_url, target, views=views, batch_size=batch_size, on_batch=on_batch
         )
         if position >= target:
             store.set_meta(REBUILD_MARK, None)
@@ -160,17 +159,10 @@ async def verify(
     report: dict[str, Any] = {"position": target, "stream_position": stream_end,
                               "behind": max(0, stream_end - target), "views": {}, "tables": {}}
     with scratch_database(db_url) as scratch_url:
+        await project_until(js, scratch_url, target, views=views, reader=None,
+                            batch_size=batch_size, on_batch=on_batch)
         scratch = open_store(scratch_url)
         try:
-            projector = Projector(scratch, views, reader=None)
-            await run_projection(
-                js,
-                projector,
-                asyncio.Event(),
-                until=target,
-                batch_size=batch_size,
-                on_batch=on_batch,
-            )
             _, fresh_rows = snapshot(scratch, views)
         finally:
             scratch.close()

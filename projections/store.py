@@ -55,6 +55,12 @@ class TableWrites:
     upserts: list[dict[str, Any]] = field(default_factory=list)
     deletes: list[tuple[Any, ...]] = field(default_factory=list)
     appends: list[tuple[Any, ...]] = field(default_factory=list)
+    encoded: list[Sequence[Any]] | None = None  # the upserts as parameter rows, once encoded
+
+    def encode(self) -> None:
+        """Encode the upserts now (their dicts may change after this, the rows will not)."""
+        if self.encoded is None:
+            self.encoded = encode_rows(self.table, self.upserts)
 
 
 def _sql_type(col: Column, dialect: str) -> str:
@@ -74,6 +80,8 @@ class Store:
     def __init__(self, url: str) -> None:
         self.url = url
         self._lock = threading.Lock()  # one writer transaction at a time per Store
+        # Empty tables whose secondary indexes wait for `build_indexes` (a bulk load).
+        self.deferred: dict[str, Table] = {}
 
     # -- to be provided by a backend ------------------------------------------------------
     def _write_conn(self) -> Any:
@@ -98,10 +106,16 @@ class Store:
             f"CREATE TABLE IF NOT EXISTS {table.name} ({columns}, "
             f"PRIMARY KEY ({', '.join(table.key)}))"
         ]
-        for idx in table.indexes:
-            name = f"ix_{table.name}_{'_'.join(idx)}"
-            stmts.append(f"CREATE INDEX IF NOT EXISTS {name} ON {table.name} ({', '.join(idx)})")
-        return stmts
+        return stmts + self.index_ddl(table)
+
+    @staticmethod
+    def index_ddl(table: Table) -> list[str]:
+        """The table's secondary indexes (created at once, or once a bulk load has caught up)."""
+        return [
+            f"CREATE INDEX IF NOT EXISTS ix_{table.name}_{'_'.join(idx)} "
+            f"ON {table.name} ({', '.join(idx)})"
+            for idx in table.indexes
+        ]
 
     def ensure(self, views: Sequence[Any]) -> None:
         """Create what is missing; drop and reset any view whose definition's version changed."""
@@ -119,19 +133,27 @@ class Store:
                     cur.execute(stmt)
                 cur.execute(f"SELECT view, schema_version FROM {POSITIONS}")
                 known = {r[0]: int(r[1]) for r in cur.fetchall()}
-                for view in views:
-                    self._ensure_view(cur, view, known.get(view.name))
+                deferred = [t for v in views for t in self._ensure_view(cur, v, known.get(v.name))]
                 conn.commit()
             except BaseException:
                 conn.rollback()
                 raise
+            self.deferred.update((t.name, t) for t in deferred)
 
-    def _ensure_view(self, cur: Any, view: Any, known_version: int | None) -> None:
+    def _ensure_view(self, cur: Any, view: Any, known_version: int | None) -> list[Table]:
+        """Create the view's tables; returns the empty ones whose indexes wait (a bulk load:
+        see `build_indexes`)."""
         if known_version is not None and known_version != view.version:
             self._drop_view(cur, view)
             known_version = None
+        deferred = []
         for table in view.tables:
-            for stmt in self.ddl(table):
+            cur.execute(self.ddl(table)[0])
+            cur.execute(f"SELECT 1 FROM {table.name} LIMIT 1")
+            if cur.fetchone() is None and table.indexes:
+                deferred.append(table)
+                continue
+            for stmt in self.index_ddl(table):
                 cur.execute(stmt)
         if known_version is None:
             p = self.ph
@@ -139,6 +161,7 @@ class Store:
                 f"INSERT INTO {POSITIONS} (view, seq, schema_version) VALUES ({p}, 0, {p})",
                 (view.name, view.version),
             )
+        return deferred
 
     def _drop_view(self, cur: Any, view: Any) -> None:
         """A view's tables, position and set-aside events go (it is rebuilt from seq 0)."""
@@ -161,6 +184,30 @@ class Store:
                 conn.rollback()
                 raise
         self.ensure(views)
+
+    def build_indexes(self) -> None:
+        """Create the secondary indexes `ensure` left out on empty tables.
+
+        Filling an empty table and then indexing it once (a sort) costs a fraction of keeping
+        the indexes up to date row by row: the projector calls this once it has caught up
+        with the stream (and `close` does, if it never did). Queries are right meanwhile,
+        only slower; a process that dies first gets them from `ensure` at its next start.
+        """
+        if not self.deferred:
+            return
+        with self._lock:
+            conn = self._write_conn()
+            cur = conn.cursor()
+            self._begin(conn)
+            try:
+                for table in self.deferred.values():
+                    for stmt in self.index_ddl(table):
+                        cur.execute(stmt)
+                conn.commit()
+            except BaseException:
+                conn.rollback()
+                raise
+            self.deferred.clear()
 
     # -- reading for the projector ---------------------------------------------------------
     def positions(self) -> dict[str, int]:
@@ -280,16 +327,17 @@ class Store:
             where = " AND ".join(f"{k} = {p}" for k in t.key)
             cur.executemany(f"DELETE FROM {t.name} WHERE {where}", w.deletes)
         if w.upserts:
-            names = t.column_names
-            updates = ", ".join(f"{n} = excluded.{n}" for n in names if n not in t.key)
-            conflict = f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
-            sql = (
-                f"INSERT INTO {t.name} ({', '.join(names)}) VALUES ({', '.join([p] * len(names))}) "
-                f"ON CONFLICT ({', '.join(t.key)}) {conflict}"
-            )
-            cur.executemany(sql, encode_rows(t, w.upserts))
+            w.encode()
+            self._upsert(cur, t, w.encoded or [])
         if w.appends:
             self._append(cur, t, w.appends)
+
+    def _upsert(self, cur: Any, t: Table, rows: list[Sequence[Any]]) -> None:
+        names = t.column_names
+        marks = ", ".join([self.ph] * len(names))
+        cur.executemany(
+            f"INSERT INTO {t.name} ({', '.join(names)}) VALUES ({marks}) {on_conflict(t)}", rows
+        )
 
     # -- reading for queries (a connection of its own) --------------------------------------
     def select(self, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
@@ -330,6 +378,14 @@ class Store:
 
     def _snapshot_conn(self) -> Any:
         raise NotImplementedError
+
+
+def on_conflict(t: Table) -> str:
+    """The upsert's clause: a row already there takes every non-key column of the new one."""
+    updates = ", ".join(f"{n} = excluded.{n}" for n in t.column_names if n not in t.key)
+    return f"ON CONFLICT ({', '.join(t.key)}) " + (
+        f"DO UPDATE SET {updates}" if updates else "DO NOTHING"
+    )
 
 
 def is_postgres(db_url: str) -> bool:

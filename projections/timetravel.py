@@ -40,8 +40,9 @@ class At:
         return not (self.time_ns is not None and ev.time_ns > self.time_ns)
 
 
-def resource_filter(resource_id: str) -> str:
-    return subjects.event("*", "*", resource_id, "*")
+def resource_filter(resource_id: str, tenant: str | None = None) -> str:
+    """One resource's events (within one tenant's, when given)."""
+    return subjects.event(tenant or "*", "*", resource_id, "*")
 
 
 def tenant_filter(tenant: str) -> str:
@@ -87,9 +88,10 @@ def audit_lines(tx: Tx) -> list[dict[str, Any]]:
     return [shape(view, row) for row in tx["audit"].appended]
 
 
-async def history(js: Any, resource_id: str) -> list[dict[str, Any]]:
-    """Every event of one resource, oldest first, with what each changed."""
-    events = await read_events(js, resource_filter(resource_id))
+async def history(js: Any, resource_id: str, tenant: str | None = None) -> list[dict[str, Any]]:
+    """Every event of one resource (of `tenant`'s, when given), oldest first, with what each
+    changed."""
+    events = await read_events(js, resource_filter(resource_id, tenant))
     tx = fold(events, (QUERY_VIEWS["audit"],))
     return audit_lines(tx)
 
@@ -97,10 +99,11 @@ async def history(js: Any, resource_id: str) -> list[dict[str, Any]]:
 async def state_at(
     js: Any, at: At, *, tenant: str | None = None, resource_id: str | None = None
 ) -> dict[str, Any]:
-    """The read models of a tenant (or of one resource) as they were at `at`."""
-    if (tenant is None) == (resource_id is None):
-        raise ValueError("give exactly one of tenant and resource_id")
-    subject = resource_filter(resource_id) if resource_id else tenant_filter(str(tenant))
+    """The read models of a tenant, or of one resource (within `tenant`'s, when given), as
+    they were at `at`."""
+    if tenant is None and resource_id is None:
+        raise ValueError("give a tenant, a resource_id or both")
+    subject = resource_filter(resource_id, tenant) if resource_id else tenant_filter(str(tenant))
     events = await read_events(js, subject, at)
     tx = fold(events)
     last = events[-1] if events else None

@@ -88,10 +88,15 @@ class PlacedMixin:
 
     if TYPE_CHECKING:
         host: str | None
+        waiting_for: str | None
 
-    def schedule(self, host: str | None) -> None:
-        if host != self.host:
-            self.emit(stamp(ServiceScheduled, host=host or "", previous_host=self.host))  # type: ignore[attr-defined]
+    def schedule(self, host: str | None, waiting_for: str | None = None) -> None:
+        """The scheduler's choice; with no host, `waiting_for` is the provider no live host
+        offers (said once when it starts waiting, cleared when it is placed)."""
+        waiting = None if host else waiting_for
+        if host != self.host or waiting != self.waiting_for:
+            self.emit(stamp(ServiceScheduled, host=host or "", previous_host=self.host,  # type: ignore[attr-defined]
+                            waiting_for=waiting))
 
     def when_ServiceScheduled(self, e: ServiceScheduled) -> None:
         self.host = e.host or None

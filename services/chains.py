@@ -5,6 +5,16 @@ hops are floating services of the chain's tenant (routed or out-of-path services
 path the router can steer through), each a hop of one chain at most. Two live chains on one
 router whose classifiers overlap (`splice.events.chain_rules.classifiers_overlap`) need
 different priorities.
+
+What a chain accepts its router's host can serve:
+
+- a `tap` hop copies the chain's traffic where the router steers it, so the tap (a standalone
+  tap runs on its ports' host) must be on the router's host, and the router must be placed
+  (`check_tap_on_router_host`, `$.hops[i].service_id`);
+- a `classifier.logical_source_port` is matched (its MAC and address) where its traffic enters
+  the router: the leg on the port's network, so that network must be one of the router's
+  interfaces (`check_source_network`, `$.classifier.logical_source_port`); the port itself is
+  a live port of the chain's tenant (read by the handler, `not_found` otherwise).
 """
 
 from __future__ import annotations
@@ -63,6 +73,24 @@ def check_one_chain(chains: Iterable[str], chain_id: str, where: str) -> None:
     others = [c for c in chains if c != chain_id]
     if others:
         raise InUseError(f"already a hop of chain {public_id(others[0])}", f"{where}.service_id")
+
+
+def check_tap_on_router_host(tap_host: str | None, router_host: str | None, where: str) -> None:
+    """A tap hop's copy is made on the host of the chain's router: the tap must run there."""
+    if router_host is None:
+        raise InvalidError(f"the router is not placed on a host yet: a tap hop's copy is made on "
+                           f"the router's host, and this tap is on host {tap_host}", f"{where}.service_id")
+    if tap_host != router_host:
+        raise InvalidError(f"the tap is on host {tap_host}, the chain's router on host {router_host}: "
+                           "a tap hop's copy is made on the router's host (use a tap whose ports are "
+                           "bound there)", f"{where}.service_id")
+
+
+def check_source_network(network_id: str, router_networks: Iterable[str], field: str) -> None:
+    """A logical source port is matched on the router's leg on its network: the router has one."""
+    if network_id not in set(router_networks):
+        raise InvalidError(f"the port is on network {network_id}, where the chain's router has no "
+                           "interface: its traffic does not enter the router", field)
 
 
 def check_classifier(classifier: Classifier) -> None:
@@ -163,4 +191,7 @@ def detach(service: ServiceMixin | SpliceAggregate, chain_id: str) -> None:
         service.emit(stamp(ServiceChainDetached, chain_id=chain_id))  # type: ignore[union-attr]
 
 
-__all__ = ["HOP_RULES", "ServiceChain", "attach", "check_hop", "check_on_path", "check_one_chain", "detach"]
+__all__ = [
+    "HOP_RULES", "ServiceChain", "attach", "check_hop", "check_on_path", "check_one_chain",
+    "check_source_network", "check_tap_on_router_host", "detach",
+]

@@ -27,7 +27,12 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import structlog
-from eventsourcing.application import AggregateNotFoundError, Application
+from eventsourcing.application import (
+    AggregateNotFoundError,
+    Application,
+    ProcessingEvent,
+    Recording,
+)
 from eventsourcing.persistence import PersistenceError, StoredEvent
 
 from splice.events import subjects
@@ -89,6 +94,22 @@ class SpliceApplication(Application[str]):
         self.pending_timeout = float(self.env.get("SPLICE_PENDING_TIMEOUT") or 300)
         self._poisons_seen: set[tuple[str, int | None, str]] = set()
         self._poisons_lock = threading.Lock()
+
+    def save(self, *objs: Any, **kwargs: Any) -> list[Recording[str]]:
+        """The library's `save` for Splice's aggregates only: it collects their pending events
+        without the library's runtime protocol checks (a tenth of a command's time), which
+        tell an event from an aggregate — here every object is a `SpliceAggregate`."""
+        processing: ProcessingEvent[str] = ProcessingEvent()
+        for agg in objs:
+            if not isinstance(agg, SpliceAggregate):
+                raise TypeError(f"not a Splice aggregate: {type(agg).__name__}")
+            processing.events.extend(agg.collect_events())
+            processing.aggregates[agg.id] = agg
+        processing.saved_kwargs.update(kwargs)
+        recordings = self._record(processing)
+        self._take_snapshots(processing)
+        self._notify(recordings)
+        return recordings
 
     def get_or_none(self, agg_id: str) -> Any:
         """The aggregate, None if it has no events; `PoisonedError` if one cannot be read."""

@@ -41,6 +41,26 @@ E = TypeVar("E", bound=EventMeta)
 # -- errors -------------------------------------------------------------------------------
 
 
+# Values a copy may share: immutable all the way down (a Struct is not: it may be mutable).
+_IMMUTABLE = (str, int, float, bool, bytes, type(None), datetime, uuid.UUID, frozenset)
+
+
+def _copied(value: Any, memo: dict[int, Any]) -> Any:
+    """`value` for a copy of an aggregate: shared if immutable, a shallow copy for a list or
+    dict of immutable items, else a deep copy."""
+    kind = type(value)
+    if kind in _IMMUTABLE:
+        return value
+    if kind is dict and all(type(k) in _IMMUTABLE and type(v) in _IMMUTABLE
+                            for k, v in value.items()):
+        return dict(value)
+    if kind is list and all(type(v) in _IMMUTABLE for v in value):
+        return list(value)
+    if kind is tuple and all(type(v) in _IMMUTABLE for v in value):
+        return value
+    return copy.deepcopy(value, memo)
+
+
 class DomainError(Exception):
     """A command was refused by the domain. `code` is stable; `field` names the input."""
 
@@ -253,14 +273,16 @@ class SpliceAggregate(BaseAggregate[str]):
         return (tenant, command_id)
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Self:
-        """The repository hands out copies of cached aggregates: the remembered commands
-        (immutable keys to ints) need no deep copy, the rest of the state does."""
+        """The repository hands out copies of cached aggregates (a copy per command): the
+        remembered commands (immutable keys to ints) need no deep copy; immutable values are
+        shared and flat containers of them copied shallowly; only the rest is deep-copied."""
         new = object.__new__(type(self))
+        state = new.__dict__
         for key, value in self.__dict__.items():
             if key == "_commands":
-                new.__dict__[key] = dict(value)
+                state[key] = dict(value)
             else:
-                new.__dict__[key] = copy.deepcopy(value, memo)
+                state[key] = _copied(value, memo)
         return new
 
     def remember_command(self, tenant: str | None, command_id: str, version: int) -> None:

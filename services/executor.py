@@ -46,6 +46,7 @@ from typing import Any
 
 from eventsourcing.persistence import IntegrityError, OperationalError, PersistenceError
 
+from splice.events import metrics
 from splice.events.contracts import Command, Error, Failed, Ok
 from splice.events.natsio import JetStreamAPIError
 from splice.events.store_commands import CommandWrite
@@ -55,7 +56,9 @@ from .common_handlers import SpliceApplication, tracking_loads
 from .domain import AlreadyAppliedError, DomainError, Meta, acting, public_id
 from .handlers import COMMAND_HANDLERS
 from .inflight import InFlight
+from .network import home_shard
 from .registry import AGGREGATES
+from .replies import completed, fresh
 
 
 def app_env(nats_url: str, **extra: str) -> dict[str, str]:
@@ -133,9 +136,12 @@ class CommandExecutor:
         """The reply, and how many attempts it took (0: the reply of a duplicate)."""
         if parsed.command.command_id is None:
             return self._execute(parsed, command_id)  # an id the service chose: never repeated
-        return self._inflight.once(
+        reply, attempts = self._inflight.once(
             (parsed.tenant, command_id), parsed.subject, lambda: self._execute(parsed, command_id)
         )
+        if isinstance(reply, Ok):  # an earlier reply of a create: its children's ids too
+            reply = completed(self.app, parsed.tenant, parsed.command, reply)
+        return reply, attempts
 
     def _execute(self, parsed: Parsed, command_id: str) -> tuple[Ok | Failed, int]:
         self._count("runs")
@@ -254,6 +260,8 @@ class CommandExecutor:
             "lost",
         ):
             keys.add("hosts")
+        if agg == "network" and verb in ("create", "delete"):
+            keys.add(f"segments.{home_shard(t)}")  # the tenant's home shard (most of its VNIs)
         if agg == "servicetype" and verb != "update":
             keys.add("servicetype-default")
         with self._locks_guard:
@@ -415,10 +423,12 @@ class CommandExecutor:
         except (IntegrityError, OperationalError):
             stale.update(agg.id for agg in decision.save)
             raise
+        metrics.EVENTS_APPENDED.inc(len(recordings))
         seqs = [r.notification.id for r in recordings if r.domain_event.originator_id == target.id]
         return Ok(
             id=result_id,
             version=target.version,
             seq=max(seqs) if seqs else None,
             command_id=command_id,
+            **fresh(cmd, target, result_id),
         )

@@ -10,7 +10,8 @@ from splice.events import contracts as c
 
 from .common_handlers import Decision, SpliceApplication, Touched
 from .domain import SINGLETON, NotFoundError, PoisonedError, aggregate_id
-from .network import HostRegistry, Quota
+from .host_registry import HostRegistry
+from .network import Quota
 from .servicetype import ADMIN
 
 log = structlog.get_logger("splice.hosts")
@@ -43,17 +44,21 @@ def _registry(app: SpliceApplication, t: Touched) -> HostRegistry:
     return cast(HostRegistry, t.load_or_create(app, HOSTS_ID, lambda: HostRegistry.create(HOSTS_ID)))
 
 
-def _move(app: SpliceApplication, t: Touched, service_id: str, host: str | None) -> None:
+def _move(
+    app: SpliceApplication, t: Touched, service_id: str, host: str | None,
+    waiting_for: str | None = None,
+) -> None:
+    """Schedule the service on `host` (None: it waits for a host offering `waiting_for`)."""
     try:
         svc = app.get_or_none(service_id)
     except PoisonedError as e:  # one unreadable service must not stop a whole host's moves
         log.warning("service not moved: its log holds an unreadable event", error=e.message)
         return
     if svc is not None and not svc.deleted:
-        svc.schedule(host)
+        svc.schedule(host, waiting_for)
         t.add(svc)
         for routed in routed_lbs(app, svc):  # a routed load balancer goes where its router goes
-            routed.schedule(host)
+            routed.schedule(host, waiting_for)
             t.add(routed)
 
 
@@ -74,7 +79,7 @@ def routed_lbs(app: SpliceApplication, router: Any, network_id: str | None = Non
 def register_host(app: SpliceApplication, tenant: str, cmd: c.RegisterHost) -> Decision:
     t = Touched()
     reg = _registry(app, t)
-    for service_id, host in reg.register(cmd.host, list(cmd.providers)):
+    for service_id, host in reg.register(cmd.host, list(cmd.providers), cmd.underlay_ip):
         _move(app, t, service_id, host)
     return Decision(reg, t.list(), result_id=cmd.host)
 
@@ -85,12 +90,13 @@ def declare_host_lost(app: SpliceApplication, tenant: str, cmd: c.DeclareHostLos
     if cmd.host not in reg.hosts:
         raise NotFoundError(f"host {cmd.host} is not registered", "$.host")
     for service_id, host in reg.lose(cmd.host):
-        _move(app, t, service_id, host)
+        _move(app, t, service_id, host, reg.waiting.get(service_id))
     return Decision(reg, t.list(), result_id=cmd.host)
 
 
 def place(app: SpliceApplication, t: Touched, svc: Any, provider: str) -> None:
-    svc.schedule(_registry(app, t).place(svc.id, provider))
+    """On the least loaded live host offering `provider`, or waiting for one (and saying so)."""
+    svc.schedule(_registry(app, t).place(svc.id, provider), provider)
 
 
 def unplace(app: SpliceApplication, t: Touched, svc: Any) -> None:

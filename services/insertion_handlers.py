@@ -14,6 +14,10 @@ from .router import Router
 from .servicetype import ServiceType
 from .servicetype_handlers import default_type, st_id
 
+# The kinds a host builds a detour for (agents/drivers/chain/model.detour): accepted means
+# servable, so out-of-path insertion of any other kind is refused.
+DETOURED = ("firewall",)
+
 
 def resolve_insertion(
     app: SpliceApplication,
@@ -29,6 +33,10 @@ def resolve_insertion(
             "give router_id (routed: the router's type) or service_type_id (floating), not both",
             "$.service_type_id",
         )
+    if out_of_path and kind not in DETOURED:
+        raise InvalidError(
+            f"out-of-path insertion is built for {', '.join(DETOURED)}s (the router detours the "
+            f"traffic to them); a {kind} is floating or routed", "$.out_of_path")
     if out_of_path and not router_public:
         raise InvalidError("out-of-path insertion needs the router that detours traffic", "$.router_id")
     router: Router | None = None

@@ -116,6 +116,7 @@ class LoadBalancer(ServiceMixin, SpliceAggregate):
         operating_status: str
         statuses: dict[str, str]
         host: str | None
+        waiting_for: str | None
         error: str
         chains: list[str]  # type: ignore[assignment]  # the fold keeps a list
 
@@ -342,9 +343,13 @@ class LoadBalancer(ServiceMixin, SpliceAggregate):
         updated = msgspec.structs.replace(policy, rules=[r for r in policy.rules if r.id != rule_id])
         self.emit(stamp(ev.L7PolicySet, listener_id=listener_id, policy=updated, generation=g))
 
-    def schedule(self, host: str | None) -> None:
-        if host != self.host:
-            self.emit(stamp(ev.LoadBalancerScheduled, host=host or "", previous_host=self.host))
+    def schedule(self, host: str | None, waiting_for: str | None = None) -> None:
+        """The scheduler's choice; with no host, `waiting_for` is the provider no live host
+        offers (said once when it starts waiting, cleared when it is placed)."""
+        waiting = None if host else waiting_for
+        if host != self.host or waiting != self.waiting_for:
+            self.emit(stamp(ev.LoadBalancerScheduled, host=host or "", previous_host=self.host,
+                            waiting_for=waiting))
 
     def request_delete(self) -> bool:
         """Start deleting; True when it is gone at once (never placed on a host)."""

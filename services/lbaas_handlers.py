@@ -46,7 +46,8 @@ def create_loadbalancer(app: SpliceApplication, tenant: str, cmd: c.CreateLoadBa
     t.add(lb)
     insert_service(app, t, lb, router, st)
     if router is not None and insertion.mode == "routed":
-        lb.schedule(router.host)  # where its router is; it moves with it (`hosts_handlers`)
+        # where its router is (or waiting with it); it moves with it (`hosts_handlers`)
+        lb.schedule(router.host, router.waiting_for)
     return Decision(lb, t.list())
 
 

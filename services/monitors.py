@@ -20,16 +20,17 @@ PendingWatchdog
 HostMonitor
     **Heartbeat contract for agents**: an agent publishes a core-NATS message (not a JetStream
     event; any payload, empty is fine) on ``splice.hb.<host>`` every ``HEARTBEAT_INTERVAL``
-    (2 s), from the moment it sends ``splice.cmd._host.host.register``. A registered, live host
-    whose heartbeat has not been seen for ``SPLICE_HOST_TIMEOUT`` seconds (default 10, i.e.
-    several missed beats) is declared lost with ``splice.cmd._admin.host.lost``,
+    (0.25 s), from the moment it sends ``splice.cmd._host.host.register``. A registered, live
+    host whose heartbeat has not been seen for ``SPLICE_HOST_TIMEOUT`` seconds (default 2, i.e.
+    eight missed beats) is declared lost with ``splice.cmd._admin.host.lost``,
     ``command_id = "lost-<host>-<stream seq of its last HostRegistered event>"``; its services
     move to other live hosts. Heartbeats do not revive a lost host: its agent registers again.
     The monitor learns which hosts are registered and alive from ``splice.evt._admin.hosts.>``
     (`HostRegistered`, `HostLost`). A registration counts as a heartbeat, so a host is never
     lost sooner than the timeout after the monitor learns of it; in particular a monitor that
     (re)starts treats every registered host as just seen (a grace period), instead of
-    declaring everyone lost.
+    declaring everyone lost. A monitor whose own checks ran late (its process stalled: the
+    heartbeats of that time may still be queued, unread) judges no host on that check.
 
 Both act only once they have read the stream up to its end at start (a monitor replaying
 history must not act on a state that later events already changed). ``SPLICE_MONITORS=off``
@@ -44,51 +45,33 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import os
 import re
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Mapping
 from typing import Any
 
-import msgspec
 import nats
 import structlog
 
 from splice.events import subjects
 from splice.events.follow import Delivery, Follower
 
+from .monitor_state import Clock, HostTracker, PendingTracker, lost_command_id
+
 log = structlog.get_logger("splice.monitors")
 
-Clock = Callable[[], float]
 
-HEARTBEAT_INTERVAL = 2.0  # seconds between an agent's heartbeats (the agents' contract)
+HEARTBEAT_INTERVAL = 0.25  # seconds between an agent's heartbeats (the agents' contract)
 HEARTBEAT_SUBJECTS = subjects.heartbeat("*")
 LB_EVENTS = subjects.events_of("loadbalancer")
 HOST_EVENTS = subjects.events_of("hosts", tenant=subjects.ADMIN)
 DEFAULT_PENDING_TIMEOUT = 300.0
-DEFAULT_HOST_TIMEOUT = 10.0
+DEFAULT_HOST_TIMEOUT = 2.0
 MAX_COMMANDS_PER_TICK = 200
 REQUEST_TIMEOUT = 5.0
 _HOST_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,62}$")
-_MAX_TOKEN = 64  # the longest command_id the contracts accept
-
-
-class _Payload(msgspec.Struct):
-    """The two fields of an event payload the monitors read (the rest is ignored)."""
-
-    generation: int | None = None
-    timestamp: datetime | None = None
-    host: str | None = None
-
-
-_payload = msgspec.json.Decoder(_Payload)
-_GENERATION_ENDS = frozenset(
-    {"LoadBalancerProvisioned", "LoadBalancerProvisioningFailed", "LoadBalancerProvisioningTimedOut"}
-)
 
 
 def _seconds(env: Mapping[str, str], key: str, default: float) -> float:
@@ -101,110 +84,6 @@ def _seconds(env: Mapping[str, str], key: str, default: float) -> float:
         return value
     log.warning("bad setting, using the default", key=key, value=raw, default=default)
     return default
-
-
-# -- pure state (no I/O; the tests drive these directly too) -------------------------------------
-
-
-@dataclass
-class PendingLb:
-    tenant: str
-    generation: int
-    since: float  # epoch seconds: timestamp of the event that started this generation
-    deleting: bool = False
-    expired: int = 0  # the generation an expire command was accepted for
-
-
-class PendingTracker:
-    """The load balancers whose current generation is pending (only those are kept)."""
-
-    def __init__(self, clock: Clock = time.time) -> None:
-        self.pending: dict[str, PendingLb] = {}  # lb uuid -> state
-        self.clock = clock  # for an event without a timestamp only
-
-    def apply(self, subject: str, topic: str, data: bytes) -> None:
-        parts = subjects.parse_event(subject)
-        if parts is None or parts.aggregate != "loadbalancer":
-            return
-        tenant, lb = parts.tenant, parts.ident
-        if topic == "LoadBalancerDeleted":
-            self.pending.pop(lb, None)
-            return
-        ev = _payload.decode(data) if data else _Payload()
-        if ev.generation is None:
-            return  # scheduling, operating status, chains: no generation involved
-        current = self.pending.get(lb)
-        if topic in _GENERATION_ENDS:
-            if current is not None and ev.generation == current.generation:
-                if topic != "LoadBalancerProvisioned" or not current.deleting:
-                    del self.pending[lb]
-            return
-        if topic == "LoadBalancerCreated" or current is None or ev.generation > current.generation:
-            since = ev.timestamp.timestamp() if ev.timestamp is not None else self.clock()
-            self.pending[lb] = PendingLb(
-                tenant, ev.generation, since, deleting=topic == "LoadBalancerDeleteRequested"
-            )
-
-    def overdue(self, now: float, timeout: float) -> list[tuple[str, PendingLb]]:
-        """Pending longer than `timeout` and not yet expired, oldest first."""
-        due = [
-            (lb, st)
-            for lb, st in self.pending.items()
-            if now - st.since >= timeout and st.expired != st.generation
-        ]
-        return sorted(due, key=lambda x: x[1].since)
-
-
-@dataclass
-class HostState:
-    seq: int  # stream sequence of its last HostRegistered event
-    alive: bool = True
-    declared: int = 0  # the registration (seq) a lost command was accepted for
-    retry_at: float = 0.0  # after a refused lost command: not before then (monotonic)
-    retries: int = 0
-
-
-class HostTracker:
-    """Registered hosts (from events) and when each was last heard of (monotonic clock)."""
-
-    def __init__(self) -> None:
-        self.hosts: dict[str, HostState] = {}
-        self.heard: dict[str, float] = {}
-
-    def apply(self, topic: str, seq: int, data: bytes, now: float) -> None:
-        ev = _payload.decode(data) if data else _Payload()
-        if not ev.host:
-            return
-        if topic == "HostRegistered":
-            self.hosts[ev.host] = HostState(seq=seq)
-            self.heard[ev.host] = max(self.heard.get(ev.host, now), now)  # grace
-        elif topic == "HostLost" and ev.host in self.hosts:
-            self.hosts[ev.host].alive = False
-
-    def heartbeat(self, host: str, now: float) -> None:
-        self.heard[host] = now
-
-    def overdue(self, now: float, timeout: float) -> list[tuple[str, int]]:
-        """(host, seq of its registration) of live hosts not heard of for `timeout`."""
-        return sorted(
-            (name, h.seq)
-            for name, h in self.hosts.items()
-            if h.alive and h.declared != h.seq and now >= h.retry_at
-            and now - self.heard.get(name, now) > timeout
-        )
-
-    def prune(self, now: float, keep: float) -> None:
-        """Forget heartbeats of hosts that are not registered and silent for `keep` seconds."""
-        for name in [n for n, t in self.heard.items() if n not in self.hosts and now - t > keep]:
-            del self.heard[name]
-
-
-def lost_command_id(host: str, seq: int) -> str:
-    cid = f"lost-{host}-{seq}"
-    if len(cid) <= _MAX_TOKEN:
-        return cid
-    digest = hashlib.sha256(host.encode()).hexdigest()[:24]  # long names: still deterministic
-    return f"lost-{digest}-{seq}"
 
 
 # -- the running monitors -------------------------------------------------------------------------
@@ -334,10 +213,12 @@ class HostMonitor(_Monitor):
     def __init__(
         self, stream: str, timeout: float, *, clock: Clock = time.monotonic, interval: float = 0
     ) -> None:
-        super().__init__(stream, interval or min(1.0, timeout / 4), clock)
+        super().__init__(stream, interval or min(0.25, timeout / 8), clock)
         self.timeout = timeout
         self.state = HostTracker()
         self._hb: Any = None
+        self._last_check: float | None = None  # time.monotonic() of the last check
+        self.stalls = 0
 
     async def start(self, nc: Any) -> None:
         self._hb = await nc.subscribe(HEARTBEAT_SUBJECTS, cb=self._on_heartbeat)
@@ -360,7 +241,14 @@ class HostMonitor(_Monitor):
         self.state.apply(d.topic, d.seq, d.data, self.clock())
 
     async def check(self) -> None:
-        now = self.clock()
+        now, real = self.clock(), time.monotonic()
+        late = self._last_check is not None and real - self._last_check > max(
+            3 * self.interval, self.timeout / 2)
+        self._last_check = real
+        if late:  # this process stalled: heartbeats may wait unread; judge on the next check
+            self.stalls += 1
+            log.warning("host monitor ran late: no host judged on this check")
+            return
         self.state.prune(now, keep=10 * self.timeout)
         for host, seq in self.state.overdue(now, self.timeout)[:MAX_COMMANDS_PER_TICK]:
             if self._stop.is_set():

@@ -1,9 +1,12 @@
-"""Networks with IPAM, ports, hosts and the scheduler's registry, quotas.
+"""Networks with IPAM, segments, ports, quotas (the hosts' registry: `host_registry`).
 
 IPAM: a Network aggregate holds its allocations. Allocating an address appends to the network,
 so two concurrent allocations on one network conflict on the server and one of them decides
 again on fresh state: an address is never handed out twice. The network address, the broadcast
 address and the gateway are never handed to ports (the gateway goes to a router's interface).
+
+Segments: every network gets a VXLAN VNI, unique across all tenants, from one `SegmentPool`
+(a singleton) in the same write as its `NetworkCreated`; deleting the network gives it back.
 """
 
 from __future__ import annotations
@@ -15,9 +18,6 @@ from typing import TYPE_CHECKING
 from splice.events.contracts import (
     AddressAllocated,
     AddressReleased,
-    HostLost,
-    HostRegistered,
-    HostRegistryCreated,
     NetworkCreated,
     NetworkDeleted,
     NetworkExternalSet,
@@ -30,9 +30,9 @@ from splice.events.contracts import (
     QuotaCreated,
     QuotaLimitsSet,
     QuotaReleased,
-    ServicePlaced,
-    ServiceUnplaced,
-    ServiceWaiting,
+    SegmentAllocated,
+    SegmentPoolCreated,
+    SegmentReleased,
 )
 
 from .domain import (
@@ -75,10 +75,17 @@ class Network(SpliceAggregate):
         gateway: str
         allocations: dict[str, str]  # ip -> port id
         external: bool  # flagged by an admin: a router's gateway may be on it
+        segmentation_id: int  # its VXLAN VNI (0: created before networks had one)
 
     @classmethod
-    def create(cls, agg_id: str, name: str, cidr: str, gateway: str) -> Network:
-        return cls.start(agg_id, stamp(NetworkCreated, name=name, cidr=cidr, gateway=gateway))
+    def create(
+        cls, agg_id: str, name: str, cidr: str, gateway: str, segmentation_id: int
+    ) -> Network:
+        return cls.start(
+            agg_id,
+            stamp(NetworkCreated, name=name, cidr=cidr, gateway=gateway,
+                  segmentation_id=segmentation_id),
+        )
 
     def allocate(self, port_id: str, ip: str | None = None, *, gateway: bool = False) -> str:
         """Decide an address for `port_id`: the one asked for, the gateway, or the next free."""
@@ -124,6 +131,7 @@ class Network(SpliceAggregate):
 
     def when_NetworkCreated(self, e: NetworkCreated) -> None:
         self.name, self.cidr, self.gateway = e.name, e.cidr, e.gateway
+        self.segmentation_id = e.segmentation_id
         self.allocations = {}
         self.external = False
 
@@ -138,6 +146,100 @@ class Network(SpliceAggregate):
 
     def when_NetworkDeleted(self, e: NetworkDeleted) -> None:
         self.deleted = True
+
+
+# -- segments ---------------------------------------------------------------------------------
+
+# VXLAN network identifiers handed to tenant networks (Neutron's provider:segmentation_id):
+# 24 bits; below 4096 is left for VLAN-like uses.
+VNI_MIN, VNI_MAX = 4096, 2**24 - 1
+# The VNIs are dealt out by SEGMENT_SHARDS pools of SEGMENT_SPAN each, shard k owning
+# [VNI_MIN + k*SPAN, VNI_MIN + (k+1)*SPAN). A tenant's networks take theirs from its home
+# shard (a hash of its name), so one tenant creating networks as fast as it can never holds
+# the pool the other tenants' creates need (a single pool made every network create of every
+# tenant queue behind the flood's). Shard 0 is the pool from before the shards (its id and
+# its first VNIs): a stream written then folds the same.
+SEGMENT_SHARDS = 64
+SEGMENT_SPAN = (VNI_MAX + 1 - VNI_MIN) // SEGMENT_SHARDS
+
+
+def home_shard(tenant: str) -> int:
+    """The shard a tenant's networks take their VNIs from first (stable across processes)."""
+    return int.from_bytes(hashlib.sha256(tenant.encode()).digest()[:4], "big") % SEGMENT_SHARDS
+
+
+def shard_of(vni: int) -> int:
+    """The shard that dealt `vni` (and takes it back)."""
+    return (vni - VNI_MIN) // SEGMENT_SPAN
+
+
+def shard_range(shard: int) -> tuple[int, int]:
+    """The first and last VNI of a shard."""
+    first = VNI_MIN + shard * SEGMENT_SPAN
+    return first, first + SEGMENT_SPAN - 1
+
+
+class SegmentPool(SpliceAggregate):
+    """One shard of the VNIs, shared by the tenants whose home it is: a network takes the
+    lowest free one with its `NetworkCreated`, in the same write, and gives it back with its
+    `NetworkDeleted`. Two concurrent creates on one shard both append to it, so the server's
+    concurrency check lets one through and the other decides again on fresh state: a VNI is
+    never handed out twice (and shards never overlap). The shard is the last 12 hex digits of
+    the pool's id (`shard_pool_id`).
+    """
+
+    AGGREGATE = "segments"
+
+    if TYPE_CHECKING:
+        allocated: dict[int, str]  # VNI -> the network's aggregate id
+        high: int  # the lowest VNI never allocated
+        last: int  # the shard's last VNI
+        free: set[int]  # released VNIs below `high`
+
+    @classmethod
+    def create(cls, agg_id: str) -> SegmentPool:
+        return cls.start(agg_id, stamp(SegmentPoolCreated))
+
+    def allocate(self, network_id: str) -> int:
+        """Decide the lowest free VNI of this shard for the network (its aggregate id)."""
+        if self.free and (vni := min(self.free)) <= self.last:
+            pass  # (a VNI past `last` only in the pool from before the shards: not this shard's)
+        elif self.high <= self.last:
+            vni = self.high
+        else:
+            first, last = shard_range(self.shard)
+            raise ExhaustedError(f"every VNI in {first}..{last} is in use", None)
+        self.emit(stamp(SegmentAllocated, segmentation_id=vni, network_id=network_id))
+        return vni
+
+    @property
+    def full(self) -> bool:
+        return self.high > self.last and (not self.free or min(self.free) > self.last)
+
+    @property
+    def shard(self) -> int:
+        return int(self.id.rsplit("-", 1)[-1], 16)
+
+    def release(self, vni: int, network_id: str) -> None:
+        if self.allocated.get(vni) == network_id:
+            self.emit(stamp(SegmentReleased, segmentation_id=vni, network_id=network_id))
+
+    def when_SegmentPoolCreated(self, e: SegmentPoolCreated) -> None:
+        self.high, self.last = shard_range(self.shard)
+        self.allocated, self.free = {}, set()
+
+    def when_SegmentAllocated(self, e: SegmentAllocated) -> None:
+        vni = e.segmentation_id
+        self.allocated[vni] = e.network_id
+        if vni >= self.high:
+            self.free.update(range(self.high, vni))
+            self.high = vni + 1
+        else:
+            self.free.discard(vni)
+
+    def when_SegmentReleased(self, e: SegmentReleased) -> None:
+        if self.allocated.pop(e.segmentation_id, None) is not None:
+            self.free.add(e.segmentation_id)
 
 
 def mac_for(port_id: str) -> str:
@@ -209,99 +311,6 @@ class Port(SpliceAggregate):
         self.deleted = True
 
 
-# -- hosts and placement ----------------------------------------------------------------------
-
-
-class HostRegistry(SpliceAggregate):
-    """Every host, its providers and liveness, and what is placed where (the scheduler's view).
-
-    One aggregate, so placements are decided on a consistent view and serialised by the
-    server's concurrency check; placements are rare next to other commands.
-    """
-
-    AGGREGATE = "hosts"
-
-    if TYPE_CHECKING:
-        hosts: dict[str, dict[str, object]]  # name -> {"providers": [...], "alive": bool}
-        placements: dict[str, tuple[str, str]]  # service id -> (host, provider)
-        waiting: dict[str, str]  # service id -> provider
-
-    @classmethod
-    def create(cls, agg_id: str) -> HostRegistry:
-        return cls.start(agg_id, stamp(HostRegistryCreated))
-
-    def load(self, host: str) -> int:
-        return sum(1 for h, _ in self.placements.values() if h == host)
-
-    def pick(self, provider: str, exclude: str | None = None) -> str | None:
-        """The least loaded live host that offers `provider` (ties: by name)."""
-        candidates = [
-            name
-            for name, h in self.hosts.items()
-            if h["alive"] and provider in h["providers"] and name != exclude  # type: ignore[operator]
-        ]
-        if not candidates:
-            return None
-        return min(candidates, key=lambda n: (self.load(n), n))
-
-    def place(self, service_id: str, provider: str) -> str | None:
-        host = self.pick(provider)
-        if host is None:
-            self.emit(stamp(ServiceWaiting, service_id=service_id, provider=provider))
-        else:
-            self.emit(stamp(ServicePlaced, service_id=service_id, provider=provider, host=host))
-        return host
-
-    def unplace(self, service_id: str) -> None:
-        if service_id in self.placements or service_id in self.waiting:
-            host = self.placements.get(service_id, (None, ""))[0]
-            self.emit(stamp(ServiceUnplaced, service_id=service_id, host=host))
-
-    def register(self, host: str, providers: list[str]) -> list[tuple[str, str]]:
-        """Record the host; place the services waiting for what it offers. Returns them."""
-        self.emit(stamp(HostRegistered, host=host, providers=sorted(set(providers))))
-        placed = []
-        for service_id, provider in sorted(self.waiting.items()):
-            if provider in providers:
-                self.emit(
-                    stamp(ServicePlaced, service_id=service_id, provider=provider, host=host)
-                )
-                placed.append((service_id, host))
-        return placed
-
-    def lose(self, host: str) -> list[tuple[str, str | None]]:
-        """Declare the host lost; move its services to other live hosts. Returns the moves."""
-        if host not in self.hosts or not self.hosts[host]["alive"]:
-            return []
-        self.emit(stamp(HostLost, host=host))
-        moves: list[tuple[str, str | None]] = []
-        for service_id, (h, provider) in sorted(self.placements.items()):
-            if h == host:
-                moves.append((service_id, self.place(service_id, provider)))
-        return moves
-
-    def when_HostRegistryCreated(self, e: HostRegistryCreated) -> None:
-        self.hosts, self.placements, self.waiting = {}, {}, {}
-
-    def when_HostRegistered(self, e: HostRegistered) -> None:
-        self.hosts[e.host] = {"providers": list(e.providers), "alive": True}
-
-    def when_HostLost(self, e: HostLost) -> None:
-        self.hosts[e.host]["alive"] = False
-
-    def when_ServicePlaced(self, e: ServicePlaced) -> None:
-        self.placements[e.service_id] = (e.host, e.provider)
-        self.waiting.pop(e.service_id, None)
-
-    def when_ServiceWaiting(self, e: ServiceWaiting) -> None:
-        self.placements.pop(e.service_id, None)
-        self.waiting[e.service_id] = e.provider
-
-    def when_ServiceUnplaced(self, e: ServiceUnplaced) -> None:
-        self.placements.pop(e.service_id, None)
-        self.waiting.pop(e.service_id, None)
-
-
 # -- quotas -----------------------------------------------------------------------------------
 
 DEFAULT_QUOTAS: dict[str, int] = {
@@ -365,10 +374,12 @@ class Quota(SpliceAggregate):
 
 __all__ = [
     "DEFAULT_QUOTAS",
-    "HostRegistry",
+    "VNI_MAX",
+    "VNI_MIN",
     "Network",
     "Port",
     "Quota",
+    "SegmentPool",
     "check_network",
     "mac_for",
     "public_id",

@@ -7,12 +7,21 @@ from typing import cast
 from splice.events import contracts as c
 from splice.events.router_fold import ROUTER_PROVIDER
 
+from . import network as vnis
 from .common_handlers import Decision, SpliceApplication, Touched
-from .domain import InUseError, InvalidError, aggregate_id, new_public_id, public_id
+from .domain import (
+    SINGLETON,
+    ExhaustedError,
+    InUseError,
+    InvalidError,
+    aggregate_id,
+    new_public_id,
+    public_id,
+)
 from .hosts_handlers import consume, place, release, routed_lbs, unplace
-from .network import Network, Port, check_network
+from .network import Network, Port, SegmentPool, check_network
 from .router import Router
-from .servicetype import ServiceType
+from .servicetype import ADMIN, ServiceType
 from .servicetype_handlers import default_type, st_id
 
 
@@ -24,11 +33,49 @@ def port_id(tenant: str, public: str) -> str:
     return aggregate_id(tenant, Port.AGGREGATE, public)
 
 
+def shard_pool_id(shard: int) -> str:
+    """The aggregate id of a VNI shard's pool (admin scope; shard 0: the pool from before the
+    shards, `SINGLETON`)."""
+    return aggregate_id(ADMIN, SegmentPool.AGGREGATE, f"{SINGLETON[:-12]}{shard:012x}")
+
+
+SEGMENTS_ID = shard_pool_id(0)
+
+
+def _segments(app: SpliceApplication, t: Touched, shard: int) -> SegmentPool:
+    pid = shard_pool_id(shard)
+    return cast(SegmentPool, t.load_or_create(app, pid, lambda: SegmentPool.create(pid)))
+
+
+def _allocate(app: SpliceApplication, tenant: str, t: Touched, network_id: str) -> int:
+    """A VNI from the tenant's home shard; a full shard hands over to the next one."""
+    home = vnis.home_shard(tenant)
+    for k in range(vnis.SEGMENT_SHARDS):
+        pool = _segments(app, t, (home + k) % vnis.SEGMENT_SHARDS)
+        if not pool.full:  # a full one is left unchanged: not written
+            return pool.allocate(network_id)
+    raise ExhaustedError(f"every VNI in {vnis.VNI_MIN}..{vnis.VNI_MAX} is in use", None)
+
+
+def _release(app: SpliceApplication, t: Touched, vni: int, network_id: str) -> None:
+    """Give a VNI back to the pool that dealt it: its shard's, or else the pool from before the
+    shards (shard 0), which may have dealt VNIs past its range."""
+    for shard in dict.fromkeys((vnis.shard_of(vni), 0)):
+        pid = shard_pool_id(shard)
+        pool = t.touched(pid) or app.get_or_none(pid)
+        if isinstance(pool, SegmentPool) and pool.allocated.get(vni) == network_id:
+            t.add(pool)
+            pool.release(vni, network_id)
+            return
+
+
 def create_network(app: SpliceApplication, tenant: str, cmd: c.CreateNetwork) -> Decision:
     cidr, gateway = check_network(cmd.cidr, cmd.gateway)
     t = Touched()
     consume(app, tenant, t, "network")
-    net = Network.create(net_id(tenant, new_public_id()), cmd.name, cidr, gateway)
+    nid = net_id(tenant, new_public_id())
+    vni = _allocate(app, tenant, t, nid)  # in this decision's write: never given twice
+    net = Network.create(nid, cmd.name, cidr, gateway, vni)
     t.add(net)
     return Decision(net, t.list())
 
@@ -39,6 +86,8 @@ def delete_network(app: SpliceApplication, tenant: str, cmd: c.DeleteNetwork) ->
     net.delete()
     t.add(net)
     release(app, tenant, t, "network")
+    if net.segmentation_id:  # 0: created before networks had a VNI, nothing to give back
+        _release(app, t, net.segmentation_id, net.id)
     return Decision(net, t.list())
 
 

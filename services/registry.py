@@ -5,8 +5,9 @@ from __future__ import annotations
 from .advanced import Firewall, Nat, Tap
 from .chains import ServiceChain
 from .domain import SpliceAggregate
+from .host_registry import HostRegistry
 from .lbaas import LoadBalancer
-from .network import HostRegistry, Network, Port, Quota
+from .network import Network, Port, Quota, SegmentPool
 from .router import Router
 from .servicetype import ServiceType, ServiceTypeDefault, ServiceTypeName
 
@@ -18,6 +19,7 @@ AGGREGATES: dict[str, type[SpliceAggregate]] = {
         ServiceTypeDefault,
         HostRegistry,
         Quota,
+        SegmentPool,
         Network,
         Port,
         Router,

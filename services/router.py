@@ -107,10 +107,17 @@ class Router(SpliceAggregate):
         if service_id in self.services:
             self.emit(stamp(RouterServiceDetached, service_id=service_id))
 
-    def schedule(self, host: str | None) -> None:
-        """The scheduler's choice (None: no live host offers routing; the router waits)."""
-        if host != self.host:
-            self.emit(stamp(ServiceScheduled, host=host or "", previous_host=self.host))
+    @property
+    def waiting_for(self) -> str | None:
+        return self.state.waiting_for
+
+    def schedule(self, host: str | None, waiting_for: str | None = None) -> None:
+        """The scheduler's choice (None: no live host offers routing, `waiting_for`; the
+        router waits, and says so once)."""
+        waiting = None if host else waiting_for
+        if host != self.host or waiting != self.waiting_for:
+            self.emit(stamp(ServiceScheduled, host=host or "", previous_host=self.host,
+                            waiting_for=waiting))
 
     def delete(self) -> None:
         if self.interfaces:

@@ -14,6 +14,7 @@ into its tenant's queue or refuses it at once with `unavailable` and a retry hin
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 import uuid
 from collections import Counter
@@ -25,7 +26,7 @@ import nats
 import structlog
 from nats.aio.msg import Msg
 
-from splice.events import subjects
+from splice.events import metrics, subjects
 from splice.events.contracts import (
     Failed,
     Ok,
@@ -104,6 +105,10 @@ class CommandService:
         self._own_nc = nc is None
         self._sub: Any = None
         self._tasks: set[asyncio.Task[None]] = set()
+        self._finished: list[tuple[str, Msg, Ok | Failed, float]] = []  # replies for the loop
+        self._finished_lock = threading.Lock()
+        self._woken = False  # the loop will look at `_finished`
+        self._loop: asyncio.AbstractEventLoop | None = None
         self.handled = 0
         self.refused: Counter[str] = Counter()  # `unavailable` for want of room, by tenant
         self._refused_logged: Counter[str] = Counter()
@@ -112,7 +117,7 @@ class CommandService:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         self.app = await loop.run_in_executor(self._pool, lambda: SpliceApplication(env=self.env))
         self._executor = CommandExecutor(self.app, max_attempts=self.max_attempts)
         if self._own_nc:
@@ -191,31 +196,61 @@ class CommandService:
         await self._reply(msg, busy.reply(command_id_of(msg.data[: self.max_payload])))
 
     def _dispatch(self) -> None:
-        """Start what the fair queue lets run now."""
+        """Start what the fair queue lets run now: each command on a worker thread, which
+        decides it and hands the reply back (`_finish`); a refusal for want of time at once."""
         while (next_up := self._fair.take()) is not None:
             tenant, msg, late = next_up
-            task = asyncio.create_task(self._serve(tenant, msg, late))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _serve(self, tenant: str, msg: Msg, late: Busy | None) -> None:
-        started = self.clock()
-        try:
             if late is not None:
-                self.refused[tenant] += 1
-                self._log_refusals()
-                reply: Ok | Failed = late.reply(command_id_of(msg.data[: self.max_payload]))
+                task = asyncio.create_task(self._refuse_late(tenant, msg, late))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
             else:
-                reply = await self.handle(msg.subject, msg.data, msg.headers)
-        except Exception:  # every request gets a reply; the error goes to the log only
+                self._pool.submit(self._work, tenant, msg, self.clock())
+
+    async def _refuse_late(self, tenant: str, msg: Msg, late: Busy) -> None:
+        self.refused[tenant] += 1
+        self._log_refusals()
+        self._done(tenant, self.clock())
+        self._dispatch()
+        await self._reply(msg, late.reply(command_id_of(msg.data[: self.max_payload])))
+
+    def _done(self, tenant: str, started: float) -> None:
+        self._fair.done(tenant, self.clock() - started)
+        if self._fair.load == 0:
+            self._idle.set()
+
+    # -- on a worker thread --------------------------------------------------------------------
+
+    def _work(self, tenant: str, msg: Msg, started: float) -> None:
+        """Decide one command and hand its reply to the loop: every request gets one."""
+        try:
+            reply = self.decide(msg.subject, msg.data, msg.headers)
+        except Exception:  # the error goes to the log only
             log.exception("request failed unexpectedly", subject=msg.subject)
             reply = failed("internal", "internal error")
-        finally:
-            self._fair.done(tenant, self.clock() - started)
-            if self._fair.load == 0:
-                self._idle.set()
-            self._dispatch()
-        await self._reply(msg, reply)
+        with self._finished_lock:
+            self._finished.append((tenant, msg, reply, started))
+            wake, self._woken = not self._woken, True
+        if wake and self._loop is not None:  # one wake-up for the replies that came meanwhile
+            self._loop.call_soon_threadsafe(self._take_finished)
+
+    # -- back on the loop ----------------------------------------------------------------------
+
+    def _take_finished(self) -> None:
+        with self._finished_lock:
+            finished, self._finished = self._finished, []
+            self._woken = False
+        for tenant, _, _, started in finished:
+            self._done(tenant, started)
+        self.handled += len(finished)
+        self._dispatch()
+        task = asyncio.create_task(self._reply_all(finished))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _reply_all(self, finished: list[tuple[str, Msg, Ok | Failed, float]]) -> None:
+        for _, msg, reply, _ in finished:
+            await self._reply(msg, reply)
 
     async def _reply(self, msg: Msg, reply: Ok | Failed) -> None:
         if not msg.reply:
@@ -237,10 +272,9 @@ class CommandService:
             log.warning("commands refused: no room (unavailable, retry later)", by_tenant=dict(new))
             self._refused_logged = self.refused.copy()
 
-    async def handle(
-        self, subject: str, data: bytes, headers: dict[str, str] | None = None
-    ) -> Ok | Failed:
-        """`headers`: the request's, where the server names its sender (`Nats-Request-Info`)."""
+    def decide(self, subject: str, data: bytes, headers: dict[str, str] | None = None) -> Ok | Failed:
+        """One request's reply (on a worker thread). `headers`: the request's, where the server
+        names its sender (`Nats-Request-Info`)."""
         started = time.perf_counter()
         parsed = parse(subject, data, self.max_payload)
         if isinstance(parsed, Failed):
@@ -253,19 +287,15 @@ class CommandService:
             self._log(subject, parsed, refused, started, 0)
             return refused
         command_id = cmd.command_id or str(uuid.uuid4())
-        loop = asyncio.get_running_loop()
         executor = self._executor
         try:
             if executor is None:
                 raise RuntimeError("the command service is not started")
-            reply, attempts = await loop.run_in_executor(
-                self._pool, executor.execute, parsed, command_id
-            )
+            reply, attempts = executor.execute(parsed, command_id)
         except Exception:
             log.exception("command failed unexpectedly", subject=subject, command_id=command_id)
             reply, attempts = failed("internal", "internal error", None, command_id), 0
         self._log(subject, parsed, reply, started, attempts)
-        self.handled += 1
         return reply
 
     def _log(
@@ -298,5 +328,10 @@ class CommandService:
                 field=reply.error.field,
                 error=reply.error.message,
             )
-        log.info("command", **fields)
+        # An accepted command is in the stream already (`splice events`, `splice audit`): its
+        # line is for debugging; a refused one is only here.
+        (log.debug if fields["outcome"] == "ok" else log.info)("command", **fields)
+        command = f"{parsed.aggregate}.{parsed.verb}" if parsed is not None else "unparsed"
+        metrics.COMMAND_SECONDS.labels(command=command, outcome=fields["outcome"]).observe(
+            time.perf_counter() - started)
 

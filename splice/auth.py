@@ -3,9 +3,16 @@
     SPLICE       the services (command service, monitors, projector, the event store, the
                  agent inside `splice up`): the stream lives here, and only this account has
                  JetStream at all
-    ADMIN        the operator: every tenant's and `_admin`'s commands and queries; all events
-    H_<host>     one agent: `_host` commands, its own heartbeat subject; all events
-    T_<tenant>   one tenant: its own command and query subjects; its own events
+    ADMIN        the operator: every tenant's and `_admin`'s commands and queries; all events;
+                 every load balancer's stats
+    H_<host>     one agent: `_host` commands, its own heartbeat subject; all events; it
+                 answers the stats requests for its host (exported to SPLICE)
+    T_<tenant>   one tenant: its own command and query subjects; its own events; its own
+                 stats requests (``splice.stats.<tenant>.>``)
+
+Stats requests (``splice.stats.<tenant>.<host>.<lb>``, `splice.agents.stats`) reach an agent
+in a host's account through two service imports: the tenant's from SPLICE, and SPLICE's from
+that host's account (``splice.stats.*.<host>.*``); an agent in SPLICE answers them directly.
 
 An account sees nothing of another's subjects. Each principal's account imports from SPLICE
 exactly what it may reach, so the server itself refuses everything else: a tenant cannot
@@ -206,29 +213,39 @@ class Registry:
             f"{subjects.PREFIX}.cmd.>",
             f"{subjects.PREFIX}.qry.>",
             f"{subjects.PREFIX}.hb.>",
+            f"{subjects.PREFIX}.stats.>",
             *(f"{_JS}.{t.format(stream=stream, filter=subjects.EVENTS)}" for t in _READ),
             *(f"{_JS}.{t.format(stream=stream)}" for t in _ANY),
         ]
         lines = [f'    {{service: "{s}"}}' for s in exports]
         lines.append(f'    {{service: "{_JS}.{_PULL.format(stream=stream)}", response_type: stream}}')
+        hosts = sorted(e["name"] for e in self._hashes.values() if e["kind"] == "host")
+        imports = [f'      {{service: {{account: "{subjects.host_account(h)}", '
+                   f'subject: "{_stats_of(h)}"}}, share: true}}' for h in hosts]
         return (
             f'  "{subjects.SERVICE_ACCOUNT}": {{\n    jetstream: enabled\n'
             + self._user("service", "splice")
             + "    exports: [\n"
             + "\n".join(lines)
-            + "\n    ]\n  }\n"
+            + "\n    ]\n"
+            + ("    imports: [\n" + "\n".join(imports) + "\n    ]\n" if imports else "")
+            + "  }\n"
         )
 
     def _account(self, entry: dict[str, str], stream: str) -> str:
         kind, name = entry["kind"], entry["name"]
         svc = subjects.SERVICE_ACCOUNT
         p = subjects.PREFIX
+        exports = ""
         if kind == "admin":
-            requests, events = [f"{p}.cmd.>", f"{p}.qry.>"], subjects.EVENTS
+            requests, events = [f"{p}.cmd.>", f"{p}.qry.>", f"{p}.stats.>"], subjects.EVENTS
         elif kind == "host":
             requests, events = [f"{p}.cmd.{subjects.HOSTS}.>", subjects.heartbeat(name)], subjects.EVENTS
+            exports = (f'    exports: [{{service: "{_stats_of(name)}", '
+                       f'accounts: ["{svc}"]}}]\n')
         else:
-            requests, events = [f"{p}.cmd.{name}.>", f"{p}.qry.{name}.>"], subjects.events_of_tenant(name)
+            requests = [f"{p}.cmd.{name}.>", f"{p}.qry.{name}.>", f"{p}.stats.{name}.>"]
+            events = subjects.events_of_tenant(name)
         imports = [f'      {{service: {{account: "{svc}", subject: "{s}"}}, share: true}}' for s in requests]
         reads = (*_READ, _PULL) if kind == "tenant" else (*_READ, _PULL, *_ANY)
         for t in reads:
@@ -240,10 +257,16 @@ class Registry:
         return (
             f'  "{account_of(kind, name)}": {{\n'  # type: ignore[arg-type]
             + self._user(kind, name)
+            + exports
             + "    imports: [\n"
             + "\n".join(imports)
             + "\n    ]\n  }\n"
         )
+
+
+def _stats_of(host: str) -> str:
+    """The stats requests one host's agent answers (`splice.agents.stats.subject`)."""
+    return f"{subjects.PREFIX}.stats.*.{host}.*"
 
 
 def _write_private(path: Path, text: str) -> None:

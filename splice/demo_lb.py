@@ -11,6 +11,11 @@ Everything it waits on is cancellable: every child process (``ip``, ``curl``) is
 subprocess that is killed when the task is cancelled, so Ctrl-C at any point stops it at once.
 On the way out it removes its tenant machines first, then deletes its load balancer and its
 network by command, so that the agent, finding nothing else on the bridge, removes that too.
+
+It keeps its files in a directory of `splice up`'s state directory: the web servers' roots, and
+a record of the resources it asked for (`resources.json`). A run that was killed leaves that
+record; the next one deletes those resources by command before it makes its own (the
+namespaces and links of the killed run are swept by `splice up` before it starts).
 """
 
 from __future__ import annotations
@@ -23,7 +28,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from collections import Counter
@@ -42,6 +46,8 @@ MEMBERS = [("web-1", f"{NET}.11"), ("web-2", f"{NET}.12"), ("web-3", f"{NET}.13"
 CLIENT = ("spldemo-client", f"{NET}.50")
 NS_PREFIX = "spldemo-"
 VETH_PREFIX = "spldemo"
+LINK_PREFIX = VETH_PREFIX  # the demo's links in the host's namespace
+EARLIER_DELETE_S = 30.0  # for the agent to remove an earlier run's load balancer
 
 
 async def run(*argv: str, timeout: float = 10) -> tuple[int, str]:
@@ -68,17 +74,49 @@ async def ip(*args: str, check: bool = True) -> str:
 
 
 class LoadBalancerDemo:
-    def __init__(self, nc: Any, out: Console) -> None:
+    def __init__(self, nc: Any, out: Console, workdir: Path, run_id: str | None = None) -> None:
         self.nc, self.out = nc, out
-        self.run_id = uuid.uuid4().hex[:8]  # fresh resources per run; the log keeps the old ones
+        # fresh resources per run; the log keeps the old ones
+        self.run_id = run_id or uuid.uuid4().hex[:8]
         self.servers: list[asyncio.subprocess.Process] = []
         self.namespaces: list[str] = []
         self.veths: list[str] = []
-        self.tmp = Path(tempfile.mkdtemp(prefix="splice-demo-"))
+        self.workdir = workdir
+        self.record_file = workdir / "resources.json"
+        self.tmp = workdir / f"www-{self.run_id}"
         self.net_id = ""
         self.lb_id = ""
         self.net_sent = self.lb_sent = False
         self.service_type_id: str | None = None
+
+    def record(self) -> None:
+        """Write down what this run asked for, before it asks (a killed run leaves it)."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.record_file.write_text(json.dumps({
+            "run_id": self.run_id, "net_sent": self.net_sent, "lb_sent": self.lb_sent,
+            "net_id": self.net_id, "lb_id": self.lb_id,
+            "service_type_id": self.service_type_id}))
+
+    async def delete_earlier(self) -> None:
+        """Delete what a killed run asked for, as its own clean-up would have."""
+        try:
+            rec = json.loads(self.record_file.read_text())
+        except (OSError, ValueError):
+            return
+        if rec.get("run_id") == self.run_id:
+            return
+        earlier = LoadBalancerDemo(self.nc, self.out, self.workdir, run_id=str(rec["run_id"]))
+        earlier.net_sent, earlier.lb_sent = bool(rec["net_sent"]), bool(rec["lb_sent"])
+        earlier.net_id, earlier.lb_id = str(rec["net_id"]), str(rec["lb_id"])
+        earlier.service_type_id = rec.get("service_type_id")
+        self.out.print(f"[yellow]deleting what the demo of an earlier run left[/] "
+                       f"(network {earlier.net_id or '-'}, load balancer {earlier.lb_id or '-'})")
+        try:
+            await earlier._delete_resources(time.monotonic() + EARLIER_DELETE_S)
+        except Exception as e:  # kept on record: the next run tries again
+            self.out.print(f"[red]could not delete them:[/] {e!r}")
+            return
+        self.record_file.unlink(missing_ok=True)
 
     def _ids(self, what: str) -> str:
         return f"demo-{what}-{self.run_id}"
@@ -124,17 +162,21 @@ class LoadBalancerDemo:
     async def run(self, service_type_id: str | None) -> None:
         self.out.rule("demo: a load balancer with members, traffic through its VIP")
         await self.purge_leftovers()
+        await self.delete_earlier()
         self.net_sent = True
+        self.record()
         net = await self.cmd(f"splice.cmd.{TENANT}.network.create", self.network_body())
         if not net.get("ok"):
             return
         self.net_id = net["id"]
         self.lb_sent, self.service_type_id = True, service_type_id
+        self.record()
         lb = await self.cmd(f"splice.cmd.{TENANT}.loadbalancer.create",
                             self.lb_body(service_type_id))
         if not lb.get("ok"):
             return
         self.lb_id = lb["id"]
+        self.record()
         active = await self.wait_for("LoadBalancerProvisioned")
         self.out.print(f"[green]the agent on {active['host']} reports generation "
                        f"{active['generation']} ACTIVE[/]")
@@ -193,7 +235,7 @@ class LoadBalancerDemo:
             ns = f"{NS_PREFIX}{name}"
             await self.plug(ns, address, bridge)
             root = self.tmp / name
-            root.mkdir()
+            root.mkdir(parents=True)
             (root / "index.html").write_text(f"hello from {name}\n")
             self.servers.append(await asyncio.create_subprocess_exec(
                 "ip", "netns", "exec", ns, sys.executable, "-m", "http.server", "8080",
@@ -246,6 +288,9 @@ class LoadBalancerDemo:
         shutil.rmtree(self.tmp, ignore_errors=True)
         with contextlib.suppress(Exception):
             await self._delete_resources(end)
+            self.record_file.unlink(missing_ok=True)  # all it asked for is deleted
+        with contextlib.suppress(OSError):
+            self.workdir.rmdir()  # when nothing is left in it
 
     async def _delete_resources(self, end: float) -> None:
         def left() -> float:

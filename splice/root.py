@@ -1,6 +1,6 @@
 """The composition root: what each Splice process is made of, started and stopped in one place.
 
-One function per process (`run_up`, `serve`, `agent`, `projector`) builds its parts. A `Root`
+One function per process (`serve`, `agent`, `projector` here; `splice.up.run_up`) builds its parts. A `Root`
 holds their lifecycle in one `contextlib.AsyncExitStack`, so they stop in the reverse order of
 their start, each within a deadline; SIGINT and SIGTERM set its `stop` event. Each process opens
 one NATS connection here (`Root.nc`), which its parts share (the command service and its
@@ -12,11 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
-import shutil
 import signal
-import socket
 from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from contextlib import AsyncExitStack
 from dataclasses import dataclass
@@ -24,31 +21,28 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from rich.console import Console
 
-from splice import client
-from splice.auth import strip_userinfo
+from splice import client, pipes
 from splice.events.router_fold import ROUTER_PROVIDER
-from splice.natsserver import NatsServer, free_port, port_is_free
-from splice.tls import self_signed
 
 log = structlog.get_logger("splice.root")
 # What an agent offers unless told otherwise: every provider it has a host driver for.
 AGENT_PROVIDERS = ["haproxy", "nftables-l4", ROUTER_PROVIDER, "tc-mirror"]
 
 # How long each part of stopping may take; together they stay well inside a few seconds.
-DEMO_CLEANUP_S = 3.0
 PARTS_STOP_S = 3.0
 SERVICE_STOP_S = 3.0
 CONNECTION_CLOSE_S = 1.0
-SERVER_STOP_S = 5.0
 
-DEMO_TENANT = "demo"  # the tenant whose credentials `splice up` writes beside the operator's
+# Stopping signals: Ctrl-C, a kill, and the terminal's hang-up (its default action would leave
+# everything behind).
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
 Part = Callable[[asyncio.Event], Coroutine[Any, Any, None]]  # runs until its event is set
 
 
 def on_stop_signals(stop: asyncio.Event, say: Callable[[str], object] | None = None) -> None:
-    """SIGINT and SIGTERM set `stop`.
+    """SIGINT, SIGTERM and SIGHUP set `stop` (after a hang-up, a terminal output is dropped).
 
     Not asyncio's add_signal_handler: it routes signals through a wake-up socket that processes
     forked by pyroute2 (for work inside namespaces) inherit, so a signal sent to such a child
@@ -61,12 +55,14 @@ def on_stop_signals(stop: asyncio.Event, say: Callable[[str], object] | None = N
     def handler(signum: int, _frame: object) -> None:
         if os.getpid() != me:
             os._exit(0)
+        if signum == signal.SIGHUP:
+            pipes.detach_terminal()
         with contextlib.suppress(RuntimeError):  # the loop is closing: it is stopping anyway
             if say is not None:
                 loop.call_soon_threadsafe(say, f"{signal.Signals(signum).name}: stopping")
             loop.call_soon_threadsafe(stop.set)
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, handler)
 
 
@@ -82,12 +78,15 @@ async def cancel_until_done(tasks: Sequence[asyncio.Task[Any]]) -> None:
 
 
 def signals_interrupt() -> None:
-    """SIGINT and SIGTERM raise KeyboardInterrupt: a stop before or after the event loop."""
+    """SIGINT, SIGTERM and SIGHUP raise KeyboardInterrupt: a stop before or after the event
+    loop."""
 
-    def interrupt(_signum: int, _frame: object) -> None:
+    def interrupt(signum: int, _frame: object) -> None:
+        if signum == signal.SIGHUP:
+            pipes.detach_terminal()
         raise KeyboardInterrupt
 
-    for sig in (signal.SIGINT, signal.SIGTERM):
+    for sig in STOP_SIGNALS:
         signal.signal(sig, interrupt)
 
 
@@ -119,11 +118,25 @@ class Root:
     async def __aexit__(self, *exc: Any) -> bool:
         return bool(await self.stack.__aexit__(*exc))
 
-    async def connect(self, url: str, name: str) -> Any:
-        """Open the process's NATS connection; it closes after every part that may use it."""
-        self.nc = await client.connect(
-            url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5
-        )
+    async def connect(self, url: str, name: str, *, wait: bool = False) -> Any:
+        """Open the process's NATS connection; it closes after every part that may use it.
+        `wait`: until NATS answers (a host agent waits for its cluster), or a stop signal."""
+        while True:
+            try:
+                self.nc = await client.connect(
+                    url, name=name, max_reconnect_attempts=-1, reconnect_time_wait=0.5
+                )
+                break
+            except Exception as e:
+                if not wait:
+                    raise
+                if self.stop.is_set():
+                    break
+                log.warning("NATS does not answer yet; trying again", error=str(e))
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self.stop.wait(), 1.0)
+        if self.nc is None:
+            raise ConnectionError("stopped before NATS answered")
         self.stack.push_async_callback(self._close_connection)
         return self.nc
 
@@ -188,8 +201,22 @@ def run_process(main: Callable[[], Coroutine[Any, Any, None]]) -> None:
 # -- splice serve, splice agent, splice projector ---------------------------------------------
 
 
-def serve(url: str, env: Mapping[str, str]) -> None:
+def serve_metrics(port: int | None, say: Callable[[str], object]) -> str | None:
+    """With a `port` (0: a free one), serve the process's Prometheus metrics on 127.0.0.1 and
+    say where; None: no endpoint (the default of `splice serve`, `agent` and `projector`)."""
+    if port is None:
+        return None
+    from splice.events import metrics
+
+    url = metrics.serve(port)
+    say(f"metrics: {url} (Prometheus text)")
+    return url
+
+
+def serve(url: str, env: Mapping[str, str], metrics_port: int | None = None,
+          say: Callable[[str], object] = print) -> None:
     """One more command-service replica (one member of the queue group), until a signal."""
+    serve_metrics(metrics_port, say)
 
     async def main() -> None:
         async with Root() as root:
@@ -208,6 +235,9 @@ class AgentConfig:
     prefix: str = "spl-"
     resync_s: float = 30.0
     js_prefix: str | None = None  # a host's own account reads events through imported API
+    netns: str | None = None  # the host's network namespace, when it is not the process's
+    underlay_ip: str | None = None  # this host's underlay address (VXLAN to the other hosts)
+    stats_s: float = 5.0  # seconds between two readings of the services' counters
 
 
 def agent_part(url: str, cfg: AgentConfig, nc: Any) -> Part:
@@ -215,7 +245,8 @@ def agent_part(url: str, cfg: AgentConfig, nc: Any) -> Part:
     from splice.agents.runtime import Agent
 
     agent = Agent(url, cfg.host, cfg.state_dir, providers=cfg.providers, prefix=cfg.prefix,
-                  resync_s=cfg.resync_s, nc=nc, js_prefix=cfg.js_prefix)
+                  resync_s=cfg.resync_s, nc=nc, js_prefix=cfg.js_prefix,
+                  underlay_ip=cfg.underlay_ip, stats_s=cfg.stats_s)
     return agent.run
 
 
@@ -229,20 +260,33 @@ def projector_part(url: str, db_url: str, nc: Any) -> Part:
     return part
 
 
-def agent(url: str, cfg: AgentConfig) -> None:
-    """The host agent, until a signal (or until it fails)."""
+def agent(url: str, cfg: AgentConfig, metrics_port: int | None = None,
+          say: Callable[[str], object] = print) -> None:
+    """The host agent, until a signal (or until it fails). With `cfg.netns`, the whole process
+    lives in that network namespace (a host simulated on one machine, or a host's own); its
+    metrics are served before it moves, so in the namespace it was started from."""
+    serve_metrics(metrics_port, say)
+    if cfg.netns:
+        from splice.agents import netns
+
+        netns.enter(cfg.netns)
+    from splice.agents.drivers.overlay import host as overlay
+
+    overlay.fence(cfg.prefix)  # before anything: this host may not own what it holds any more
 
     async def main() -> None:
         async with Root() as root:
-            await root.connect(url, f"splice-agent-{cfg.host}")
+            await root.connect(url, f"splice-agent-{cfg.host}", wait=True)
             root.start_parts([agent_part(url, cfg, root.nc)])
             await root.until_stopped(or_a_part_ends=True)
 
     run_process(main)
 
 
-def projector(url: str, db_url: str, ready: Callable[[], object] = lambda: None) -> None:
+def projector(url: str, db_url: str, ready: Callable[[], object] = lambda: None,
+              metrics_port: int | None = None, say: Callable[[str], object] = print) -> None:
     """The projector (read models and queries), until a signal (or until it fails)."""
+    serve_metrics(metrics_port, say)
 
     async def main() -> None:
         async with Root() as root:
@@ -252,172 +296,3 @@ def projector(url: str, db_url: str, ready: Callable[[], object] = lambda: None)
             await root.until_stopped(or_a_part_ends=True)
 
     run_process(main)
-
-
-# -- splice up ----------------------------------------------------------------------------------
-
-
-class AlreadyRunning(Exception):
-    def __init__(self, info: dict[str, Any]) -> None:
-        super().__init__(f"splice up is already running (pid {info['pid']}, {info['nats_url']})")
-        self.info = info
-
-
-@dataclass(frozen=True)
-class UpConfig:
-    state_dir: Path
-    port: int = 0  # 0: 4222 if free, else a free one
-    nats_url: str | None = None  # an existing NATS instead of the embedded one
-    demo: bool = False
-    tls: bool = False  # the embedded server speaks TLS only, with a certificate of its own
-
-
-def agent_ok() -> bool:
-    """A local agent needs root (namespaces), haproxy and nft."""
-    return os.geteuid() == 0 and all(shutil.which(b) is not None for b in ("haproxy", "nft"))
-
-
-def run_up(cfg: UpConfig, out: Console) -> None:
-    """Run Splice on this machine until SIGINT/SIGTERM; wherever the signal lands, stop within
-    a few seconds and leave nothing behind.
-
-    Before the event loop runs (and after it), a signal raises KeyboardInterrupt; inside it, it
-    sets the root's stop event, and start-up, which runs in phases, skips the phases left.
-    """
-    signals_interrupt()  # SIGTERM during start-up stops as cleanly as SIGINT
-    cfg.state_dir.mkdir(parents=True, exist_ok=True)
-    other = client.running_up(cfg.state_dir)
-    if other is not None and int(other.get("pid", 0)) != os.getpid():
-        raise AlreadyRunning(other)
-    say = _sayer(out)
-    try:
-        run_process(lambda: _up(cfg, out, say))
-    finally:
-        say("Splice stopped.")
-
-
-def _sayer(out: Console) -> Callable[[str], None]:
-    def say(text: str) -> None:
-        """Print, even when the terminal's Ctrl-C has already closed the pipe we print into."""
-        with contextlib.suppress(OSError, ValueError):
-            out.print(text)
-
-    return say
-
-
-def _embedded_server(root: Root, cfg: UpConfig) -> tuple[NatsServer, str]:
-    """Start the embedded nats-server (from this, the main, thread: it dies with it)."""
-    port, note = cfg.port, ""
-    if port == 0:
-        if port_is_free(4222):
-            port = 4222
-        else:
-            port = free_port()
-            note = " (port 4222 is taken by another server, so Splice picked a free one)"
-    tls = None
-    if cfg.tls:
-        tls = self_signed(cfg.state_dir / client.TLS_DIR)
-        os.environ["SSL_CERT_FILE"] = str(tls.ca)  # every connection of this process trusts it
-        note += f"\n  TLS only: clients trust {tls.ca} (SSL_CERT_FILE)"
-    server = NatsServer(
-        store_dir=cfg.state_dir / "nats",
-        port=port,
-        name="splice-up",
-        die_with_parent=True,
-        auth_dir=cfg.state_dir / client.CREDENTIALS_DIR,  # the operator's and the demo's too
-        tls=tls,
-    )
-    server.issue("tenant", DEMO_TENANT)
-    root.stack.callback(server.stop, SERVER_STOP_S)  # also when start() gives up half-way
-    server.start()
-    return server, note
-
-
-async def _up(cfg: UpConfig, out: Console, say: Callable[[str], None]) -> None:
-    """The parts of `splice up`, in the order they start (they stop in the reverse one):
-    the embedded nats-server, the process's connection, the command service, the state file
-    (once commands are served, so the CLI finds a ready Splice), the projector and the local
-    agent (they stop after the demo: the agent removes the demo's load balancer), the demo (a
-    task that is cancelled, then cleans up with a deadline)."""
-    async with Root(lambda text: say(f"[dim]{text}[/]")) as root:
-        url, public, note = cfg.nats_url or "", strip_userinfo(cfg.nats_url or ""), ""
-        if cfg.nats_url is None:
-            server, note = _embedded_server(root, cfg)
-            url, public = server.url, server.public_url
-        say(f"[bold green]Splice is up.[/] NATS listens on [bold]{public}[/]{note}")
-        say(f"  state directory: {cfg.state_dir}")
-        if cfg.nats_url is None:
-            creds = cfg.state_dir / client.CREDENTIALS_DIR
-            say(f"  credentials: {creds} (the CLI uses the operator's; "
-                f"`splice credentials issue tenant NAME` makes more)")
-        say("  try: [bold]splice servicetype list[/] or [bold]splice events[/]; Ctrl-C stops")
-        await asyncio.sleep(0)  # a signal during the server's start has set `stop` by now
-        if not root.stop.is_set():
-            await root.connect(url, "splice-up")
-        if not root.stop.is_set():
-            await root.command_service(url)
-            _write_state_file(root, cfg.state_dir, public)
-        if not root.stop.is_set():
-            root.start_parts(_local_parts(url, cfg.state_dir, say, root.nc))
-        if cfg.demo and not root.stop.is_set():
-            _start_demo(root, url, out, say)
-        elif not root.stop.is_set():
-            say("[dim]Serving commands on splice.cmd.> — Ctrl-C to stop.[/]")
-        await root.until_stopped()
-
-
-def _write_state_file(root: Root, state_dir: Path, url: str) -> None:
-    state_file = state_dir / client.STATE_FILE
-    info = {"pid": os.getpid(), "nats_url": url, "state_dir": str(state_dir)}
-
-    def remove() -> None:
-        with contextlib.suppress(FileNotFoundError):
-            state_file.unlink()
-
-    root.stack.callback(remove)
-    state_file.write_text(json.dumps(info))
-
-
-def _local_parts(url: str, state_dir: Path, say: Callable[[str], None], nc: Any) -> list[Part]:
-    db = client.default_db(state_dir)
-    parts = [projector_part(url, db, nc)]
-    say(f"  read models: {db} (queries on splice.qry.<tenant>.<view>)")
-    if agent_ok():
-        host = socket.gethostname().split(".")[0]
-        parts.append(agent_part(url, AgentConfig(host, state_dir / "agent", AGENT_PROVIDERS), nc))
-        say(f"  local agent: host [bold]{host}[/], providers {', '.join(AGENT_PROVIDERS)}")
-    else:
-        say("  [yellow]no local agent[/] (needs root and haproxy): commands only")
-    return parts
-
-
-def _start_demo(root: Root, url: str, out: Console, say: Callable[[str], None]) -> None:
-    """The demo runs as one task; on the way out it is cancelled (all it awaits is cancellable:
-    NATS requests and asyncio subprocesses), then what it made is removed within a deadline."""
-    demos: list[Any] = []
-    task = asyncio.create_task(_run_demos(root.nc, url, out, agent_ok(), demos))
-
-    async def stop_demo() -> None:
-        await cancel_until_done([task])
-        for lb_demo in demos:
-            say("cleaning up the demo ...")
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(lb_demo.cleanup(DEMO_CLEANUP_S), DEMO_CLEANUP_S + 0.5)
-
-    root.stack.push_async_callback(stop_demo)
-
-
-async def _run_demos(nc: Any, url: str, out: Console, with_lb: bool, demos: list[Any]) -> None:
-    from splice.demo import run_demo
-
-    gold = await run_demo(nc, url, out)
-    if with_lb:
-        from splice.demo_lb import LoadBalancerDemo
-
-        lb_demo = LoadBalancerDemo(nc, out)  # on the process's connection
-        demos.append(lb_demo)
-        try:
-            await lb_demo.run(gold)
-        except Exception as e:  # the demo must never take Splice down
-            out.print(f"[red]load-balancer demo failed:[/] {e}")
-    out.print("[dim]Serving commands on splice.cmd.> — Ctrl-C to stop.[/]")

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import subprocess
+import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import nats
@@ -15,6 +19,14 @@ async def request(nc: Any, subject: str, body: Any, timeout: float = 10.0) -> di
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
     msg = await nc.request(subject, data, timeout=timeout)
     return dict(json.loads(msg.data))
+
+
+async def cmd(nc: Any, subject: str, body: dict[str, Any], ok: bool = True) -> dict[str, Any]:
+    """A command (`subject` after ``splice.cmd.``) with a fresh id; its reply, ok or not as said."""
+    body = {"command_id": str(uuid.uuid4()), "actor": "it", **body}
+    reply = await request(nc, f"splice.cmd.{subject}", body)
+    assert reply["ok"] is ok, (subject, body, reply)
+    return reply
 
 
 async def stream_messages(url: str, stream: str = "SPLICE_EVENTS") -> list[dict[str, Any]]:
@@ -64,3 +76,22 @@ async def wait_for(
         if time.monotonic() > deadline:
             raise TimeoutError("condition not met in time")
         await asyncio.sleep(every)
+
+
+# -- the `splice` command, as a user runs it ------------------------------------------------
+
+SPLICE = str(Path(sys.executable).parent / "splice")
+
+
+def splice_run(*args: str, env: dict[str, str], timeout: float = 90
+               ) -> subprocess.CompletedProcess[str]:
+    """`splice ARGS` with `env`; its output captured."""
+    return subprocess.run([SPLICE, *args], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def splice_json(env: dict[str, str], *args: str) -> dict[str, Any]:
+    """`splice ARGS -o json`, which must succeed: its object."""
+    res = splice_run(*args, "-o", "json", env=env)
+    assert res.returncode == 0, (args, res.stdout, res.stderr)
+    return dict(json.loads(res.stdout))

@@ -12,6 +12,8 @@ from hypothesis import strategies as st
 from splice.events.chain_rules import classifiers_overlap, port_range
 from splice.events.contracts import Classifier
 
+pytestmark = pytest.mark.chains
+
 LSP = "3f1c2a9e-0000-4000-8000-000000000001"
 OTHER_LSP = "3f1c2a9e-0000-4000-8000-000000000002"
 

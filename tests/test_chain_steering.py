@@ -11,9 +11,10 @@ import pytest
 
 from splice.agents.drivers.chain.model import (
     MARK_BASE,
-    SLOTS,
+    REVERSE,
     TABLE_BASE,
     ChainLayout,
+    HopSpec,
     chain_specs,
     link,
     mark,
@@ -32,6 +33,8 @@ from splice.agents.drivers.chain.plan import (
     ReportError,
     RouterChains,
     RouterSeen,
+    VethSeen,
+    hop_sysctls,
     plan,
 )
 from splice.agents.drivers.chain.render import render_chains
@@ -45,6 +48,8 @@ from splice.events import advanced as ev
 from splice.events.advanced import Classifier, FirewallRule, Hop
 from splice.events.advanced_fold import FirewallState
 from splice.events.chain_fold import ChainState, fold_chain
+
+pytestmark = pytest.mark.chains
 
 C1 = "11111111-2222-3333-4444-555555555555"
 C2 = "99999999-2222-3333-4444-555555555555"
@@ -87,7 +92,8 @@ def test_allocation_is_deterministic_and_within_the_documented_ranges():
             assert net.prefixlen == 30 and net.subnet_of(ipaddress.IPv4Network("169.254.0.0/16"))
             assert not net.subnet_of(ipaddress.IPv4Network("169.254.169.0/24"))
     assert mark(C1, 1) == mark(C1, 0) + 1 and table(C1, 1) == table(C1, 0) + 1
-    assert not owns_mark(MARK_BASE + 16 * SLOTS) and not owns_table(TABLE_BASE - 1)
+    assert not owns_mark(MARK_BASE + 2 * REVERSE) and not owns_table(TABLE_BASE - 1)
+    assert owns_mark(mark(C1, 15) + REVERSE) and owns_table(table(C1, 15) + REVERSE)
     links = {link(f"{n:08x}-0000-0000-0000-000000000000", i) for n in range(300) for i in range(16)}
     slots = {slot(f"{n:08x}-0000-0000-0000-000000000000") for n in range(300)}
     assert len(links) == 16 * len(slots)  # distinct slots never share an address
@@ -104,12 +110,13 @@ def test_names_carry_the_prefix_and_fit_an_interface_name():
 
 @pytest.mark.parametrize(("state", "reason"), [
     (chain(), ""),
-    (chain(hop(), hop(FW2, "l2")), "hops inserted l2 are not steered yet (only l3)"),
-    (chain(hop(insertion="tap"), hop(FW2, "bump_in_the_wire")),
-     "hops inserted bump_in_the_wire, tap are not steered yet (only l3)"),
+    (chain(hop(), hop(FW2, "l2")), ""),
+    (chain(hop(insertion="tap"), hop(FW2, "bump_in_the_wire")), ""),
     (chain(symmetric=True), ""),
     (ChainState(hops=[hop()]), "the chain names no router"),
-    (chain(logical_source_port=C1), "a logical source port classifier is not steered yet"),
+    (chain(logical_source_port=C1), ""),
+    (chain(hop(insertion="l7")), "hops inserted l7 are not steered"),
+    (ChainState(router_id=R, hops=[]), "a chain has 1 to 16 hops"),
 ])
 def test_refusals_name_their_reason(state, reason):
     assert refusal(state) == reason
@@ -119,8 +126,8 @@ def test_specs_give_each_l3_hop_its_namespace_link_mark_table_and_firewall():
     fw = FirewallState(rules=[FirewallRule(action="deny", protocol="tcp", destination_port="80",
                                            id="r")], default_action="allow")
     specs, refused = chain_specs({C1: chain(hop(), hop(FW2, kind="nat"), priority=2),
-                                  C2: chain(hop(insertion="l2"))}, {FW: fw}, "spl-")
-    assert refused == {C2: "hops inserted l2 are not steered yet (only l3)"}
+                                  C2: chain(hop(FW3, insertion="tap", kind="tap"))}, {FW: fw}, "spl-")
+    assert refused == {C2: f"tap {FW3} is not known on this host yet"}
     spec = specs[C1]
     assert spec.router_id == R and spec.mark == mark(C1, 0)
     first, second = spec.hops
@@ -238,14 +245,25 @@ RNS = "spl-r-bbbbbbbb"
 def _served(desired: dict[str, RouterChains]) -> Observed:
     """What the host holds once `desired` is applied."""
     rc = desired[R]
-    hops = {h.namespace: HopSeen(h.hop_address, h.router_address.split("/")[0], True)
-            for c in rc.chains for h in c.hops}
+    every = [h for c in rc.chains for h in c.hops]
+    hops = {h.namespace: _hop_seen(h) for h in every}
+    veths = {h.router_if: VethSeen(True, (h.router_address,), h.router_mac) for h in every}
+    veths |= {h.out_if: VethSeen(True, (h.out_address,), h.out_mac) for h in every if h.bridged}
     router = RouterSeen(
-        {h.router_if: h.router_address for c in rc.chains for h in c.hops},
-        frozenset((h.mark, h.table) for c in rc.chains for h in c.hops),
-        {h.table: (h.via, h.router_if) for c in rc.chains for h in c.hops},
-        ObservedTable("ip", rc.classifier.name, rc.classifier.canonical()))
-    return Observed(hops, {RNS: router})
+        veths, frozenset(r for h in every for r in h.rules),
+        {t: r for h in every for t, r in h.routes.items()},
+        ObservedTable("ip", rc.classifier.name, rc.classifier.canonical()),
+        frozenset(n for h in every for n in h.neighbours))
+    return Observed(hops, {RNS: router}, {h.mirror_if: h.monitor_if for h in every if h.mirror_if})
+
+
+def _hop_seen(h: HopSpec) -> HopSeen:
+    sysctls = dict(hop_sysctls(h))
+    if h.bridged:
+        learning = h.insertion == "l2"
+        return HopSeen(None, (None, "br0"), sysctls, bridge=(("hop0", learning), ("hop1", learning)))
+    return HopSeen(h.hop_address, (h.router_address.split("/")[0], "hop0"), sysctls,
+                   mirror="mon0" if h.insertion == "tap" else None)
 
 
 def test_plan_builds_hops_then_routes_then_rules_then_the_classifier():
@@ -261,8 +279,9 @@ def test_plan_repairs_drift_and_waits_for_the_router():
     desired = _desired((C1, chain()))
     served = _served(desired)
     (hop_ns,) = served.hops
-    drifted = Observed({hop_ns: HopSeen(None, None, False)}, served.routers)
-    assert [type(o).__name__ for o in plan(desired, drifted, prefix="spl-")] == ["EnsureHop"]
+    drifted = Observed({hop_ns: HopSeen()}, served.routers)
+    # built again from nothing: its route (gone with its veth) is set again
+    assert [type(o).__name__ for o in plan(desired, drifted, prefix="spl-")] == ["EnsureHop", "SetRoute"]
     ops = plan(desired, Observed({}, {}), prefix="spl-")
     assert ops == [ReportError(C1, f"router {R}'s namespace {RNS} is not there yet")]
 

@@ -89,7 +89,7 @@ def test_splice_up_serves_the_cli_without_flags_and_stops_cleanly_on_ctrl_c(
 
     deadline = time.monotonic() + 20
     while True:  # the demo's commands run concurrently with ours; wait for ours in the log
-        listed = run(["events", "-o", "json"], env)
+        listed = run(["events", "-t", "_admin", "-o", "json"], env)  # the operator's own
         assert listed.returncode == 0, listed.stderr
         events = [json.loads(line) for line in listed.stdout.splitlines()]
         mine = [e for e in events if e["aggregate_id"] == reply["id"]]
@@ -100,7 +100,7 @@ def test_splice_up_serves_the_cli_without_flags_and_stops_cleanly_on_ctrl_c(
     assert mine[0]["payload"]["actor"] == "cli-test"
     assert mine[0]["payload"]["description"] == "from the CLI"
 
-    later = run(["events", "-o", "json", "--from-seq", str(reply["seq"])], env)
+    later = run(["events", "--all-tenants", "-o", "json", "--from-seq", str(reply["seq"])], env)
     assert json.loads(later.stdout.splitlines()[0])["seq"] == reply["seq"]
 
     proc.send_signal(signal.SIGINT)

@@ -1,5 +1,6 @@
-"""compose.yaml, as docker-compose itself reads it: a 3-node NATS cluster that fsyncs before it
-acknowledges, and two command-service replicas on that cluster with R3 streams.
+"""compose.yaml, as docker-compose itself reads it: the whole cluster — a 3-node NATS cluster that
+fsyncs before it acknowledges, command-service replicas on it with R3 streams, the projector on
+PostgreSQL, an agent on the host's network, and the credentials job they all wait for.
 
 The real tool validates the file (`docker-compose config` fails on an invalid one); the
 assertions run on its normalised output. `./dev` installs docker-compose (Debian package).
@@ -7,9 +8,11 @@ assertions run on its normalised output. `./dev` installs docker-compose (Debian
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
+import sys
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,7 @@ from typing import Any
 import pytest
 import yaml
 
-from splice.auth import Registry
+from splice.auth import Credentials, Registry
 from splice.natsserver import nats_server_binary
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,6 +86,33 @@ def command_services(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
     }
 
 
+def splice_services(config: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The services that run this project's image (the credentials job included)."""
+    return {
+        name: s
+        for name, s in config["services"].items()
+        if str(s.get("image", "")).split(":")[0] == "splice" or s.get("build")
+    }
+
+
+def credentials_job(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    jobs = [
+        (name, s)
+        for name, s in splice_services(config).items()
+        if "credentials init" in " ".join(str(a) for a in s.get("command") or [])
+    ]
+    assert len(jobs) == 1, f"one job runs `splice credentials init`: {jobs}"
+    return jobs[0]
+
+
+def running(config: dict[str, Any], verb: str) -> dict[str, dict[str, Any]]:
+    return {
+        name: s
+        for name, s in splice_services(config).items()
+        if list(s.get("command") or [])[:1] == [verb]
+    }
+
+
 def strip_comments(text: str) -> str:
     return "\n".join(re.sub(r"(#|^\s*//).*$", "", line) for line in text.splitlines())
 
@@ -135,6 +165,8 @@ def test_three_nats_nodes_with_jetstream_and_fsync_always(
         assert re.search(r'^\s*include\s+"auth/accounts.conf"', text, re.M), "no accounts"
         assert ("splice-auth", str(Path(conf_target).parent / "auth")) in mounts(s), name
         cluster = block(text, "cluster")
+        routes = re.findall(r"nats-route://[^\s\"',\]]+", cluster)
+        assert len(set(routes)) == 3, f"the cluster block must route to 3 nodes: {routes}"
         for other in nodes:
             assert re.search(rf"//{re.escape(other)}:\d+", cluster), f"no route to {other}"
         server_names.add(flag(command, "--name", "-n", "--server_name"))
@@ -153,7 +185,7 @@ def test_three_nats_nodes_with_jetstream_and_fsync_always(
 def test_two_command_service_replicas_on_the_cluster_with_r3(config: dict[str, Any]) -> None:
     nodes = nats_services(config)
     replicas = command_services(config)
-    assert len(replicas) == 2, sorted(config["services"])
+    assert len(replicas) >= 2, sorted(config["services"])
     cluster_urls = {f"nats://{n}:4222" for n in nodes}
     for name, s in replicas.items():
         build = s.get("build") or {}
@@ -171,6 +203,100 @@ def test_two_command_service_replicas_on_the_cluster_with_r3(config: dict[str, A
             assert n in deps, f"{name} does not wait for {n}"
             if isinstance(deps, dict):
                 assert deps[n].get("condition") == "service_healthy", (name, n, deps[n])
+
+
+def test_every_splice_service_waits_for_the_credentials_job(config: dict[str, Any]) -> None:
+    job, _ = credentials_job(config)
+    others = {n: s for n, s in splice_services(config).items() if n != job}
+    assert len(others) >= 4, sorted(others)  # 2 replicas, the projector, an agent
+    for name, s in others.items():
+        deps = s.get("depends_on") or {}
+        assert job in deps, f"{name} does not wait for {job}"
+        if isinstance(deps, dict):
+            assert deps[job].get("condition") == "service_completed_successfully", (name, deps[job])
+    for name in nats_services(config):
+        assert job in (config["services"][name].get("depends_on") or {}), name
+
+
+def test_the_credentials_job_makes_every_file_the_services_and_agents_read(
+    config: dict[str, Any], tmp_path: Path
+) -> None:
+    """The job's own shell command, run here with the volume as a temporary directory."""
+    _, job = credentials_job(config)
+    entrypoint = [str(a) for a in job.get("entrypoint") or []]
+    assert entrypoint[:1] == ["/bin/sh"], entrypoint
+    auth = tmp_path / "auth"
+    script = " ".join(str(a) for a in job["command"]).replace("/auth", str(auth))
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    res = subprocess.run([*entrypoint, script], capture_output=True, text=True, env=env, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert (auth / "accounts.conf").is_file()
+    for name, s in splice_services(config).items():
+        creds = (s.get("environment") or {}).get("SPLICE_CREDS")
+        if creds:
+            assert Path(str(creds)).is_relative_to("/auth"), (name, creds)
+            file = auth / Path(str(creds)).relative_to("/auth")
+            assert file.is_file(), f"{name} reads {creds}, which the job does not make"
+            # the server's accounts know that principal
+            kind, principal = Credentials.load(file).kind, Credentials.load(file).name
+            assert (kind, principal) in Registry(auth).principals(), (name, kind, principal)
+
+
+def test_the_projector_folds_into_postgres_as_a_service(config: dict[str, Any]) -> None:
+    projectors = running(config, "projector")
+    assert len(projectors) == 1, sorted(config["services"])
+    (name, s), = projectors.items()
+    command = [str(a) for a in s["command"]]
+    db = flag(command, "--db") or str((s.get("environment") or {}).get("SPLICE_READ_DB", ""))
+    assert re.match(r"postgres(ql)?://", db), f"{name}: --db {db}"
+    pg = [n for n, p in config["services"].items() if str(p.get("image", "")).startswith("postgres:")]
+    host = re.sub(r"^[a-z]+://([^@/]*@)?", "", db).split("/")[0].split(":")[0]
+    assert [host] == pg, f"{name} reaches {host}, not the postgres service {pg}"
+    deps = s.get("depends_on") or {}
+    assert deps.get(host, {}).get("condition") == "service_healthy", (name, deps)
+    url = flag(command, "--nats-url")
+    assert url and set(url.split(",")) == {f"nats://{n}:4222" for n in nats_services(config)}, url
+    # the projector is one of the services (account SPLICE), not a tenant or a host
+    creds = Path(str((s.get("environment") or {}).get("SPLICE_CREDS")))
+    assert creds.name == "service-splice.json", f"{name}: {creds}"
+    assert any(creds.is_relative_to(t) for src, t in mounts(s) if src == "splice-auth"), name
+
+
+def test_an_agent_per_host_privileged_on_the_hosts_network(config: dict[str, Any]) -> None:
+    agents = running(config, "agent")
+    assert agents, sorted(config["services"])
+    _, job = credentials_job(config)
+    script = " ".join(str(a) for a in job["command"])
+    published = {
+        int(str(p).split(":")[-2]) if isinstance(p, str) else int(p["published"])
+        for n in nats_services(config).values()
+        for p in n.get("ports") or []
+    }
+    declared = set((config.get("volumes") or {}).keys())
+    hosts = set()
+    for name, s in agents.items():
+        assert s.get("privileged") is True, name
+        assert s.get("network_mode") == "host", name
+        assert str(s.get("user", "")).split(":")[0] in ("0", "root"), f"{name} must run as root"
+        command = [str(a) for a in s["command"]]
+        host = flag(command, "--host")
+        assert host, f"{name} names no host"
+        hosts.add(host)
+        # its own host credentials, issued by the credentials job
+        creds = str((s.get("environment") or {}).get("SPLICE_CREDS"))
+        assert Path(creds).name == f"host-{host}.json", (name, creds)
+        assert re.search(rf"credentials issue host {re.escape(host)}\b", script), script
+        # on the host's network, NATS is only where compose publishes it
+        url = flag(command, "--nats-url")
+        assert url, name
+        for u in url.split(","):
+            m = re.fullmatch(r"nats://127\.0\.0\.1:(\d+)", u)
+            assert m and int(m.group(1)) in published, f"{name}: {u} is not a published NATS port"
+        state = flag(command, "--state-dir")
+        assert state and any(
+            src in declared and Path(state).is_relative_to(t) for src, t in mounts(s)
+        ), f"{name}: state dir {state} not on a named volume"
+    assert len(hosts) == len(agents), f"one agent per host: {hosts}"
 
 
 def test_postgres_for_read_models(config: dict[str, Any]) -> None:
@@ -206,3 +332,10 @@ def test_dockerfile_installs_the_project_with_splice_as_entrypoint() -> None:
     }
     assert not needed & ignored, f".dockerignore drops {needed & ignored}"
     assert {".git", ".venv"} <= ignored
+
+
+def test_the_image_has_the_agents_kernel_tools() -> None:
+    text = strip_comments((ROOT / "Dockerfile").read_text().replace("\\\n", " "))
+    installs = " ".join(ln for ln in text.splitlines() if "apt-get install" in ln).split()
+    for package in ("haproxy", "nftables", "iproute2", "conntrack"):
+        assert package in installs, f"the image does not install {package}"

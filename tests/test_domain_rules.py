@@ -176,13 +176,17 @@ def test_the_chosen_type_must_offer_a_provider_for_the_kind(w: World) -> None:
     assert "no loadbalancer provider" in e.message
 
 
-def test_out_of_path_needs_a_router_and_is_placed_floating(w: World) -> None:
+def test_out_of_path_is_for_firewalls_with_a_router_and_is_placed_floating(w: World) -> None:
     b = setup(w)
-    err(w, InvalidError, T, "CreateLoadBalancer", name="x", vip_network_id=b["net"], out_of_path=True)
-    lb = w.get(T, "loadbalancer", w.cmd(T, "CreateLoadBalancer", name="o", vip_network_id=b["net"],
-                                         router_id=b["router"], out_of_path=True))
-    assert lb.insertion.mode == "out_of_path"
-    assert lb.id in w.get(T, "router", b["router"]).services
+    e = err(w, InvalidError, T, "CreateLoadBalancer", name="x", vip_network_id=b["net"],
+            router_id=b["router"], out_of_path=True)  # no host detours to a load balancer
+    assert e.field == "$.out_of_path" and "firewall" in e.message
+    e = err(w, InvalidError, T, "CreateFirewall", name="x", network_id=b["net"], out_of_path=True)
+    assert e.field == "$.router_id"
+    fw = w.get(T, "firewall", w.cmd(T, "CreateFirewall", name="o", network_id=b["net"],
+                                     router_id=b["router"], out_of_path=True))
+    assert fw.insertion.mode == "out_of_path"
+    assert fw.id in w.get(T, "router", b["router"]).services
 
 
 def test_a_service_type_in_use_cannot_be_deleted(w: World) -> None:

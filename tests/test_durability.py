@@ -26,7 +26,8 @@ import uuid
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
+from typing import ClassVar
 from uuid import UUID
 
 from eventsourcing.persistence import (
@@ -112,28 +113,20 @@ class Acked:
 
 
 @dataclass
-class Writers:
-    """Threads appending through one recorder (one shared connection), recording what was acked.
+class WriterThreads:
+    """Threads writing through one recorder (one shared connection) until `join`: how many
+    writes are in flight, and the failures. `_run(index)` is one thread's work."""
 
-    Each thread appends to an aggregate of its own, one to three events per write (several go as
-    one atomic batch). After a failed write a thread cannot know whether the write was stored, so it
-    moves on to a new aggregate.
-    """
+    NAME: ClassVar[str] = "writer"
 
     recorder: ApplicationRecorder
     threads: int
-    events_per_aggregate: int = 25
-    state_size: int = 300
-    acked: list[Acked] = field(default_factory=list)
+    _: KW_ONLY
     failures: list[BaseException] = field(default_factory=list)
     in_flight: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
     stop: threading.Event = field(default_factory=threading.Event)
     _workers: list[threading.Thread] = field(default_factory=list)
-
-    def acked_count(self) -> int:
-        with self.lock:
-            return len(self.acked)
 
     def in_flight_count(self) -> int:
         with self.lock:
@@ -141,7 +134,7 @@ class Writers:
 
     def start(self) -> None:
         for i in range(self.threads):
-            t = threading.Thread(target=self._run, args=(i,), name=f"writer-{i}", daemon=True)
+            t = threading.Thread(target=self._run, args=(i,), name=f"{self.NAME}-{i}", daemon=True)
             t.start()
             self._workers.append(t)
 
@@ -151,6 +144,27 @@ class Writers:
         for t in self._workers:
             t.join(max(0.0, deadline - time.monotonic()))
             assert not t.is_alive(), f"{t.name} did not stop"
+
+    def _run(self, index: int) -> None:
+        raise NotImplementedError
+
+
+@dataclass
+class Writers(WriterThreads):
+    """Threads appending, recording what was acked.
+
+    Each thread appends to an aggregate of its own, one to three events per write (several go as
+    one atomic batch). After a failed write a thread cannot know whether the write was stored, so it
+    moves on to a new aggregate.
+    """
+
+    events_per_aggregate: int = 25
+    state_size: int = 300
+    acked: list[Acked] = field(default_factory=list)
+
+    def acked_count(self) -> int:
+        with self.lock:
+            return len(self.acked)
 
     def _run(self, index: int) -> None:
         rnd = random.Random(index)
@@ -336,46 +350,24 @@ def test_atomic_batch_not_committed_before_the_kill_leaves_nothing(
 
 
 @dataclass
-class BatchWriters:
+class BatchWriters(WriterThreads):
     """Threads each writing atomic batches of `size` events of one new aggregate per batch."""
 
-    recorder: ApplicationRecorder
-    threads: int
+    NAME: ClassVar[str] = "batch-writer"
+
     size: int
     state_size: int = 500
     acked: dict[UUID, list[int]] = field(default_factory=dict)
-    failures: list[BaseException] = field(default_factory=list)
-    in_flight: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-    stop: threading.Event = field(default_factory=threading.Event)
-    _workers: list[threading.Thread] = field(default_factory=list)
 
     def acked_count(self) -> int:
         with self.lock:
             return len(self.acked)
 
-    def in_flight_count(self) -> int:
-        with self.lock:
-            return self.in_flight
-
-    def start(self) -> None:
-        for i in range(self.threads):
-            t = threading.Thread(target=self._run, name=f"batch-writer-{i}", daemon=True)
-            t.start()
-            self._workers.append(t)
-
-    def join(self, timeout: float) -> None:
-        self.stop.set()
-        deadline = time.monotonic() + timeout
-        for t in self._workers:
-            t.join(max(0.0, deadline - time.monotonic()))
-            assert not t.is_alive(), f"{t.name} did not stop"
-
     def state(self, aggregate: UUID, version: int) -> bytes:
         head = json.dumps({"batch": str(aggregate), "v": version}).encode()
         return head + b" " * (self.state_size - len(head))
 
-    def _run(self) -> None:
+    def _run(self, index: int) -> None:
         while not self.stop.is_set():
             aggregate = uuid.uuid4()
             events = [

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
-import nats
 import pytest
-from helpers import event_messages, request
+from helpers import cmd, event_messages
 
 from splice.natsserver import NatsServer
 from splice.services.service import CommandService
@@ -22,20 +20,6 @@ async def svc(fresh_nats: NatsServer) -> AsyncIterator[CommandService]:
     await s.start()
     yield s
     await s.stop()
-
-
-@pytest.fixture
-async def nc(fresh_nats: NatsServer) -> AsyncIterator[Any]:
-    conn = await nats.connect(fresh_nats.url)
-    yield conn
-    await conn.close()
-
-
-async def cmd(nc: Any, subject: str, body: dict[str, Any], ok: bool = True) -> dict[str, Any]:
-    body = {"command_id": str(uuid.uuid4()), "actor": "it", **body}
-    reply = await request(nc, f"splice.cmd.{subject}", body)
-    assert reply["ok"] is ok, (subject, body, reply)
-    return reply
 
 
 async def base(nc: Any) -> dict[str, str]:
@@ -182,6 +166,8 @@ async def test_insertion_rules_and_quota_over_nats(svc: CommandService, nc: Any)
 
 
 async def test_firewall_nat_tap_and_chain_over_nats(svc: CommandService, nc: Any) -> None:
+    # the router and the tap on one host: a tap hop's copy is made on the router's host
+    await cmd(nc, "_host.host.register", {"host": "h1", "providers": ["router", "tc-mirror"]})
     b = await base(nc)
     fw = await cmd(nc, f"{T}.firewall.create", {"name": "fw", "network_id": b["net"], "rules": [
         {"action": "allow", "protocol": "tcp", "destination_port": "80"},

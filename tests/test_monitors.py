@@ -22,13 +22,8 @@ from helpers import event_messages, request, wait_for
 
 from splice.events import subjects
 from splice.natsserver import NatsServer
-from splice.services.monitors import (
-    HostTracker,
-    Monitors,
-    PendingTracker,
-    _Monitor,
-    lost_command_id,
-)
+from splice.services.monitor_state import HostTracker, PendingTracker, lost_command_id
+from splice.services.monitors import Monitors, _Monitor
 from splice.services.service import CommandService
 
 T = "acme"

@@ -6,6 +6,8 @@ example works in a tenant of its own; service types are global and shared by all
 After each example the raw stream is folded independently of the domain code and checked:
 
 * an address is never allocated twice on one network while it is held;
+* a VXLAN segment id (VNI) is never held by two networks, of any tenants, at once, and each
+  network's `NetworkCreated` carries the VNI the pool gave it in the same commit;
 * exactly one service type is the default (once any exists), and the default's history is a
   chain (each change names the previous default: no lost update);
 * a chain's hops are live services of the chain's tenant, a service is a hop of one live chain
@@ -93,6 +95,7 @@ step_cmd = st.one_of(
     st.tuples(st.just("chain"), st.lists(st.integers(0, 7), min_size=1, max_size=3)),
     st.tuples(st.just("chain_del"), st.integers(0, 3)),
     st.tuples(st.just("router"), st.just(0)),
+    st.tuples(st.just("net_del"), st.integers(0, 3)),
     st.tuples(st.just("chain_update"), st.integers(0, 3), st.lists(st.integers(0, 7), min_size=1, max_size=3),
               st.integers(0, 2)),
 )
@@ -120,6 +123,8 @@ class Example:
             return "_admin.servicetype.delete", {"id": s}, None
         if kind == "net":
             return f"{t}.network.create", {"name": "n", "cidr": op[1]}, "net"
+        if kind == "net_del" and (n := pick(ids["net"], op[1])):
+            return f"{t}.network.delete", {"id": n}, None
         if kind == "port" and (n := pick(ids["net"], op[1])):
             b: dict[str, Any] = {"network_id": n}
             if op[2] is not None:
@@ -193,6 +198,7 @@ async def stream(url: str) -> list[dict[str, Any]]:
             if m.metadata.sequence.stream >= info.state.last_seq or m.metadata.num_pending == 0:
                 break
     finally:
+        await sub.unsubscribe()  # stops its heartbeat and flow-control tasks (close does not)
         await nc.close()
     return out
 
@@ -205,6 +211,7 @@ def check_invariants(events: list[dict[str, Any]], tenant: str, app: SpliceAppli
     live: dict[str, set[str]] = {}  # service agg id -> live chains
     deleted: set[str] = set()
     lb_events: dict[str, list[str]] = {}
+    vnis: dict[int, str] = {}  # VNI -> the network holding it
     for i, e in enumerate(events):
         tok = e["subject"].split(".")
         ten, agg, ident, typ, p = tok[2], tok[3], tok[4], e["type"], e["p"]
@@ -215,6 +222,13 @@ def check_invariants(events: list[dict[str, Any]], tenant: str, app: SpliceAppli
             net[p["ip_address"]] = p["port_id"]
         elif typ == "AddressReleased":
             assert held[agg_id].pop(p["ip_address"]) == p["port_id"]
+        elif typ == "SegmentAllocated":
+            assert p["segmentation_id"] not in vnis, f"VNI {p['segmentation_id']} handed out twice"
+            vnis[p["segmentation_id"]] = p["network_id"]
+        elif typ == "SegmentReleased":
+            assert vnis.pop(p["segmentation_id"]) == p["network_id"]
+        elif typ == "NetworkCreated":
+            assert vnis.get(p["segmentation_id"]) == agg_id, "a network without its pool's VNI"
         elif typ == "ServiceTypeCreated":
             types.add(agg_id)
         elif typ == "ServiceTypeDeleted":

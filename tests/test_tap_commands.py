@@ -13,6 +13,8 @@ from world import World
 
 from splice.services.domain import DomainError, InUseError, InvalidError
 
+pytestmark = pytest.mark.chains
+
 T = "acme"
 PROVIDERS = {"loadbalancer": "haproxy", "tap": "tc-mirror"}
 

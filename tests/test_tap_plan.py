@@ -27,6 +27,8 @@ from splice.events.advanced_fold import TapState
 from splice.events.port_fold import PortState
 from splice.events.wire import InsertionState
 
+pytestmark = pytest.mark.chains
+
 BAND = PrefBand.of("spl-")
 P, M, M2 = "tapaaaaaaaa-aa", "tapbbbbbbbb-bb", "tapcccccccc-cc"
 TAP = TapSpec("t1", P, M, "both")

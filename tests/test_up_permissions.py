@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +23,9 @@ from splice.events import subjects
 pytestmark = pytest.mark.trust
 
 SPLICE = str(Path(sys.executable).parent / "splice")
+
+
+up_info: dict[str, dict[str, str]] = {}  # state dir -> splice up's state file
 
 
 @pytest.fixture
@@ -38,7 +42,9 @@ def up() -> Iterator[tuple[Path, str]]:
         while not state_file.exists():
             assert proc.poll() is None and time.monotonic() < deadline, "splice up did not start"
             time.sleep(0.05)
-        yield state, json.loads(state_file.read_text())["nats_url"]
+        info = json.loads(state_file.read_text())
+        up_info[str(state)] = info
+        yield state, info["nats_url"]
     finally:
         proc.terminate()
         proc.wait(15)
@@ -90,7 +96,10 @@ def test_the_cli_finds_the_operators_credentials_and_issues_a_tenants(
     assert events.returncode == 0, events.stderr
     seen = [json.loads(line)["subject"] for line in events.stdout.splitlines()]
     assert seen and all(s.startswith("splice.evt.acme.") for s in seen), seen
-    everything = cli(state, "events", "-o", "json")  # the operator reads every tenant's
+    not_theirs = cli(state, "events", "--all-tenants", creds=acme)
+    assert not_theirs.returncode == 2 and "--all-tenants" in not_theirs.stderr, not_theirs.stderr
+    # the operator reads every tenant's, when asked
+    everything = cli(state, "events", "--all-tenants", "-o", "json")
     assert {".demo.", ".acme.", "._admin."} <= {
         t for line in everything.stdout.splitlines() for t in (".demo.", ".acme.", "._admin.")
         if t in json.loads(line)["subject"]
@@ -101,3 +110,22 @@ def test_the_cli_finds_the_operators_credentials_and_issues_a_tenants(
     assert revoked.returncode == 0, revoked.stdout + revoked.stderr
     gone = cli(state, "network", "create", "--name", "c", "--cidr", "10.33.0.0/24", creds=kept)
     assert gone.returncode == 3 and "Authorization Violation" in gone.stdout + gone.stderr
+
+
+def test_splice_up_serves_its_metrics_with_command_latency_and_projector_lag(
+    up: tuple[Path, str],
+) -> None:
+    state, _ = up
+    url = up_info[str(state)]["metrics_url"]
+    assert url.startswith("http://127.0.0.1:") and url.endswith("/metrics")
+    made = cli(state, "servicetype", "create", "metal", "--provider", "loadbalancer=haproxy")
+    assert made.returncode == 0, made.stderr
+    deadline = time.monotonic() + 15
+    while True:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            text = r.read().decode()
+        if 'splice_command_seconds_count{command="servicetype.create",outcome="ok"} 1.0' in text:
+            break
+        assert time.monotonic() < deadline, text[:2000]
+        time.sleep(0.1)
+    assert "splice_projector_lag " in text and "splice_events_appended_total" in text

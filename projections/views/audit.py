@@ -1,9 +1,11 @@
 """The audit log (one row per event, any event type) and the generic resource fold behind it.
 
-Generic on purpose: it needs no code per event type, so an event family added tomorrow is
-audited today, unknown types included. To say *what changed* ("description: 'a' → 'b'") it
-keeps the last known fields of every aggregate (`resources`: the fold of all its events'
-fields), written in the same transaction as the audit rows — so a restarted projector explains
+Each event type of the registry says what it changed in domain terms (audit_text.py: "member
+10.1.0.12:8080 added to pool web", "quota loadbalancer consumed 1: 3 used (of 50)"); a type
+this release does not know is audited all the same, generically (its fields, or what differs
+from before). To say what an update changed ("weight 1 → 5") it keeps the last known fields
+of every aggregate (`resources`: the fold of all its events' fields, and `status_reason`: why
+a service waits, from the `waiting_for` its scheduling events carry), written in the same transaction as the audit rows — so a restarted projector explains
 the next change exactly as a clean rebuild would.
 
 An event the projector set aside (unreadable, or refused by a view) is in the log all the same,
@@ -21,10 +23,12 @@ from typing import Any
 import msgspec
 
 from splice.events import subjects
+from splice.events.folding import status_reason
 from splice.events.follow import SetAside
 
 from ..envelope import Event
 from ..schema import Table, cols
+from .audit_text import SUMMARIES, UPDATES
 from .base import Filter, Tx, View
 
 _encode = msgspec.json.Encoder().encode
@@ -43,7 +47,7 @@ AUDIT = Table(
 RESOURCES = Table(
     "resources",
     cols(
-        "key, tenant, aggregate, id, version:int, deleted:bool, fields:json, "
+        "key, tenant, aggregate, id, version:int, deleted:bool, fields:json, status_reason, "
         "created_seq:int, updated_seq:int, created_time:time, updated_time:time"
     ),
     key=("key",),
@@ -92,8 +96,27 @@ def summarize(
 ) -> tuple[str, dict[str, list[Any]]]:
     """A readable line and the structured changes {field: [old, new]} of one event.
 
-    `before` is the aggregate's folded fields before the event (None: its first event).
+    `before` is the aggregate's folded fields before the event (None: its first event). A type
+    of the registry says what it changed in its own words (`audit_text.SUMMARIES`); only an
+    update of the resource's own attributes is a diff against `before`. A type this release
+    does not know gets the generic line: its fields, or what differs from `before`.
     """
+    known = SUMMARIES.get(event_type)
+    if known is not None:
+        try:
+            summary = known(fields, before)
+        except Exception:  # a payload the summary cannot read (upcast, raw): the generic line
+            return _generic(event_type, aggregate, before, fields)
+        if before is not None and event_type in UPDATES:
+            return summary, {k: [before.get(k), v] for k, v in fields.items()
+                             if before.get(k) != v}
+        return summary, {k: [None, v] for k, v in fields.items()}
+    return _generic(event_type, aggregate, before, fields)
+
+
+def _generic(
+    event_type: str, aggregate: str, before: dict[str, Any] | None, fields: dict[str, Any]
+) -> tuple[str, dict[str, list[Any]]]:
     action = humanize(event_type, aggregate)
     if before is None:
         shown = ", ".join(f"{k}={show(v)}" for k, v in fields.items())
@@ -125,6 +148,7 @@ def on_event(ev: Event, tx: Tx) -> None:
                 "version": ev.version,
                 "deleted": deleted,
                 "fields": fields,
+                "status_reason": None if deleted else status_reason(fields.get("waiting_for")),
                 "created_seq": ev.seq,
                 "updated_seq": ev.seq,
                 "created_time": ev.time_ns,
@@ -132,13 +156,16 @@ def on_event(ev: Event, tx: Tx) -> None:
             }
         )
     else:
-        if changes:
+        if any(before.get(k) != v for k, v in fields.items()):  # type: ignore[union-attr]
             row["fields"] = {**before, **fields}  # type: ignore[dict-item]
         row["version"] = ev.version
         row["updated_seq"] = ev.seq
         row["updated_time"] = ev.time_ns
         if deleted:
             row["deleted"] = True
+        row["status_reason"] = (
+            None if row["deleted"] else status_reason(row["fields"].get("waiting_for"))
+        )
         resources.put(row)
     p = ev.payload
     tx["audit"].append(
@@ -229,7 +256,7 @@ AUDIT_VIEW = View(
     tables=(AUDIT, RESOURCES),
     handlers={},
     any_event=on_event,
-    version=1,
+    version=3,  # 2: resources.status_reason; 3: a summary per event type (audit_text)
     scope="tenant",
     query_table="audit",
     order_by=("seq",),

@@ -161,9 +161,12 @@ class Rows:
         self.appended = []
         return w
 
+    def over_limit(self) -> bool:
+        return len(self.cache) > ROW_CACHE_LIMIT
+
     def trim(self) -> None:
         """Keep memory bounded: past the limit, drop the cache (misses then ask the store)."""
-        if len(self.cache) > ROW_CACHE_LIMIT:
+        if self.over_limit():
             self.cache.clear()
             self.complete = False
 

@@ -9,7 +9,9 @@ after every event.
 
 Statuses: provisioning is the load balancer's own (its generations; children follow it, as in
 Octavia); operating statuses are the agents' reports (``statuses``), defaulting to OFFLINE, and
-NO_MONITOR for members of a pool without a health monitor.
+NO_MONITOR for members of a pool without a health monitor. ``status_reason`` says why a load
+balancer is not served yet ("waiting for a host that offers nftables-l4": the fold's
+`waiting_for`, from its scheduling event), None once it is placed.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any
 import msgspec
 
 from splice.events.contracts import EVENT_TYPES
+from splice.events.folding import status_reason
 from splice.events.lbaas import Pool
 from splice.events.lbaas_fold import LB_EVENT_TAGS, LoadBalancerState, apply
 
@@ -31,7 +34,7 @@ LOADBALANCERS = Table(
     cols(
         "id, tenant, name, description, vip_network_id, vip_address, vip_port_id, "
         "insertion:json, admin_state_up:bool, provisioning_status, operating_status, "
-        "generation:int, converged:int, host, error, deleted:bool, version:int, "
+        "generation:int, converged:int, host, status_reason, error, deleted:bool, version:int, "
         "created_time:time, updated_time:time, status_tree:json, state:json"
     ),
     key=("id",),
@@ -177,6 +180,7 @@ def _lb_row(fold: LoadBalancerState, ev: Event, created: int) -> dict[str, Any]:
         "generation": fold.generation,
         "converged": fold.converged,
         "host": fold.host,
+        "status_reason": None if fold.deleted else status_reason(fold.waiting_for),
         "error": fold.error,
         "deleted": fold.deleted,
         "version": ev.version,
@@ -243,7 +247,7 @@ VIEW = View(
     name="loadbalancers",
     tables=(LOADBALANCERS, LISTENERS, POOLS, MEMBERS),
     handlers=dict.fromkeys(LB_EVENTS, on_event),
-    version=1,
+    version=2,  # 2: status_reason
     scope="tenant",
     query_table="loadbalancers",
     order_by=("name", "id"),

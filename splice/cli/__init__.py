@@ -16,11 +16,12 @@ from splice.cli import (
     eventlog,
     readmodels,
     reads,
+    resources,
     running,
     servicetypes,
 )
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+app = typer.Typer(no_args_is_help=True, help=__doc__)
 
 
 @app.callback()
@@ -45,7 +46,7 @@ def _build(root: typer.Typer) -> typer.Typer:
     reads.register(root)
     root.add_typer(readmodels.projections_app, name="projections")
     root.add_typer(credentials.credentials_app, name="credentials")
-    commands.register(root)
+    resources.register(commands.register(root))
     return root
 
 

@@ -13,14 +13,19 @@ import asyncio
 import inspect
 import json
 import os
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 import typer
 from nats.errors import NoRespondersError
+from rich.markup import escape
 
 from splice import client
-from splice.cli.common import err, out, url_of
+from splice.cli import complete, created, wait
+from splice.cli.common import ADMIN, TenantOpt, err, out, tenant_of, url_of
+from splice.cli.errors import explain, unwrap
+from splice.cli.kinds import ID_OPTIONS, KINDS
+from splice.cli.resolve import resolve
 from splice.events.contracts import COMMANDS, Command, scope_of
 
 COMMON = {"command_id", "actor", "correlation_id"}
@@ -37,10 +42,9 @@ def send(
     timeout: float = 10.0,
 ) -> dict[str, Any]:
     """Send one command and print its reply; exits 1 when it is refused, 3 without a reply.
-    Without a tenant: the credentials' own tenant, else `demo`."""
+    Without a tenant: the credentials' own tenant, else a usage error naming --tenant."""
     url = url_of(nats_url)
-    if tenant is None:
-        tenant = url.tenant if url.tenant and not url.tenant.startswith("_") else "demo"
+    tenant = tenant_of(url, tenant)
     body = client.command_body(body)
     subject = f"splice.cmd.{tenant}.{aggregate}.{verb}"
     try:
@@ -59,14 +63,15 @@ def send(
     elif reply.get("ok"):
         out.print(
             f"[green]ok[/] id={reply['id']} version={reply['version']} seq={reply['seq']} "
-            f"command_id={reply['command_id']}"
+            f"command_id={reply['command_id']}", soft_wrap=True
         )
+        children = created.tree(reply)
+        if children is not None:
+            out.print(children)
     else:
-        problem = reply.get("error", {})
-        out.print(
-            f"[red]{problem.get('code')}[/]: {problem.get('message')} "
-            f"(field: {problem.get('field')})"
-        )
+        text = explain(COMMANDS.get((aggregate, verb)), reply.get("error") or {})
+        code, _, rest = text.partition(": ")
+        out.print(f"[red]{escape(code)}[/]: {escape(rest)}", highlight=False)
     if not reply.get("ok"):
         raise typer.Exit(1)
     return reply
@@ -83,28 +88,44 @@ def _base(info: msgspec.inspect.Type) -> msgspec.inspect.Type:
     return info
 
 
-def _param(name: str, info: msgspec.inspect.Type, required: bool) -> inspect.Parameter:
+def _help(info: msgspec.inspect.Type, field_doc: str | None) -> str | None:
+    """The option's help: the contract's own words (the type's or the field's description)."""
+    _, notes = unwrap(info)
+    return field_doc or (notes[-1] if notes else None)
+
+
+def _param(name: str, info: msgspec.inspect.Type, required: bool,
+           field_doc: str | None = None) -> inspect.Parameter:
     flag = "--" + name.replace("_", "-")
     base = _base(info)
+    doc = _help(info, field_doc)
+    default: Any = inspect.Parameter.empty if required else None
     annotation: Any
     if isinstance(base, msgspec.inspect.BoolType):
-        annotation = Annotated[bool | None, typer.Option(f"{flag}/--no-{flag[2:]}")]
+        annotation = Annotated[bool | None, typer.Option(f"{flag}/--no-{flag[2:]}", help=doc)]
     elif isinstance(base, msgspec.inspect.IntType):
-        annotation = Annotated[int | None, typer.Option(flag)]
-    elif isinstance(base, msgspec.inspect.LiteralType):
-        values = "|".join(str(v) for v in base.values)
-        annotation = Annotated[str | None, typer.Option(flag, help=values)]
-    elif isinstance(base, msgspec.inspect.StrType):
-        annotation = Annotated[str | None, typer.Option(flag)]
+        annotation = Annotated[int | None, typer.Option(flag, help=doc)]
+    elif isinstance(base, msgspec.inspect.LiteralType) and all(
+            isinstance(v, str) for v in base.values):
+        choice: Any = Literal[tuple(base.values)]  # typer checks it and lists the values
+        annotation = Annotated[choice | None, typer.Option(flag, help=doc)]
+    elif isinstance(base, msgspec.inspect.StrType | msgspec.inspect.LiteralType):
+        if name in ID_OPTIONS:
+            doc = f"The {ID_OPTIONS[name]}'s id or name."
+            annotation = Annotated[str | None, typer.Option(
+                flag, help=doc, autocompletion=complete.ref(ID_OPTIONS[name]))]
+        else:
+            annotation = Annotated[str | None, typer.Option(flag, help=doc)]
     elif isinstance(base, msgspec.inspect.DictType) and isinstance(
         base.value_type, (msgspec.inspect.StrType, msgspec.inspect.LiteralType)
     ):
-        annotation = Annotated[
-            list[str] | None, typer.Option(flag, help="KEY=VALUE (repeat), or one JSON object")
-        ]
+        annotation = Annotated[list[str] | None, typer.Option(
+            flag, help=f"{doc + ': ' if doc else ''}KEY=VALUE (repeat), or one JSON object")]
     else:
-        annotation = Annotated[str | None, typer.Option(flag, help="JSON")]
-    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation)
+        annotation = Annotated[str | None, typer.Option(
+            flag, help=f"{doc + ' ' if doc else ''}(JSON)")]
+    return inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default,
+                             annotation=annotation)
 
 
 def _value(raw: Any) -> Any:
@@ -134,17 +155,29 @@ def command_for(app: typer.Typer, aggregate: str, verb: str, cmd: type[Command])
     if any(f.name == "id" for f in fields):
         params.append(
             inspect.Parameter("id", inspect.Parameter.POSITIONAL_OR_KEYWORD,
-                              annotation=Annotated[str, typer.Argument()])
+                              annotation=Annotated[str, typer.Argument(
+                                  metavar="ID", help=f"The {aggregate}'s id"
+                                  + (" or name." if aggregate in KINDS else "."),
+                                  autocompletion=complete.ref(aggregate)
+                                  if aggregate in KINDS else None)])
         )
-    params += [_param(f.name, f.type, f.required) for f in fields if f.name != "id"]
+    docs = _field_docs(cmd)
+    params += [_param(f.name, f.type, f.required, docs.get(f.name))
+               for f in fields if f.name != "id"]
     scope = scope_of(aggregate, verb)
     opt = inspect.Parameter.KEYWORD_ONLY
     if scope == "tenant":
-        params.append(inspect.Parameter(
-            "tenant", opt, default=None,
-            annotation=Annotated[str | None, typer.Option(
-                envvar="SPLICE_TENANT",
-                help="Your tenant (default: your credentials' tenant, else demo).")]))
+        params.append(inspect.Parameter("tenant", opt, default=None, annotation=TenantOpt))
+    if wait.waits(aggregate, verb):
+        params += [
+            inspect.Parameter("wait_", opt, default=False, annotation=Annotated[bool, typer.Option(
+                "--wait", help="Wait until a host has converged the load balancer (ACTIVE"
+                + (", or gone" if verb == "delete" and aggregate == "loadbalancer" else "")
+                + "); exit 1 on ERROR, 4 on --timeout.")]),
+            inspect.Parameter("timeout", opt, default=wait.DEFAULT_TIMEOUT,
+                              annotation=Annotated[float, typer.Option(
+                                  help="With --wait: give up after this many seconds.")]),
+        ]
     params += [
         inspect.Parameter("command_id", opt, default=None,
                           annotation=Annotated[str | None, typer.Option(help="Idempotency key.")]),
@@ -157,17 +190,49 @@ def command_for(app: typer.Typer, aggregate: str, verb: str, cmd: type[Command])
     def run(**kwargs: Any) -> None:
         tenant = {"admin": "_admin", "host": "_host"}.get(scope) or kwargs.pop("tenant")
         nats_url, output = kwargs.pop("nats_url"), kwargs.pop("output")
+        waiting, timeout = kwargs.pop("wait_", False), kwargs.pop("timeout", None)
         body = {k: _value(v) for k, v in kwargs.items() if v not in (None, [])}
         body.setdefault("actor", os.environ.get("SPLICE_ACTOR") or "cli")
-        send(nats_url, aggregate, verb, body, output, tenant)
+        if any(k in ID_OPTIONS or k == "id" for k in body):
+            bus = url_of(nats_url)
+            names_to_ids(bus, tenant_of(bus, body.get("tenant") or tenant), aggregate, body)
+        reply = send(nats_url, aggregate, verb, body, output, tenant)
+        if waiting:
+            bus = url_of(nats_url)
+            wait.wait(bus, tenant_of(bus, tenant), wait.loadbalancer_of(aggregate, body, reply),
+                      deleting=(aggregate, verb) == ("loadbalancer", "delete"),
+                      timeout=float(timeout or wait.DEFAULT_TIMEOUT))
 
     run.__signature__ = inspect.Signature(params)  # type: ignore[attr-defined]
     run.__doc__ = (cmd.__doc__ or f"{aggregate} {verb}").strip().split("\n\n")[0]
     app.command(verb.replace("_", "-"))(run)
 
 
-def register(root: typer.Typer) -> None:
-    """Add a sub-command per aggregate with a command per verb."""
+def names_to_ids(bus: client.Bus, tenant: str, aggregate: str, body: dict[str, Any]) -> None:
+    """Replace the names in the body's id fields by ids (parents first: a pool's name is
+    looked up within the load balancer the command names)."""
+    order = [k for k in ID_OPTIONS if k in body] + (["id"] if "id" in body else [])
+    for key in order:
+        kind = aggregate if key == "id" else ID_OPTIONS[key]
+        if kind not in KINDS or not isinstance(body[key], str):
+            continue
+        flag = "ID" if key == "id" else "--" + key.replace("_", "-")
+        body[key] = resolve(bus, ADMIN if KINDS[kind].admin else tenant, kind, body[key], flag,
+                            {k: v for k, v in body.items() if k in ID_OPTIONS})
+
+
+def _field_docs(cmd: type[Command]) -> dict[str, str]:
+    """Each field's description in the command's JSON Schema (the contracts' docs)."""
+    try:
+        schema = msgspec.json.schema(cmd)
+    except Exception:  # a contract the schema generator cannot render: no docs
+        return {}
+    props = schema.get("$defs", {}).get(cmd.__name__, schema).get("properties", {})
+    return {k: v["description"] for k, v in props.items() if v.get("description")}
+
+
+def register(root: typer.Typer) -> dict[str, typer.Typer]:
+    """Add a sub-command per aggregate with a command per verb; the groups, by aggregate."""
     groups: dict[str, typer.Typer] = {}
     for (aggregate, verb), cmd in COMMANDS.items():
         if aggregate in HANDWRITTEN:
@@ -177,3 +242,4 @@ def register(root: typer.Typer) -> None:
             g = groups[aggregate] = typer.Typer(no_args_is_help=True, help=f"{aggregate} commands")
             root.add_typer(g, name=aggregate)
         command_for(g, aggregate, verb, cmd)
+    return groups

@@ -10,8 +10,10 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from splice import client
+from splice.events import subjects
 
 out = Console()
 err = Console(stderr=True)
@@ -58,6 +60,47 @@ def url_of(nats_url: str | None, state_dir: Path | None = None) -> client.Bus:
         raise typer.Exit(2) from None
 
 
+TENANT_HELP = "The tenant to act in (default: $SPLICE_TENANT, else your credentials' tenant)."
+TenantOpt = Annotated[
+    str | None,
+    typer.Option("--tenant", "-t", envvar="SPLICE_TENANT", help=TENANT_HELP, show_default=False),
+]
+AllTenantsOpt = Annotated[
+    bool,
+    typer.Option("--all-tenants", help="Every tenant's (the operator only)."),
+]
+TENANT_FLAG = "'--tenant' / '-t' / $SPLICE_TENANT"
+
+
+def tenant_of(bus: client.Bus, tenant: str | None) -> str:
+    """The tenant a tenant's command or read acts in: the one given (--tenant, $SPLICE_TENANT),
+    else the credentials' own tenant. With neither (the operator's credentials belong to no
+    tenant), a usage error naming --tenant and $SPLICE_TENANT: never a guessed tenant."""
+    if tenant:
+        if not subjects.TENANT_TOKEN.fullmatch(tenant):
+            raise typer.BadParameter(
+                f"{tenant!r} is not a tenant's name (lowercase letters, digits and '-', "
+                "at most 63, starting with a letter or digit)", param_hint=TENANT_FLAG)
+        return tenant
+    if bus.own_tenant:
+        return bus.own_tenant
+    raise typer.BadParameter(
+        "no tenant: give --tenant/-t NAME or set SPLICE_TENANT (the operator's credentials "
+        "belong to no tenant)", param_hint=TENANT_FLAG)
+
+
+def read_scope(bus: client.Bus, tenant: str | None, all_tenants: bool) -> str:
+    """The tenant a read asks as: `tenant_of`, or the operator's scope (every tenant's) when
+    --all-tenants asks for it, which a tenant's credentials may not."""
+    if not all_tenants:
+        return tenant_of(bus, tenant)
+    if bus.own_tenant:
+        raise typer.BadParameter(
+            f"these credentials are tenant {bus.own_tenant}'s: only the operator reads every "
+            "tenant's", param_hint="'--all-tenants'")
+    return ADMIN
+
+
 def pairs(items: list[str], form: str, param_hint: str) -> dict[str, str]:
     """Repeated KEY=VALUE options as a mapping; `form` (KIND=PROVIDER) names them in errors."""
     result: dict[str, str] = {}
@@ -73,16 +116,17 @@ def print_json(data: Any) -> None:
     sys.stdout.write(json.dumps(data, indent=2, ensure_ascii=False) + "\n")
 
 
-def cell(value: Any) -> str:
+def cell(value: Any) -> Text:
+    """A value as a table cell: plain text, so markup in a tenant's strings stays text."""
     if isinstance(value, dict | list):
-        return json.dumps(value, ensure_ascii=False)
-    return "" if value is None else str(value)
+        return Text(json.dumps(value, ensure_ascii=False))
+    return Text("" if value is None else str(value))
 
 
 def table(items: list[dict[str, Any]], columns: list[str], title: str | None = None) -> None:
-    shown = Table(title=title, show_lines=False)
+    shown = Table(title=Text(title) if title else None, show_lines=False)
     for c in columns:
-        shown.add_column(c, overflow="fold")
+        shown.add_column(Text(c), overflow="fold")
     for item in items:
         shown.add_row(*[cell(item.get(c)) for c in columns])
     out.print(shown)

@@ -13,8 +13,18 @@ from typing import Annotated, Any
 import msgspec
 import typer
 from nats.errors import NoRespondersError
+from rich.markup import escape
 
-from splice.cli.common import NatsUrlOpt, OutputOpt, err, out, url_of
+from splice.cli.common import (
+    AllTenantsOpt,
+    NatsUrlOpt,
+    OutputOpt,
+    TenantOpt,
+    err,
+    out,
+    read_scope,
+    url_of,
+)
 from splice.events import subjects
 
 
@@ -33,18 +43,22 @@ def events(
     ] = False,
     subject: Annotated[
         str | None,
-        typer.Option(help="Subject filter (default: every event your credentials may read)."),
+        typer.Option(help="Subject filter (default: the tenant's events, splice.evt.<tenant>.>)."),
     ] = None,
+    tenant: TenantOpt = None,
+    all_tenants: AllTenantsOpt = False,
     limit: Annotated[int | None, typer.Option(help="Stop after this many events.")] = None,
     nats_url: NatsUrlOpt = None,
     output: OutputOpt = "table",
 ) -> None:
-    """Read the event log (the JetStream stream), from a sequence or a time; -f follows it."""
+    """Read the event log (the JetStream stream), from a sequence or a time; -f follows it.
+    One tenant's events (`-t _admin`: the operator's own), or every one with --all-tenants."""
     from splice.events.eventlog import read_events
 
     bus = url_of(nats_url)
     if subject is None:
-        subject = subjects.events_of_tenant(bus.own_tenant) if bus.own_tenant else subjects.EVENTS
+        scope = read_scope(bus, tenant, all_tenants)
+        subject = subjects.EVENTS if all_tenants else subjects.events_of_tenant(scope)
     start_time = _parse_since(since) if since else None
 
     def show(ev: dict[str, Any]) -> None:
@@ -53,9 +67,11 @@ def events(
             sys.stdout.flush()
         else:
             p = ev["payload"]
-            out.print(
-                f"{ev['seq']:>7} {ev['time'][:23]} [bold]{ev['type']:<28}[/] {ev['aggregate_id']} "
-                f"v{ev['version']} actor={p.get('actor', '?')} cmd={p.get('command_id', '?')}",
+            out.print(  # what a tenant sent is text, not markup
+                f"{ev['seq']:>7} {ev['time'][:23]} [bold]{escape(str(ev['type'])):<28}[/] "
+                f"{escape(str(ev['aggregate_id']))} v{ev['version']} "
+                f"actor={escape(str(p.get('actor', '?')))} "
+                f"cmd={escape(str(p.get('command_id', '?')))}",
                 highlight=False,
             )
 
@@ -74,7 +90,8 @@ def events(
                 )
             )
     except NoRespondersError:
-        err.print(f"[red]forbidden[/]: the bus does not let these credentials read {subject}")
+        err.print(f"[red]forbidden[/]: the bus does not let these credentials read "
+                  f"{escape(subject)}", highlight=False)
         raise typer.Exit(1) from None
 
 

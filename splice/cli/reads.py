@@ -2,7 +2,8 @@
 
 `query` and `audit` ask the projector over NATS (``splice.qry.<tenant>.<view>``), the one that
 `splice up` or `splice projector` runs; `history` and `state` read the stream itself (no
-projector needed).
+projector needed). Each reads one tenant's: `--tenant`, $SPLICE_TENANT, else the credentials'
+own tenant; every tenant's only when `--all-tenants` asks (the operator).
 """
 
 from __future__ import annotations
@@ -12,21 +13,24 @@ import json
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from splice import client
 from splice.cli.common import (
     ADMIN,
+    AllTenantsOpt,
     NatsUrlOpt,
     OutputOpt,
+    TenantOpt,
     err,
     out,
     pairs,
     print_json,
+    read_scope,
     table,
+    tenant_of,
     url_of,
 )
-
-TenantOpt = Annotated[str, typer.Option("--tenant", "-t", help="Tenant to ask as.")]
 
 
 def query(nats_url: str | None, tenant: str, view: str, body: dict[str, Any]) -> dict[str, Any]:
@@ -38,7 +42,8 @@ def query(nats_url: str | None, tenant: str, view: str, body: dict[str, Any]) ->
     reply = asyncio.run(client.query(bus, tenant, view, body))
     if not reply.get("ok"):
         e = reply.get("error", {})
-        err.print(f"[red]{e.get('code')}[/]: {e.get('message')} (field: {e.get('field')})")
+        err.print(f"[red]{escape(str(e.get('code')))}[/]: {escape(str(e.get('message')))} "
+                  f"(field: {escape(str(e.get('field')))})", highlight=False)
         raise typer.Exit(1)
     return reply
 
@@ -80,13 +85,23 @@ def query_cmd(
     filter_: Annotated[
         list[str] | None, typer.Option("--filter", "-f", help="KEY=VALUE, repeatable.")
     ] = None,
-    tenant: TenantOpt = ADMIN,
+    tenant: TenantOpt = None,
+    all_tenants: AllTenantsOpt = False,
     limit: Annotated[int, typer.Option()] = 100,
     nats_url: NatsUrlOpt = None,
     output: OutputOpt = "json",
 ) -> None:
     """Query any read model: `splice query loadbalancers -t acme -f name=web`."""
-    items = page_all(nats_url, tenant, view, _filters(filter_ or []), limit)
+    from splice.projections.views import QUERY_VIEWS
+
+    known = QUERY_VIEWS.get(view)
+    body = _filters(filter_ or [])
+    if known is not None and known.scope != "tenant":
+        as_tenant = ADMIN  # the operator's views (service types): no tenant's
+    else:
+        as_tenant = read_scope(url_of(nats_url), tenant, all_tenants)
+        _only_admin(body, as_tenant, all_tenants)
+    items = page_all(nats_url, as_tenant, view, body, limit)
     if output == "json":
         print_json(items)
     elif items:
@@ -94,9 +109,8 @@ def query_cmd(
 
 
 def audit(
-    tenant: Annotated[
-        str | None, typer.Option("--tenant", "-t", help="Only this tenant (default: all).")
-    ] = None,
+    tenant: TenantOpt = None,
+    all_tenants: AllTenantsOpt = False,
     actor: Annotated[str | None, typer.Option(help="Only this actor.")] = None,
     aggregate: Annotated[
         str | None, typer.Option(help="Only this kind (servicetype, loadbalancer…) or an id.")
@@ -105,16 +119,16 @@ def audit(
     since: Annotated[str | None, typer.Option(help="From this time (RFC 3339).")] = None,
     until: Annotated[str | None, typer.Option(help="Before this time (RFC 3339).")] = None,
     limit: Annotated[int, typer.Option()] = 100,
-    as_tenant: Annotated[str, typer.Option("--as", help="Ask as this tenant.")] = ADMIN,
     nats_url: NatsUrlOpt = None,
     output: OutputOpt = "table",
 ) -> None:
-    """The audit log: who changed what, when, in answer to which command."""
+    """The audit log: who changed what, when, in answer to which command (one tenant's, or
+    every tenant's with --all-tenants; the operator's own changes are tenant _admin's)."""
+    as_tenant = read_scope(url_of(nats_url), tenant, all_tenants)
     body: dict[str, Any] = {"actor": actor, "type": event_type, "since": since, "until": until}
     if aggregate:
         body["aggregate_id" if _looks_like_id(aggregate) else "aggregate"] = aggregate
-    if tenant:
-        body["tenant"] = tenant
+    _only_admin(body, as_tenant, all_tenants)
     items = page_all(nats_url, as_tenant, "audit", {k: v for k, v in body.items() if v}, limit)
     if output == "json":
         print_json(items)
@@ -122,32 +136,56 @@ def audit(
     _show_audit(items)
 
 
+def _only_admin(body: dict[str, Any], as_tenant: str, all_tenants: bool) -> None:
+    """`-t _admin` reads the operator's own rows, not every tenant's (that is --all-tenants)."""
+    if as_tenant == ADMIN and not all_tenants:
+        body["tenant"] = ADMIN
+
+
 def _looks_like_id(text: str) -> bool:
     return len(text) == 36 and text.count("-") == 4
 
 
 def _show_audit(items: list[dict[str, Any]]) -> None:
+    """One line per event; what a tenant wrote (names, summaries) is printed as text, never
+    as markup."""
     for it in items:
         out.print(
-            f"{it['seq']:>7} {it['time'][:23]} {it['tenant']:<10} {it['actor']:<12} "
-            f"[bold]{it['type']}[/] {it['aggregate']}/{it['aggregate_id'][:8]} "
-            f"v{it['version']}  {it['summary']}  [dim]cmd={it['command_id'][:12]}[/]",
+            f"{it['seq']:>7} {it['time'][:23]} {escape(it['tenant']):<10} "
+            f"{escape(it['actor']):<12} [bold]{escape(it['type'])}[/] "
+            f"{escape(it['aggregate'])}/{escape(it['aggregate_id'][:8])} "
+            f"v{it['version']}  {escape(it['summary'])}  "
+            f"[dim]cmd={escape(it['command_id'][:12])}[/]",
             highlight=False,
         )
 
 
-def history(resource_id: str, nats_url: NatsUrlOpt = None, output: OutputOpt = "table") -> None:
+def _one_tenant(bus: client.Bus, tenant: str | None) -> str | None:
+    """The tenant a read of one resource is narrowed to: given, $SPLICE_TENANT or the
+    credentials'; None for the operator naming none (an id names one resource anyway)."""
+    return tenant_of(bus, tenant) if tenant or bus.own_tenant else None
+
+
+def history(
+    resource_id: str,
+    tenant: TenantOpt = None,
+    nats_url: NatsUrlOpt = None,
+    output: OutputOpt = "table",
+) -> None:
     """Every event of one resource, read from the stream, with what each one changed."""
     from splice.projections.timetravel import history as read_history
 
+    bus = url_of(nats_url)
+    within = _one_tenant(bus, tenant)
     items = asyncio.run(
-        client.with_jetstream(url_of(nats_url), lambda js: read_history(js, resource_id))
+        client.with_jetstream(bus, lambda js: read_history(js, resource_id, tenant=within))
     )
     if output == "json":
         print_json(items)
         return
     if not items:
-        err.print(f"no events for {resource_id}")
+        where = f" in tenant {within}" if within else ""
+        err.print(f"no events for {escape(resource_id)}{escape(where)}", highlight=False)
         raise typer.Exit(1)
     _show_audit(items)
 
@@ -166,7 +204,7 @@ def _parse_at(value: str) -> Any:
 
 def state(
     at: Annotated[str, typer.Option("--at", help="Stream sequence, or RFC 3339 time.")],
-    tenant: Annotated[str | None, typer.Option("--tenant", "-t")] = None,
+    tenant: TenantOpt = None,
     resource_id: Annotated[str | None, typer.Option("--id", help="One resource.")] = None,
     nats_url: NatsUrlOpt = None,
     output: OutputOpt = "json",
@@ -174,13 +212,12 @@ def state(
     """A tenant's (or one resource's) state as it was then, folded from the stream."""
     from splice.projections.timetravel import state_at
 
-    if (tenant is None) == (resource_id is None):
-        raise typer.BadParameter("give --tenant or --id (one of them)")
+    bus = url_of(nats_url)
+    within = _one_tenant(bus, tenant) if resource_id else tenant_of(bus, tenant)
     point = _parse_at(at)
     result = asyncio.run(
         client.with_jetstream(
-            url_of(nats_url),
-            lambda js: state_at(js, point, tenant=tenant, resource_id=resource_id),
+            bus, lambda js: state_at(js, point, tenant=within, resource_id=resource_id)
         )
     )
     if output == "json":

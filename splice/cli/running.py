@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from splice import client, logs, root
+from splice import up as splice_up
 from splice.cli.common import (
     DbOpt,
     LogLevelOpt,
@@ -23,17 +24,27 @@ from splice.cli.common import (
     url_of,
 )
 
+MetricsPortOpt = Annotated[int | None, typer.Option(
+    "--metrics-port", min=0, max=65535,
+    help="Serve Prometheus metrics on 127.0.0.1:PORT (0: a free port; the URL is printed). "
+         "Default: not served.")]
+
+
+def _say(text: str) -> None:
+    out.print(text, highlight=False)
+
 
 def serve(
     nats_url: NatsUrlOpt = None,
     replicas: Annotated[
         int, typer.Option(envvar="JETSTREAM_REPLICAS", help="Stream replicas when creating it.")
     ] = 1,
+    metrics_port: MetricsPortOpt = None,
     log_level: LogLevelOpt = "INFO",
 ) -> None:
     """Run the command service against an existing NATS (one replica of the queue group)."""
     logs.configure(log_level)
-    root.serve(url_of(nats_url).url, {"JETSTREAM_REPLICAS": str(replicas)})
+    root.serve(url_of(nats_url).url, {"JETSTREAM_REPLICAS": str(replicas)}, metrics_port, _say)
 
 
 def agent(
@@ -44,6 +55,14 @@ def agent(
         "--provider", help="Providers offered (default: haproxy, nftables-l4, router, tc-mirror).")] = None,
     prefix: Annotated[str, typer.Option(help="Name prefix of everything the agent owns.")] = "spl-",
     resync: Annotated[float, typer.Option(help="Seconds between drift repairs.")] = 30.0,
+    netns: Annotated[str | None, typer.Option(
+        help="Run inside this network namespace: the host's root (a simulated host).")] = None,
+    underlay_ip: Annotated[str | None, typer.Option(
+        help="This host's underlay address: its networks reach the other hosts over VXLAN.")] = None,
+    stats_interval: Annotated[float, typer.Option(
+        min=0.1, help="Seconds between two readings of the services' counters "
+                      "(metrics, `splice loadbalancer stats`).")] = 5.0,
+    metrics_port: MetricsPortOpt = None,
     log_level: LogLevelOpt = "INFO",
 ) -> None:
     """Run the host agent: converge this host to the event stream."""
@@ -56,13 +75,17 @@ def agent(
         prefix=prefix,
         resync_s=resync,
         js_prefix=bus.js_prefix,
+        netns=netns,
+        underlay_ip=underlay_ip,
+        stats_s=stats_interval,
     )
-    root.agent(bus.url, cfg)
+    root.agent(bus.url, cfg, metrics_port, _say)
 
 
 def projector(
     nats_url: NatsUrlOpt = None,
     db: DbOpt = None,
+    metrics_port: MetricsPortOpt = None,
     log_level: LogLevelOpt = "INFO",
 ) -> None:
     """Run the projector: fold the event stream into the read models and answer queries."""
@@ -77,7 +100,7 @@ def projector(
             highlight=False,
         )
 
-    root.projector(url, db_url, ready)
+    root.projector(url, db_url, ready, metrics_port, _say)
 
 
 def up(
@@ -97,8 +120,8 @@ def up(
     """Run Splice on this machine: embedded nats-server (JetStream, fsync always) + command service."""
     logs.configure(log_level)
     try:
-        root.run_up(root.UpConfig(state_dir, port, nats_url, demo, tls), out)
-    except root.AlreadyRunning as e:
+        splice_up.run_up(splice_up.UpConfig(state_dir, port, nats_url, demo, tls), out)
+    except splice_up.AlreadyRunning as e:
         err.print(f"[red]splice up is already running[/] (pid {e.info['pid']}, {e.info['nats_url']})")
         raise typer.Exit(1) from None
 

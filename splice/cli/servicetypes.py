@@ -18,8 +18,15 @@ from splice.cli.common import (
     pairs,
     print_json,
     table,
+    url_of,
 )
 from splice.cli.reads import page_all, query
+from splice.cli.resolve import resolve
+
+
+def _id(nats_url: str | None, ref: str) -> str:
+    """A service type's id, from its id or its name."""
+    return resolve(url_of(nats_url), ADMIN, "servicetype", ref, "ID")
 
 servicetype_app = typer.Typer(
     no_args_is_help=True, help="Service types: providers per kind, one default."
@@ -62,7 +69,7 @@ def st_update(
     output: CommandOutputOpt = "table",
 ) -> None:
     """Change a service type's name, description or providers."""
-    body = {"id": id, "name": name, "description": description,
+    body = {"id": _id(nats_url, id), "name": name, "description": description,
             "providers": _providers(provider) if provider else None, "command_id": command_id}
     send(nats_url, "servicetype", "update", body, output, ADMIN)
 
@@ -75,7 +82,7 @@ def st_set_default(
     output: CommandOutputOpt = "table",
 ) -> None:
     """Make a service type the default (the previous default stops being one, atomically)."""
-    body = {"id": id, "command_id": command_id}
+    body = {"id": _id(nats_url, id), "command_id": command_id}
     send(nats_url, "servicetype", "set_default", body, output, ADMIN)
 
 
@@ -87,7 +94,8 @@ def st_delete(
     output: CommandOutputOpt = "table",
 ) -> None:
     """Delete a service type (not the default one)."""
-    send(nats_url, "servicetype", "delete", {"id": id, "command_id": command_id}, output, ADMIN)
+    body = {"id": _id(nats_url, id), "command_id": command_id}
+    send(nats_url, "servicetype", "delete", body, output, ADMIN)
 
 
 @servicetype_app.command("list")
@@ -108,8 +116,8 @@ def st_list(
 
 @servicetype_app.command("show")
 def st_show(id: str, nats_url: NatsUrlOpt = None, output: OutputOpt = "table") -> None:
-    """Show one service type (deleted ones too)."""
-    reply = query(nats_url, ADMIN, "servicetypes", {"id": id, "deleted": None})
+    """Show one service type, by id or name (deleted ones too, by id)."""
+    reply = query(nats_url, ADMIN, "servicetypes", {"id": _id(nats_url, id), "deleted": None})
     if not reply["items"]:
         err.print(f"[red]not_found[/]: no service type {id}")
         raise typer.Exit(1)

@@ -47,10 +47,11 @@ IDENTS = itertools.count(os.getpid() * 64)
 
 @pytest.fixture
 async def world(fresh_nats: NatsServer, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
-    providers = {"loadbalancer": "haproxy", "firewall": "nftables", "nat": "nftables"}
+    providers = {"loadbalancer": "haproxy", "firewall": "nftables", "nat": "nftables",
+                  "tap": "tc-mirror"}
     try:
         async with router_world(fresh_nats.url, tmp_path / "agent", HOST, T, NETS,
-                                providers) as w:
+                                providers, ("tc-mirror",)) as w:
             yield w
     finally:  # once the agent has stopped (it would make them again)
         await off_loop(sweep_hops)

@@ -141,3 +141,21 @@ async def test_second_converge_with_the_same_state_changes_nothing(
     pid_line = [x for x in worker.splitlines() if x.startswith("Pid:")]
     assert pid_line[0] in haproxy.command(paths.stats_socket, "show info")
     assert len(recorder.reports) == reports  # no transition, no report
+
+
+async def test_back_to_back_reloads_right_after_start_each_get_a_new_worker(
+    net: Fabric, reconciler: HaproxyDriver
+) -> None:
+    # A master that has just started or re-executed drops a SIGUSR2 that comes before its
+    # handler is set: without waiting for its CLI, one of these reloads timed out.
+    spec = lb_spec(net, vip_host=17)
+    await reconciler.converge({spec.id: spec})
+    paths = paths_of(reconciler, spec.id)
+    workers = [haproxy.command(paths.stats_socket, "show info")]
+    for _ in range(5):
+        await asyncio.to_thread(haproxy.reload, paths, 5.0)
+        workers.append(haproxy.command(paths.stats_socket, "show info"))
+    pids = [next(x for x in w.splitlines() if x.startswith("Pid:")) for w in workers]
+    assert len(set(pids)) == 6, pids
+    assert haproxy.master_ready(paths, pids[-1].split(": ", 1)[1])
+    wait_until(lambda: serving(net, spec.vip_address), 10, "the VIP to serve")

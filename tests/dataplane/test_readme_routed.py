@@ -32,11 +32,11 @@ HEADING = "### A router, a firewall, a port forward, and a load balancer of each
 MACHINES = ("acme-s1", "acme-s2", "acme-c1", "acme-x1")
 
 
-def readme_blocks() -> tuple[str, str]:
+def readme_blocks(heading: str = HEADING) -> tuple[str, str]:
     """The walk-through and its clean-up: the first two ```sh blocks under the heading."""
     text = (ROOT / "README.md").read_text()
-    section = text[text.index(HEADING):]
-    section = section[:section.index("\n## ")]
+    section = text[text.index(heading) + len(heading):]
+    section = section[:min(section.index("\n## "), section.find("\n### ") % len(section))]
     blocks = re.findall(r"```sh\n(.*?)```", section, re.S)
     assert len(blocks) >= 2, "the README's walk-through lost its blocks"
     return blocks[0], blocks[1]

@@ -20,7 +20,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -83,22 +83,25 @@ class Machines:
             agent_netns.delete_link(name)
 
 
-def _capture(marker: bytes, ready: threading.Event, seconds: float) -> Counter[tuple[str, str]]:
-    """In the monitor's namespace: the IPv4 frames on eth0 carrying `marker`, by (src, dst)."""
-    seen: Counter[tuple[str, str]] = Counter()
+def frames(seconds: float, ready: threading.Event, dev: str = "eth0") -> Iterator[bytes]:
+    """Every frame arriving on `dev` (of the calling thread's namespace) for `seconds`, read
+    with a raw AF_PACKET socket; `ready` is set once the socket listens."""
     with socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003)) as s:
-        s.bind(("eth0", 0))
+        s.bind((dev, 0))
         s.settimeout(0.1)
         ready.set()
         end = time.monotonic() + seconds
         while time.monotonic() < end:
             try:
-                frame = s.recv(65535)
+                yield s.recv(65535)
             except TimeoutError:
                 continue
-            if frame[12:14] == b"\x08\x00" and marker in frame:
-                seen[(socket.inet_ntoa(frame[26:30]), socket.inet_ntoa(frame[30:34]))] += 1
-    return seen
+
+
+def _capture(marker: bytes, ready: threading.Event, seconds: float) -> Counter[tuple[str, str]]:
+    """In the monitor's namespace: the IPv4 frames on eth0 carrying `marker`, by (src, dst)."""
+    return Counter((socket.inet_ntoa(f[26:30]), socket.inet_ntoa(f[30:34]))
+                   for f in frames(seconds, ready) if f[12:14] == b"\x08\x00" and marker in f)
 
 
 def _receive(marker: bytes, ready: threading.Event, seconds: float) -> int:

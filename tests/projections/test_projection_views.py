@@ -71,14 +71,15 @@ async def test_audit_log_has_one_row_per_event_with_who_what_and_a_readable_chan
     update = [r for r in rows if r["type"] == "ServiceTypeUpdated"]
     assert len(update) == 1
     u = update[0]
-    assert u["summary"] == "updated: description: 'a' → 'b'"
+    assert u["summary"] == "service type gold updated: description 'a' → 'b'"
     assert u["changes"] == {"description": ["a", "b"]}
     assert u["actor"] == "carol"
     assert u["command_id"] == s["update"]["command_id"]
     assert u["aggregate"] == "servicetype" and u["aggregate_id"] == s["gold"]["id"]
     assert u["tenant"] == "_admin" and u["seq"] == s["update"]["seq"]
     created = [r for r in rows if r["type"] == "ServiceTypeCreated"]
-    assert created[0]["summary"].startswith("created: name='gold', description='a'")
+    assert created[0]["summary"] == (
+        "service type gold created: loadbalancer=haproxy, description 'a'")
     by_bob = await query_all(nc, "_admin", "audit", actor="bob")
     assert by_bob and {r["actor"] for r in by_bob} == {"bob"}
     deletes = await query_all(nc, "_admin", "audit", type="ServiceTypeDeleted")

@@ -76,25 +76,25 @@ async def test_sigkill_mid_batch_then_restart_equals_a_clean_rebuild(
     end = seqs[-1]
     kills = []
     for round_ in range(2):
-        proc = start_projector(fresh_nats.url, db_url, batch=1500)
-        try:
-            # Kill once it has committed something and is busy with the next batches.
-            before = wait_position(db_url, lambda p, r=round_: p > (r * end // 3), proc)
-            assert before < end, "the projector finished before it could be killed"
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(10)
-            kills.append((before, position(db_url)))
-        finally:
-            if proc.poll() is None:
-                proc.kill()
+        with start_projector(fresh_nats.url, db_url, batch=1500) as proc:  # closes its pipe
+            try:
+                # Kill once it has committed something and is busy with the next batches.
+                before = wait_position(db_url, lambda p, r=round_: p > (r * end // 3), proc)
+                assert before < end, "the projector finished before it could be killed"
+                proc.send_signal(signal.SIGKILL)
                 proc.wait(10)
+                kills.append((before, position(db_url)))
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait(10)
     assert all(after < end for _, after in kills), kills
-    proc = start_projector(fresh_nats.url, db_url, batch=1500)
-    try:
-        wait_position(db_url, lambda p: p >= end, proc)
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(20)
+    with start_projector(fresh_nats.url, db_url, batch=1500) as proc:
+        try:
+            wait_position(db_url, lambda p: p >= end, proc)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(20)
 
     store = open_store(db_url)
     try:

@@ -120,6 +120,6 @@ async def test_stored_v1_and_v2_events_replay_into_the_same_view(
     assert by_name["legacy"]["version"] == 2
     first = next(a for a in audit if a["aggregate_id"] == legacy and a["version"] == 1)
     assert first["actor"] == "old-release"
-    assert "labels={}" in first["summary"]  # the v1 event, upcast: it had no labels
+    assert first["changes"]["labels"] == [None, {}]  # the v1 event, upcast: it had no labels
     relabel = next(a for a in audit if a["aggregate_id"] == legacy and a["version"] == 2)
     assert relabel["changes"]["labels"] == [{}, {"tier": "bronze"}]

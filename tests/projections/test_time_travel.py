@@ -108,9 +108,9 @@ async def test_history_lists_every_event_of_one_resource_with_what_changed(
     ]
     assert [e["version"] for e in events] == list(range(1, 6))
     assert all(e["aggregate_id"] == h["gold"]["id"] for e in events)
-    assert events[2]["summary"] == "updated: description: 'a' → 'b'"
+    assert events[2]["summary"] == "service type gold updated: description 'a' → 'b'"
     assert events[2]["actor"] == "carol" and events[2]["seq"] == h["update"]["seq"]
-    assert events[-1]["summary"] == "deleted"
+    assert events[-1]["summary"] == "service type gold deleted"
     assert await history(nc.jetstream(), "00000000-0000-0000-0000-0000000000ff") == []
 
 
@@ -146,10 +146,12 @@ async def test_cli_read_verbs_answer_from_the_projector_and_the_stream(
     )
     assert rc == 1 and "not_found" in err
 
-    rc, out, err = await splice_cli("audit", "--actor", "carol", "-o", "json", *url)
+    rc, out, err = await splice_cli("audit", "-t", "_admin", "--actor", "carol", "-o", "json",
+                                    *url)
     assert rc == 0, err
-    assert [r["summary"] for r in json.loads(out)] == ["updated: description: 'a' → 'b'"]
-    rc, out, err = await splice_cli("audit", "--since", "yesterday", *url)
+    assert [r["summary"] for r in json.loads(out)] == [
+        "service type gold updated: description 'a' → 'b'"]
+    rc, out, err = await splice_cli("audit", "--all-tenants", "--since", "yesterday", *url)
     assert rc == 1 and "$.since" in err
 
     rc, out, err = await splice_cli("history", gid, "-o", "json", *url)

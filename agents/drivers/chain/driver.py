@@ -18,17 +18,7 @@ import structlog
 from splice.agents.drivers import resync_every
 
 from . import host
-from .plan import (
-    AddRule,
-    EnsureHop,
-    HopTables,
-    Op,
-    ReplaceClassifier,
-    ReportError,
-    RouterChains,
-    SetRoute,
-    plan,
-)
+from .plan import ChainOp, Op, ReplaceClassifier, RouterChains, plan
 
 log = structlog.get_logger("splice.agent.chain")
 
@@ -80,7 +70,7 @@ class ChainDriver:
 
 
 def _chains_of(op: Op, by_router: Mapping[str, list[str]]) -> list[str]:
-    if isinstance(op, EnsureHop | HopTables | SetRoute | AddRule | ReportError):
+    if isinstance(op, ChainOp):
         return [op.chain_id]
     if isinstance(op, ReplaceClassifier):
         return by_router.get(op.router_id, [])

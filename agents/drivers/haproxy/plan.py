@@ -17,6 +17,16 @@ from dataclasses import dataclass, field
 
 from splice.agents.drivers.bridges import unused_bridges
 from splice.agents.drivers.haproxy.render import LbPaths, digest, render
+from splice.agents.drivers.ops import (
+    DeleteBridge,
+    EnsureBridge,
+    EnsureNamespace,
+    EnsureVipLeg,
+    LbOp,
+    Op,
+    ReportError,
+    split_clashes,
+)
 from splice.agents.model import HostLayout, LoadBalancerSpec
 from splice.agents.netns import NamespaceLinks, VipLeg
 
@@ -51,43 +61,7 @@ class Observed:
     lbs: Mapping[str, ObservedLB] = field(default_factory=dict)  # by short id
 
 
-# --------------------------------------------------------------------------- ops
-
-
-@dataclass(frozen=True, slots=True)
-class Op:
-    """A step; ``key`` serialises steps on the same object (``lb:<short>``, ``bridge:<name>``)."""
-
-    @property
-    def key(self) -> str:
-        raise NotImplementedError
-
-
-@dataclass(frozen=True, slots=True)
-class EnsureBridge(Op):
-    name: str
-
-    @property
-    def key(self) -> str:
-        return f"bridge:{self.name}"
-
-
-@dataclass(frozen=True, slots=True)
-class DeleteBridge(Op):
-    name: str
-
-    @property
-    def key(self) -> str:
-        return f"bridge:{self.name}"
-
-
-@dataclass(frozen=True, slots=True)
-class LbOp(Op):
-    short: str
-
-    @property
-    def key(self) -> str:
-        return f"lb:{self.short}"
+# --------------------------------------------------------------------------- ops (and `..ops`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,16 +70,6 @@ class KillStrayHaproxy(LbOp):
     anonymous namespace, its veth and the VIP die with it."""
 
     netns_inode: int
-
-
-@dataclass(frozen=True, slots=True)
-class EnsureNamespace(LbOp):
-    namespace: str
-
-
-@dataclass(frozen=True, slots=True)
-class EnsureVipLeg(LbOp):
-    leg: VipLeg
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,14 +109,6 @@ class RemoveOrphanNamespace(LbOp):
     host_veth: str
 
 
-@dataclass(frozen=True, slots=True)
-class ReportError(LbOp):
-    """Nothing to do but to say why (e.g. the same config was already refused)."""
-
-    lb_id: str
-    reason: str
-
-
 # --------------------------------------------------------------------------- planning
 
 
@@ -178,17 +134,9 @@ def plan(desired: Mapping[str, LoadBalancerSpec], observed: Observed,
 def split_short_id_clashes(
     desired: Mapping[str, LoadBalancerSpec], layout: HostLayout
 ) -> tuple[dict[str, LoadBalancerSpec], dict[str, str]]:
-    """Two LBs whose ids share the first 8 hex digits would share a namespace: the one with
-    the smaller id wins (stable), the other is reported in ERROR."""
-    by_short: dict[str, str] = {}
-    clashes: dict[str, str] = {}
-    for lb_id in sorted(desired):
-        short = layout.short_id(lb_id)
-        if short in by_short:
-            clashes[lb_id] = f"short id {short} already used by {by_short[short]} on this host"
-        else:
-            by_short[short] = lb_id
-    return {i: desired[i] for i in by_short.values()}, clashes
+    """The LBs that keep their slot, and why the others are reported in ERROR
+    (`ops.split_clashes`)."""
+    return split_clashes(desired, layout.short_id)
 
 
 def plan_bridges(desired: Mapping[str, LoadBalancerSpec], observed: Observed) -> list[Op]:
@@ -221,7 +169,7 @@ def desired_leg(spec: LoadBalancerSpec, layout: HostLayout) -> VipLeg:
         address=spec.vip_address,
         prefixlen=spec.network.prefixlen,
         gateway=spec.network.gateway,
-        mac=None,  # the kernel picks the VIP leg's MAC
+        mac=spec.vip_mac,  # the VIP port's (None: the kernel picks one)
     )
 
 

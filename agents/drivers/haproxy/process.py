@@ -7,6 +7,12 @@
   new worker inherits the listening sockets, so no connection is refused during a reload —
   and :func:`show_stat` reads the stats socket.
 
+A master that has just started or re-executed itself drops a SIGUSR2 that arrives before it
+has registered its handler (about 10 ms after its worker answers; measured with haproxy 2.6:
+one of two back-to-back reloads was lost and waited out its deadline). Both therefore wait
+until the master's own CLI answers and lists the current worker before they return, and a
+reload waits for that before it signals too.
+
 What the configuration says is `haproxy_render.py`'s (pure).
 """
 
@@ -27,6 +33,7 @@ from splice.agents.drivers.haproxy.render import LbPaths, digest
 from splice.agents.netns import pids_in_namespace, process_alive
 
 HAPROXY = "haproxy"
+NETNS_EXEC = "nsenter"  # or "ip" (ip netns exec): see `enter_netns`
 
 
 class HaproxyError(RuntimeError):
@@ -133,16 +140,29 @@ def start(namespace: str, paths: LbPaths, deadline_s: float = 10.0) -> int:
     for stale in (paths.pidfile, paths.server_state):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(stale)
-    cmd = ["ip", "netns", "exec", namespace, HAPROXY, "-f", paths.config,
+    cmd = [*enter_netns(namespace), HAPROXY, "-f", paths.config,
            "-S", f"{paths.master_socket},mode,600"]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30, check=False)
     if proc.returncode != 0:
         raise HaproxyError(f"haproxy failed to start: {proc.stderr.strip()[-2000:]}")
-    _wait_for(lambda: _try_info(paths), deadline_s, "haproxy stats socket")
+    info = _wait_for(lambda: _try_info(paths), deadline_s, "haproxy stats socket")
     pid = master_pid(paths)
     if pid is None:
         raise HaproxyError("haproxy started without writing its pidfile")
+    _wait_for(lambda: master_ready(paths, info.get("Pid")), deadline_s, "haproxy master CLI")
     return pid
+
+
+def enter_netns(namespace: str) -> list[str]:
+    """The command prefix that runs a program in `namespace`'s network namespace only.
+
+    Not ``ip netns exec``: that also gives the program a mount namespace of its own, copied
+    from the host's, which holds one bind mount per named namespace (with 300 load balancers,
+    each haproxy had 312 mounts: work and memory that grow with the square of their number).
+    haproxy needs no /sys of its namespace, so entering the network namespace is enough."""
+    if NETNS_EXEC == "ip":
+        return ["ip", "netns", "exec", namespace]
+    return ["nsenter", f"--net=/run/netns/{namespace}", "--"]
 
 
 def reload(paths: LbPaths, deadline_s: float = 15.0) -> None:
@@ -155,6 +175,7 @@ def reload(paths: LbPaths, deadline_s: float = 15.0) -> None:
     pid = master_pid(paths)
     if pid is None:
         raise HaproxyError("no pidfile: haproxy is not running")
+    _wait_for(lambda: master_ready(paths, None), deadline_s, "haproxy master ready to reload")
     before = _try_info(paths)
     save_server_state(paths)
     try:
@@ -167,7 +188,21 @@ def reload(paths: LbPaths, deadline_s: float = 15.0) -> None:
         info = _try_info(paths)
         return info if info and info.get("Pid") != old_worker else None
 
-    _wait_for(reloaded, deadline_s, "new haproxy worker after reload")
+    after = _wait_for(reloaded, deadline_s, "new haproxy worker after reload")
+    _wait_for(lambda: master_ready(paths, after.get("Pid")), deadline_s,
+              "haproxy master CLI after reload")
+
+
+def master_ready(paths: LbPaths, worker: str | None) -> bool:
+    """The master answers on its CLI (so it takes the next SIGUSR2) and, when `worker` is
+    given, lists that pid as one of its workers."""
+    try:
+        text = command(paths.master_socket, "show proc", half_close=True)
+    except OSError:
+        return False
+    if not text.startswith("#"):
+        return False
+    return worker is None or any(ln.split()[:2] == [worker, "worker"] for ln in text.splitlines())
 
 
 def kill_leftovers(namespace: str, paths: LbPaths) -> None:
@@ -213,12 +248,15 @@ def _wait_for(probe: Any, deadline_s: float, what: str) -> Any:
 # --------------------------------------------------------------------------- stats socket
 
 
-def command(sock_path: str, line: str, timeout_s: float = 2.0) -> str:
-    """One command on a haproxy CLI socket (it answers and closes)."""
+def command(sock_path: str, line: str, timeout_s: float = 2.0, *, half_close: bool = False) -> str:
+    """One command on a haproxy CLI socket (it answers and closes). The master's CLI closes
+    only once the client has: `half_close` shuts our side after the command."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout_s)
         s.connect(sock_path)
         s.sendall(line.encode() + b"\n")
+        if half_close:
+            s.shutdown(socket.SHUT_WR)
         chunks = []
         while chunk := s.recv(65536):
             chunks.append(chunk)

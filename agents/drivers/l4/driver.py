@@ -37,7 +37,9 @@ from splice.agents.drivers.reports import (
     Report,
 )
 from splice.agents.model import LoadBalancerSpec, check_prefix
+from splice.agents.stats import LbStats
 
+from ..steps import Outcome
 from . import host
 from .health import Checks, Target, targets
 from .model import PROVIDER, L4Layout, operating, short
@@ -51,6 +53,7 @@ from .plan import (
     plan,
     split_clashes,
 )
+from .stats import collect as collect_stats
 
 log = structlog.get_logger("splice.agent.l4")
 T = TypeVar("T")
@@ -131,6 +134,11 @@ class L4Driver:
                 task.cancel()
             await asyncio.gather(*probes, return_exceptions=True)
 
+    async def stats(self) -> dict[str, LbStats]:
+        """The counters of every load balancer it serves (`stats`: the table's counters,
+        conntrack, the health checks)."""
+        return await collect_stats(self)
+
     def close(self) -> None:
         for task in [*self._tasks, *([self._reconverging] if self._reconverging else [])]:
             task.cancel()
@@ -167,7 +175,7 @@ class L4Driver:
         return ""
 
     async def _step(self, op: Op) -> str:
-        outcome: host.Outcome = await self._run(host.apply_op, op)
+        outcome: Outcome = await self._run(host.apply_op, op)
         if not outcome.ok and not isinstance(op, ReportError):
             log.warning("l4 step failed", step=type(op).__name__,
                         slot=getattr(op, "short", None), reason=outcome.reason)

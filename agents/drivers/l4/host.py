@@ -16,7 +16,6 @@ import struct
 import subprocess
 from collections.abc import Callable
 from concurrent.futures import Executor
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from splice.agents import netns
 
 from ..nftables import apply as napply
 from ..nftables.plan import observe_tables
+from ..steps import Outcome
 from .model import L4Layout
 from .plan import (
     CutFlows,
@@ -104,13 +104,6 @@ def _write(path: str, value: str) -> None:
 # --------------------------------------------------------------------------- apply
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    op: Op
-    ok: bool
-    reason: str = ""
-
-
 def apply_op(op: Op) -> Outcome:
     try:
         _apply(op)
@@ -125,7 +118,7 @@ def _apply(op: Op) -> None:
         case EnsureBridge(name=name):
             netns.ensure_bridge(name)
         case DeleteBridge(name=name):
-            netns.delete_link(name)
+            netns.delete_unused_bridge(name)
         case EnsureNamespace(namespace=namespace):
             netns.ensure_namespace(namespace)
         case EnsureVipLeg(leg=leg):

@@ -96,7 +96,7 @@ class L4Layout:
         return VipLeg(namespace=self.namespace(spec.id), host_ifname=self.host_leg(spec.id),
                       ns_ifname=self.ns_ifname, bridge=self.bridge(spec.network),
                       address=spec.vip_address, prefixlen=spec.network.prefixlen,
-                      gateway=spec.network.gateway, mac=None)
+                      gateway=spec.network.gateway, mac=spec.vip_mac)
 
     def sysctls(self) -> tuple[tuple[str, str], ...]:
         """Every sysctl the namespace must hold (paths under /proc/sys), the leg's too."""

@@ -25,10 +25,12 @@ from dataclasses import dataclass, field
 from splice.agents.model import LoadBalancerSpec
 from splice.agents.netns import NamespaceLinks, VipLeg
 
+from .. import ops as ops_
 from ..bridges import unused_bridges
 from ..nftables import plan as nft
 from ..nftables.conntrack import Flow
 from ..nftables.render import UnsafeValueError, render_l4
+from ..ops import DeleteBridge, EnsureBridge, EnsureNamespace, EnsureVipLeg, LbOp, Op, ReportError
 from .model import L4Layout, MemberKey, kept_backends, listeners, short
 
 # --------------------------------------------------------------------------- observed
@@ -54,37 +56,7 @@ class Observed:
     slots: Mapping[str, SlotSeen] = field(default_factory=dict)  # by short id
 
 
-# --------------------------------------------------------------------------- ops
-
-
-@dataclass(frozen=True, slots=True)
-class Op:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class EnsureBridge(Op):
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
-class DeleteBridge(Op):
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
-class LbOp(Op):
-    short: str
-
-
-@dataclass(frozen=True, slots=True)
-class EnsureNamespace(LbOp):
-    namespace: str
-
-
-@dataclass(frozen=True, slots=True)
-class EnsureVipLeg(LbOp):
-    leg: VipLeg
+# --------------------------------------------------------------------------- ops (and `..ops`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,26 +90,13 @@ class DeleteSlot(LbOp):
     host_leg: str
 
 
-@dataclass(frozen=True, slots=True)
-class ReportError(LbOp):
-    lb_id: str
-    reason: str
-
-
 # --------------------------------------------------------------------------- planning
 
 
 def split_clashes(desired: Mapping[str, LoadBalancerSpec]) -> tuple[dict[str, LoadBalancerSpec],
                                                                      dict[str, str]]:
-    """Two LBs whose ids share their first 8 hex digits would share a namespace: the smaller
-    id keeps it, the other is refused with the reason."""
-    first: dict[str, str] = {}
-    clashes: dict[str, str] = {}
-    for lb_id in sorted(desired):
-        taken = first.setdefault(short(lb_id), lb_id)
-        if taken != lb_id:
-            clashes[lb_id] = f"short id {short(lb_id)} already used by {taken} on this host"
-    return {i: desired[i] for i in first.values()}, clashes
+    """The LBs that keep their slot, and why the others are refused (`ops.split_clashes`)."""
+    return ops_.split_clashes(desired, short)
 
 
 def plan(desired: Mapping[str, LoadBalancerSpec], observed: Observed, layout: L4Layout,

@@ -24,8 +24,10 @@ Layout (one table per object, named with the agent's prefix and the object's sho
   VIP and port to ``numgen inc`` or ``jhash ip saddr … seed S`` over an anonymous map of slots
   to ``address . port``), ``postrouting`` (nat, 100: ``ct status dnat masquerade``, full NAT),
   ``input`` (filter, 0: established accept, then a TCP reset for every listener port: what
-  was not DNATed, no live member, reaches the VIP itself). Not in `owned_prefixes`: the
-  nftables driver never touches it.
+  was not DNATed, no live member, reaches the VIP itself), ``forward`` (filter, 0: counts
+  only), and per listener port P the named counters ``conn_P`` (connections DNATed), ``in_P``
+  and ``out_P`` (bytes forwarded towards the members and back; `l4render`). Not in
+  `owned_prefixes`: the nftables driver never touches it.
 
 The replacement batch (`Ruleset.batch`) keeps the table and its base chains, flushes the table
 and adds every rule again, all in one transaction: a policy-drop base chain is never deleted
@@ -143,6 +145,7 @@ class Ruleset:
     name: str
     chains: tuple[Chain, ...]
     rules: tuple[Rule, ...]
+    counters: tuple[str, ...] = ()  # named counters: a replacement keeps their values
 
     @property
     def key(self) -> tuple[str, str]:
@@ -154,6 +157,8 @@ class Ruleset:
     def objects(self) -> list[dict[str, Any]]:
         """The table as `nft -j list table` shows it, without handles."""
         return [self.table(), *(c.object(self.family, self.name) for c in self.chains),
+                *({"counter": {"family": self.family, "table": self.name, "name": n}}
+                  for n in self.counters),
                 *(r.object(self.family, self.name) for r in self.rules)]
 
     def batch(self, stale: Iterable[tuple[str, str]] = ()) -> dict[str, Any]:
@@ -161,13 +166,15 @@ class Ruleset:
         held: add the table and base chains (no-ops when present; a chain's policy is
         updated in place), flush every rule, delete the ``stale`` (kind, name) objects that
         do not belong (a chain made by hand, one whose hook or priority is wrong), add every
-        rule. An existing, correct base chain is never deleted."""
+        rule. An existing, correct base chain is never deleted, nor a named counter of the
+        ruleset's (added when missing, kept with its values)."""
         ident = {"family": self.family, "table": self.name}
-        stale = list(stale)
+        stale = [s for s in stale if s[0] != "counter" or s[1] not in self.counters]
         stale_chains = {n for k, n in stale if k == "chain"}
         cmds: list[dict[str, Any]] = [{"add": self.table()}]
         cmds += [{"add": c.object(self.family, self.name)} for c in self.chains
                  if c.name not in stale_chains]
+        cmds += [{"add": o} for o in self.objects() if "counter" in o]
         cmds.append({"flush": self.table()})
         cmds += [{"delete": {kind: {**ident, "name": name}}} for kind, name in stale]
         cmds += [{"add": c.object(self.family, self.name)} for c in self.chains
@@ -418,26 +425,7 @@ def _slot_key(count: int, seed: int | None) -> dict[str, Any]:
 
 
 def render_l4(table: str, vip: str, listeners: Sequence[L4Listener]) -> Ruleset:
-    """An L4 load balancer's table (see the module's docstring); listeners by port."""
-    address = ipv4(vip)
-    rules = [Rule(POSTROUTING_CHAIN, (_match({"ct": {"key": "status"}}, "dnat", "in"),
-                                      {"masquerade": None})),
-             Rule(INPUT_CHAIN, ESTABLISHED)]
-    resets: list[Rule] = []
-    seen: set[int] = set()
-    for li in sorted(listeners, key=lambda x: port(x.port)):
-        if li.port in seen:
-            raise UnsafeValueError(f"two listeners on port {li.port}")
-        seen.add(li.port)
-        to_vip = (_match({"payload": {"protocol": "ip", "field": "daddr"}}, address),
-                  _port("tcp", "dport", li.port, li.port))
-        if li.backends:
-            elements = [[i, {"concat": [ipv4(a), port(p)]}] for i, (a, p) in enumerate(li.backends)]
-            key = _slot_key(len(elements), li.seed)
-            rules.append(Rule(PREROUTING_CHAIN, (*to_vip, {"dnat": {"family": L4_FAMILY, "addr": {
-                "map": {"key": key, "data": {"set": elements}}}}})))
-        resets.append(Rule(INPUT_CHAIN, (*to_vip, {"reject": {"type": "tcp reset"}})))
-    chains = (Chain(PREROUTING_CHAIN, "nat", "prerouting", DSTNAT_PRIO, "accept"),
-              Chain(POSTROUTING_CHAIN, "nat", "postrouting", SRCNAT_PRIO, "accept"),
-              Chain(INPUT_CHAIN, "filter", "input", FILTER_PRIO, "accept"))
-    return Ruleset(L4_FAMILY, table, chains, tuple(rules + resets))
+    """An L4 load balancer's table (see the module's docstring and `l4render`)."""
+    from .l4render import render_l4 as render
+
+    return render(table, vip, listeners)

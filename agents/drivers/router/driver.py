@@ -19,6 +19,7 @@ import structlog
 from splice.agents.drivers import resync_every
 from splice.events.router_fold import ROUTER_PROVIDER
 
+from ..steps import Outcome
 from . import host
 from .model import RouterLayout, RouterSpec
 from .plan import EnsureLeg, Op, ReportError, SetDefaultRoute, SetSysctls, Tables, plan
@@ -52,7 +53,7 @@ class RouterDriver:
             self._desired = dict(desired)
             observed = await self._off_loop(host.observe, self.prefix)
             ops = self.plan(self._desired, observed)
-            outcomes: list[host.Outcome] = await self._off_loop(host.apply, ops) if ops else []
+            outcomes: list[Outcome] = await self._off_loop(host.apply, ops) if ops else []
             self.converges += 1
         legs = [o.op for o in outcomes if o.ok and isinstance(o.op, EnsureLeg)]
         if legs:

@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import subprocess
-from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
@@ -20,13 +18,13 @@ from pyroute2.netlink.exceptions import NetlinkError
 from splice.agents import netns
 
 from ..nftables import apply as napply
+from ..ops import DeleteBridge, EnsureBridge
+from ..steps import STEP_ERRORS, Outcome
 from .model import LEG_SYSCTLS, NAMESPACE_SYSCTLS, Leg, RouterLayout
 from .plan import (
-    DeleteBridge,
     DeleteDefaultRoute,
     DeleteLeg,
     DeleteNamespace,
-    EnsureBridge,
     EnsureLeg,
     EnsureNamespace,
     LinkSeen,
@@ -43,6 +41,9 @@ _GONE = (errno.ENOENT, errno.ENODEV, errno.ESRCH, errno.EADDRNOTAVAIL)
 
 
 # --------------------------------------------------------------------------- observe
+
+
+MAIN_TABLE = 254
 
 
 def observe(prefix: str) -> Observed:
@@ -70,7 +71,7 @@ def observe_namespace(namespace: str, prefix: str) -> NamespaceSeen | None:
             route = None
             for r in ipr.get_default_routes(family=2):
                 gw = r.get_attr("RTA_GATEWAY")
-                if gw:
+                if gw and (r.get_attr("RTA_TABLE") or r["table"]) == MAIN_TABLE:  # not a chain's
                     route = (str(gw), str(names.get(r.get_attr("RTA_OIF"))))
             sysctls = {k: _read(k) for k, _ in NAMESPACE_SYSCTLS}
             return seen, route, sysctls
@@ -102,13 +103,6 @@ def _write(path: str, value: str) -> None:
 # --------------------------------------------------------------------------- apply
 
 
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    op: Op
-    ok: bool
-    reason: str = ""
-
-
 def apply(ops: list[Op]) -> list[Outcome]:
     """Every step in order; a failing step does not stop the others (resync plans again)."""
     return [apply_op(op) for op in ops]
@@ -117,8 +111,7 @@ def apply(ops: list[Op]) -> list[Outcome]:
 def apply_op(op: Op) -> Outcome:
     try:
         _apply(op)
-    except (OSError, NetlinkError, netns.NetnsError, subprocess.SubprocessError,
-            napply.NftError, ValueError) as e:
+    except STEP_ERRORS as e:
         return Outcome(op, False, f"{type(op).__name__}: {e}")
     if isinstance(op, ReportError):
         return Outcome(op, False, op.reason)
@@ -154,8 +147,10 @@ def _apply(op: Op) -> None:
             with IPRoute() as ipr:
                 _ignore(ipr.route, "del", dst="default")
         netns.in_netns(op.namespace, unroute)
-    elif isinstance(op, DeleteLeg | DeleteBridge):
-        netns.delete_link(op.host_ifname if isinstance(op, DeleteLeg) else op.name)
+    elif isinstance(op, DeleteLeg):
+        netns.delete_link(op.host_ifname)
+    elif isinstance(op, DeleteBridge):
+        netns.delete_unused_bridge(op.name)
     elif isinstance(op, DeleteNamespace):
         netns.kill_namespace_processes(op.namespace)
         netns.delete_namespace(op.namespace)

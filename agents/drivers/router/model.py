@@ -71,6 +71,11 @@ class RouterLayout:
     def bridge(self, network_id: str) -> str:
         return NetworkSpec(network_id, "", "").bridge_name(self.prefix)
 
+    @staticmethod
+    def interface_leg(network_id: str, kind: str = "qr-") -> str:
+        """The namespace end of the router's leg on a network (``qg-`` for the gateway)."""
+        return f"{kind}{short(network_id)}"
+
 
 @dataclass(frozen=True, slots=True)
 class Leg:
@@ -145,5 +150,5 @@ def _leg(layout: RouterLayout, router_id: str, network_id: str, cidr: str, addre
          kind: str, vips: Sequence[str] = ()) -> Leg:
     plen = ipaddress.IPv4Network(cidr).prefixlen
     held = tuple(sorted({f"{ipaddress.IPv4Address(v)}/32" for v in vips} - {f"{address}/32"}))
-    return Leg(layout.host_leg(router_id, network_id), f"{kind}{short(network_id)}",
+    return Leg(layout.host_leg(router_id, network_id), layout.interface_leg(network_id, kind),
                layout.bridge(network_id), f"{ipaddress.IPv4Address(address)}/{plen}", held)

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 from ..bridges import unused_bridges
 from ..nftables import plan as nft
+from ..ops import DeleteBridge, EnsureBridge, Op
 from .model import LEG_SYSCTLS, NAMESPACE_SYSCTLS, Leg, RouterSpec
 
 
@@ -50,17 +51,7 @@ class Observed:
     namespaces: Mapping[str, NamespaceSeen | None] = field(default_factory=dict)  # ours
 
 
-# --------------------------------------------------------------------------- ops
-
-
-@dataclass(frozen=True, slots=True)
-class Op:
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class EnsureBridge(Op):
-    name: str
+# --------------------------------------------------------------------------- ops (and `..ops`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,12 +67,16 @@ class SetSysctls(Op):
 
 @dataclass(frozen=True, slots=True)
 class EnsureLeg(Op):
+    """One interface of the router: a veth from its network's bridge, the gateway address."""
+
     namespace: str
     leg: Leg
 
 
 @dataclass(frozen=True, slots=True)
 class SetDefaultRoute(Op):
+    """The router's default route, through its external gateway."""
+
     namespace: str
     via: str
     ifname: str
@@ -89,6 +84,8 @@ class SetDefaultRoute(Op):
 
 @dataclass(frozen=True, slots=True)
 class DeleteDefaultRoute(Op):
+    """No external gateway any more: no default route."""
+
     namespace: str
 
 
@@ -103,21 +100,22 @@ class Tables(Op):
 
 @dataclass(frozen=True, slots=True)
 class DeleteLeg(Op):
+    """A leg of an interface the router no longer has."""
+
     host_ifname: str
 
 
 @dataclass(frozen=True, slots=True)
 class DeleteNamespace(Op):
+    """The namespace of a router gone from this host."""
+
     namespace: str
 
 
 @dataclass(frozen=True, slots=True)
-class DeleteBridge(Op):
-    name: str
-
-
-@dataclass(frozen=True, slots=True)
 class ReportError(Op):
+    """Nothing to do but to say why the router cannot be served."""
+
     router_id: str
     reason: str
 

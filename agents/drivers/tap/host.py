@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import errno
 from collections.abc import Collection
-from dataclasses import dataclass
 from typing import Any
 
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
+from ..steps import Outcome
 from .model import PORT_INTERFACE, TC_EGRESS, TC_INGRESS, PrefBand
 from .plan import (
     AddFilter,
@@ -73,13 +73,6 @@ def mirror_targets(msg: Any) -> frozenset[int]:
             parms = act.get_attr("TCA_ACT_OPTIONS").get_attr("TCA_MIRRED_PARMS")
             out.add(int(parms["ifindex"]))
     return frozenset(out)
-
-
-@dataclass(frozen=True, slots=True)
-class Outcome:
-    op: Op
-    ok: bool
-    reason: str = ""
 
 
 def apply(ops: list[Op]) -> list[Outcome]:

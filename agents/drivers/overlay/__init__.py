@@ -1,0 +1,1 @@
+"""The overlay: tenant networks joined across hosts by VXLAN (`plan` says how)."""

@@ -1,0 +1,50 @@
+"""The group committer (events/committer.py) against a real nats-server: what a lost connection
+leaves behind must not block later writes."""
+
+from __future__ import annotations
+
+import concurrent.futures
+
+import pytest
+
+from splice.events.committer import ConnectionLostError, GroupCommitter
+from splice.events.natsio import NatsThread, OutMsg
+from splice.events.store_datastore import (
+    EXPECTED_LAST_SEQ,
+    EXPECTED_LAST_SEQ_SUBJECT,
+    stream_config,
+)
+from splice.natsserver import NatsServer
+
+
+def write(subject: str) -> list[OutMsg]:
+    return [OutMsg(subject, b"{}", {EXPECTED_LAST_SEQ: "0", EXPECTED_LAST_SEQ_SUBJECT: subject})]
+
+
+@pytest.mark.parametrize("direct", [64, 0], ids=["plain publishes", "atomic batches"])
+def test_commits_abandoned_before_they_start_free_their_subjects_and_fail_their_writes(
+        fresh_nats: NatsServer, direct: int) -> None:
+    conn = NatsThread(fresh_nats.url)
+    try:
+        conn.call(conn.api("$JS.API.STREAM.CREATE.TC", stream_config("TC", "tc")))
+        committer = GroupCommitter(conn, direct=direct, inflight=1, timeout=5)
+        subjects = [f"tc.evt.a{i}" for i in range(6)]
+        writes = [write(s) for s in subjects] + [write("tc.evt.b") + write("tc.evt.c")]
+
+        async def start_then_lose() -> list[concurrent.futures.Future[tuple[int, int]]]:
+            futures = [committer.submit(w) for w in writes]
+            committer._take_incoming()  # the commits start (their tasks are made) ...
+            committer.abandon()  # ... and the connection is lost before any of them ran
+            return futures
+
+        futures = conn.call(start_then_lose())
+        for fut in futures:
+            with pytest.raises(ConnectionLostError):
+                fut.result(5)
+        # the same subjects take writes again: nothing was left holding them
+        again = [committer.submit(w) for w in writes]
+        results = [fut.result(5) for fut in again]
+        assert [count for _, count in results] == [1] * 6 + [2]
+        assert len({seq for seq, _ in results}) == len(results)
+    finally:
+        conn.close()
