@@ -63,6 +63,18 @@ async def cancelled(*tasks: asyncio.Future[Any]) -> None:
     await asyncio.gather(*waiting, return_exceptions=True)
 
 
+async def settled(nc: Client) -> None:
+    """Return once the server has processed everything `nc` sent before (subscriptions above all).
+
+    nats-py's `flush()` writes its PING straight to the socket while earlier commands (a SUB) may
+    still wait in its pending buffer for the flusher task, so the PONG can come back before the
+    server has seen the SUB: another connection's request then finds no responders (2% of 2,000
+    tries here). The first round trip lets the flusher write the buffer; the second PING follows
+    it on the wire, and its PONG proves the server has it."""
+    await nc.flush()
+    await nc.flush()
+
+
 class NatsThread:
     """One nats-py connection on a private event loop in a daemon thread."""
 

@@ -40,6 +40,7 @@ import structlog
 
 from splice.events import subjects
 from splice.events.contracts import ADMIN_TENANT
+from splice.events.natsio import settled
 from splice.events.wire import MAX_DEPTH, MAX_PAYLOAD, too_deep
 
 from .envelope import format_ns, parse_rfc3339_ns
@@ -280,6 +281,7 @@ class QueryService:
 
     async def start(self) -> None:
         self._sub = await self.nc.subscribe(subjects.QUERIES, queue=self.queue, cb=self._on)
+        await settled(self.nc)  # queries are routed here once `start` returns
 
     async def stop(self) -> None:
         if self._sub is not None:

@@ -57,6 +57,7 @@ import structlog
 
 from splice.events import subjects
 from splice.events.follow import Delivery, Follower
+from splice.events.natsio import settled
 
 from .monitor_state import Clock, HostTracker, PendingTracker, lost_command_id
 
@@ -222,7 +223,7 @@ class HostMonitor(_Monitor):
 
     async def start(self, nc: Any) -> None:
         self._hb = await nc.subscribe(HEARTBEAT_SUBJECTS, cb=self._on_heartbeat)
-        await nc.flush()
+        await settled(nc)
         await super().start(nc)
 
     async def stop(self) -> None:

@@ -31,6 +31,7 @@ from splice.events.contracts import (
     Failed,
     Ok,
 )
+from splice.events.natsio import settled
 from splice.events.wire import MAX_PAYLOAD
 
 from . import senders
@@ -128,7 +129,7 @@ class CommandService:
                 reconnect_time_wait=0.25,
             )
         self._sub = await self._nc.subscribe(subjects.COMMANDS, queue=self.queue, cb=self._on_msg)
-        await self._nc.flush()
+        await settled(self._nc)  # the server routes requests here before "ready" is said
         log.info("command service ready", subjects=subjects.COMMANDS, queue=self.queue)
         # -- monitors (services/monitors.py): they send their commands over NATS, like clients --
         from .monitors import start_monitors

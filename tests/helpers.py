@@ -16,20 +16,9 @@ import nats
 
 
 async def request(nc: Any, subject: str, body: Any, timeout: float = 10.0) -> dict[str, Any]:
-    """One request and its decoded reply. "No responders" is asked again until `timeout`: a
-    responder that has just subscribed (or restarted) may not be routed to yet, as any client
-    of a queue group sees during a rolling start; past the deadline the error stands."""
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            msg = await nc.request(subject, data, timeout=max(0.1, deadline - time.monotonic()))
-        except nats.errors.NoRespondersError:
-            if time.monotonic() + 0.05 >= deadline:
-                raise
-            await asyncio.sleep(0.05)
-            continue
-        return dict(json.loads(msg.data))
+    msg = await nc.request(subject, data, timeout=timeout)
+    return dict(json.loads(msg.data))
 
 
 async def cmd(nc: Any, subject: str, body: dict[str, Any], ok: bool = True) -> dict[str, Any]:
