@@ -133,6 +133,8 @@ class FlushTable(Op):
 
 @dataclass(frozen=True, slots=True)
 class AddRule(ChainOp):
+    """An `ip rule` in the router: packets with `mark` (a hop's) look up `table` (its route)."""
+
     namespace: str
     mark: int
     table: int
@@ -141,6 +143,8 @@ class AddRule(ChainOp):
 
 @dataclass(frozen=True, slots=True)
 class DeleteRule(Op):
+    """An `ip rule` of ours for a mark no chain uses any more."""
+
     namespace: str
     mark: int
     table: int
@@ -149,6 +153,8 @@ class DeleteRule(Op):
 
 @dataclass(frozen=True, slots=True)
 class ReplaceClassifier(Op):
+    """The router's classifier table, whole, in one transaction (`stale`: tables it replaces)."""
+
     router_id: str
     namespace: str
     ruleset: Ruleset
@@ -157,6 +163,8 @@ class ReplaceClassifier(Op):
 
 @dataclass(frozen=True, slots=True)
 class DeleteClassifier(Op):
+    """The classifier table of a router that no longer carries any chain."""
+
     namespace: str
     family: str
     name: str
@@ -164,11 +172,15 @@ class DeleteClassifier(Op):
 
 @dataclass(frozen=True, slots=True)
 class DeleteHop(Op):
+    """The namespace of a hop no chain has any more (its legs go with it)."""
+
     namespace: str
 
 
 @dataclass(frozen=True, slots=True)
 class ReportError(ChainOp):
+    """Nothing to do for the chain but to say why it cannot be steered yet."""
+
     reason: str
 
 

@@ -31,36 +31,24 @@ class UnsafeValueError(ValueError):
 # --------------------------------------------------------------------------- paths
 
 
+def _in_dir(name: str, doc: str | None = None) -> Any:
+    """A read-only attribute of `LbPaths`: the path of the file `name` in its directory."""
+    return property(lambda paths: f"{paths.dir}/{name}", doc=doc)
+
+
 @dataclass(frozen=True, slots=True)
 class LbPaths:
     """The files of one LB in its state directory (unix sockets: keep ``dir`` short)."""
 
     dir: str
 
-    @property
-    def config(self) -> str:
-        return f"{self.dir}/haproxy.cfg"
-
-    @property
-    def pidfile(self) -> str:
-        return f"{self.dir}/haproxy.pid"
-
-    @property
-    def stats_socket(self) -> str:
-        return f"{self.dir}/stats.sock"
-
-    @property
-    def master_socket(self) -> str:
-        return f"{self.dir}/master.sock"
-
-    @property
-    def server_state(self) -> str:
-        return f"{self.dir}/server-state"
-
-    @property
-    def applied(self) -> str:
-        """Digest of the configuration the running haproxy has loaded (written after success)."""
-        return f"{self.dir}/applied.sha256"
+    config = _in_dir("haproxy.cfg")
+    pidfile = _in_dir("haproxy.pid")
+    stats_socket = _in_dir("stats.sock")
+    master_socket = _in_dir("master.sock")
+    server_state = _in_dir("server-state")
+    applied = _in_dir("applied.sha256", "Digest of the configuration the running haproxy has "
+                      "loaded (written after success).")
 
 
 # --------------------------------------------------------------------------- escaping

@@ -28,6 +28,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from functools import reduce
 from math import gcd
+from typing import Any
 
 from splice.agents.drivers.reports import Operating, OperatingStatus, lb_status, pool_status
 from splice.agents.model import LoadBalancerSpec, NetworkSpec, fit_ifname
@@ -54,25 +55,21 @@ def short(lb_id: str) -> str:
     return lb_id.replace("-", "")[:8]
 
 
+def _after_prefix(suffix: str) -> Any:
+    """A read-only attribute of `L4Layout`: its prefix, then `suffix`."""
+    return property(lambda layout: f"{layout.prefix}{suffix}")
+
+
 @dataclass(frozen=True, slots=True)
 class L4Layout:
+    """The names of the nftables-l4 provider's objects on this host, all under `prefix`."""
+
     prefix: str
 
-    @property
-    def namespace_prefix(self) -> str:
-        return f"{self.prefix}l4-"
-
-    @property
-    def leg_prefix(self) -> str:
-        return f"{self.prefix}n"
-
-    @property
-    def table_prefix(self) -> str:
-        return f"{self.prefix}l4-"
-
-    @property
-    def ns_ifname(self) -> str:
-        return f"{self.prefix}vip"
+    namespace_prefix = _after_prefix("l4-")
+    leg_prefix = _after_prefix("n")
+    table_prefix = _after_prefix("l4-")
+    ns_ifname = _after_prefix("vip")
 
     def namespace_of(self, short_id: str) -> str:
         return f"{self.namespace_prefix}{short_id}"

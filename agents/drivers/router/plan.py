@@ -56,11 +56,15 @@ class Observed:
 
 @dataclass(frozen=True, slots=True)
 class EnsureNamespace(Op):
+    """The router's own namespace, made if missing (loopback up)."""
+
     namespace: str
 
 
 @dataclass(frozen=True, slots=True)
 class SetSysctls(Op):
+    """Forwarding on, and the other sysctls a router needs, in its namespace."""
+
     namespace: str
     values: tuple[tuple[str, str], ...]
 
