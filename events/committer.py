@@ -1,9 +1,9 @@
 """Group commit: the writes of concurrent commands meet here on their way to JetStream.
 
-The command side decides on worker threads; its writes meet here, on the store connection's
-loop (`natsio.NatsThread`). A thread hands its messages over with `submit` and waits on a
-`concurrent.futures.Future`: no task, no coroutine and no loop wake-up per write — the loop is
-woken once for whatever arrived since it last looked.
+The writes meet here, on the store connection's loop (`natsio.NatsThread`). A thread hands its
+messages over with `submit` and waits on a `concurrent.futures.Future`; a command decided inline
+on that loop (the command service's) gets an asyncio future instead. No task, no coroutine and
+no loop wake-up per write: the loop looks once for whatever arrived since it last looked.
 
 A write of several messages must be atomic, and goes as an atomic batch (ADR-50); writes that
 arrive while commits are in flight wait and go together in the next one, up to `inflight`
@@ -25,10 +25,12 @@ from collections.abc import Coroutine, Sequence
 from concurrent.futures import Future
 from typing import Any
 
+from .inline import wait
 from .natsio import JetStreamAPIError, NatsThread, OutMsg
 
 Result = tuple[int, int]  # (last stream sequence, count) of one write's messages
-Write = tuple[Sequence[OutMsg], set[str], "Future[Result]"]
+Answer = Future[Result] | asyncio.Future[Result]  # a thread's, or inline code's on the loop
+Write = tuple[Sequence[OutMsg], set[str], Answer]
 
 CHECKED_SUBJECT = "Nats-Expected-Last-Subject-Sequence-Subject"
 
@@ -62,21 +64,61 @@ class GroupCommitter:
         self._busy: set[str] = set()  # checked subjects of the commits in flight
         self._running = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._here: set[asyncio.Task[Any]] = set()  # inline commands publishing their write
+        self._abandoned: set[asyncio.Task[Any]] = set()  # of those, the ones a lost connection failed
         self.commits = 0
         self.grouped = 0
 
+    # -- the writer's side ----------------------------------------------------------------------
+
+    def write(self, msgs: Sequence[OutMsg], timeout: float) -> Result:
+        """Store one write and wait for it: from a thread, through `submit`; from inline code on
+        the loop (`splice.events.inline`), a one-message write that may go direct is published
+        by the waiting command itself (no task between it and its answer), any other queues."""
+        if not self.conn.on_loop_thread():
+            return self.conn.result(self.submit(msgs), timeout)
+        checked = {m.headers.get(CHECKED_SUBJECT, m.subject) for m in msgs}
+        if len(msgs) != 1 or self._singles >= self.direct or checked & self._busy:
+            return wait(self.submit(msgs))  # type: ignore[arg-type]  # an asyncio future here
+        self._busy |= checked
+        self._singles += 1
+        try:
+            return wait(self._publish_here(msgs))
+        finally:
+            self._singles -= 1
+            self._busy -= checked
+            self._start()
+
+    async def _publish_here(self, msgs: Sequence[OutMsg]) -> Result:
+        task = asyncio.current_task()
+        assert task is not None
+        self._here.add(task)
+        try:
+            return await self.conn.publish(msgs, timeout=self.timeout)
+        except asyncio.CancelledError:
+            if task not in self._abandoned:
+                raise
+            task.uncancel()
+            raise ConnectionLostError("the connection to NATS was lost (outcome unknown)") from None
+        finally:
+            self._here.discard(task)
+            self._abandoned.discard(task)
+
     # -- any thread ----------------------------------------------------------------------------
 
-    def submit(self, msgs: Sequence[OutMsg]) -> Future[Result]:
+    def submit(self, msgs: Sequence[OutMsg]) -> Answer:
         """Queue one write (its messages stored atomically); the future gives its (last seq,
         count), or raises what the server answered (`JetStreamAPIError`), `ConnectionLostError`
         or another transport error."""
-        fut: Future[Result] = Future()
+        here = self.conn.on_loop_thread()
+        fut: Answer = self.conn.loop.create_future() if here else Future()
         checked = {m.headers.get(CHECKED_SUBJECT, m.subject) for m in msgs}
         with self._incoming_lock:
             self._incoming.append((msgs, checked, fut))
             wake, self._woken = not self._woken, True
-        if wake:
+        if here:  # inline code on the loop: its write starts now (or queues for the next batch)
+            self._take_incoming()
+        elif wake:
             self.conn.loop.call_soon_threadsafe(self._take_incoming)
         return fut
 
@@ -91,6 +133,9 @@ class GroupCommitter:
         self._queue.clear()
         for task in list(self._tasks):
             task.cancel()  # its done callback fails its writes and frees the subjects it checked
+        self._abandoned |= self._here
+        for task in list(self._here):
+            task.cancel()  # `_publish_here` turns it into ConnectionLostError
 
     def _take_incoming(self) -> None:
         with self._incoming_lock:
@@ -180,7 +225,7 @@ class GroupCommitter:
             if not fut.done():
                 fut.set_result((seq - 1, len(item)))
 
-    async def _one(self, msgs: Sequence[OutMsg], fut: Future[Result]) -> None:
+    async def _one(self, msgs: Sequence[OutMsg], fut: Answer) -> None:
         try:
             result = await self.conn.publish(msgs, timeout=self.timeout)
         except asyncio.CancelledError:
@@ -192,6 +237,6 @@ class GroupCommitter:
                 fut.set_result(result)
 
 
-def _fail(fut: Future[Result], error: BaseException) -> None:
+def _fail(fut: Answer, error: BaseException) -> None:
     if not fut.done():
         fut.set_exception(error)

@@ -43,7 +43,7 @@ from eventsourcing.persistence import (
 )
 from eventsourcing.utils import Environment, resolve_topic
 
-from .natsio import NatsThread
+from .natsio import SHARED_CONNECTION, NatsThread
 from .store_datastore import JetStreamDatastore, StoreSettings
 from .store_recorders import (
     JetStreamAggregateRecorder,
@@ -66,7 +66,8 @@ class JetStreamFactory(InfrastructureFactory[JetStreamTrackingRecorder]):
         ds = self._datastores.get(purpose)
         if ds is None:
             if self._conn is None:
-                self._conn = NatsThread(self.settings.url, name="splice-store")
+                self._conn = SHARED_CONNECTION.get() or NatsThread(self.settings.url,
+                                                                   name="splice-store")
             settings = StoreSettings(self.env)
             if purpose != "events":
                 settings.stream = f"{settings.stream}_{purpose.upper()}"

@@ -16,6 +16,8 @@ import json
 import threading
 import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
+from concurrent.futures import Future
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -23,7 +25,13 @@ import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 
+from .inline import wait
+
 T = TypeVar("T")
+
+SHARED_CONNECTION: ContextVar[NatsThread | None] = ContextVar("splice_shared_nats", default=None)
+"""Set while an application is built: its event store uses this connection (the command service
+shares its own, on its loop) instead of opening one on a thread of its own."""
 
 
 class JetStreamAPIError(Exception):
@@ -81,25 +89,46 @@ class NatsThread:
     def __init__(self, url: str, *, name: str = "splice", connect_timeout: float = 5.0) -> None:
         self.url = url
         self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._run, name=f"nats-{name}", daemon=True)
+        self._thread: threading.Thread | None = threading.Thread(
+            target=self._run, name=f"nats-{name}", daemon=True)
         self._thread.start()
+        self._loop_thread = self._thread.ident
         self._closed = False
         self._on_disconnect: list[Callable[[], None]] = []
-        self.nc: Client = self.call(
-            nats.connect(
-                [u.strip() for u in url.split(",") if u.strip()],
-                name=name,
-                connect_timeout=connect_timeout,
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.25,
-                allow_reconnect=True,
-                disconnected_cb=self._disconnected,
-            ),
-            timeout=connect_timeout + 5,
-        )
+        self.nc: Client = self.call(self._connect(name, connect_timeout), timeout=connect_timeout + 5)
         self._inbox_prefix = self.nc.new_inbox()
         self._mux: dict[str, asyncio.Queue[Msg]] = {}
         self.call(self._start_mux())
+
+    @classmethod
+    async def on_this_loop(cls, url: str, *, name: str = "splice",
+                           connect_timeout: float = 5.0) -> NatsThread:
+        """The connection on the running loop instead of a thread of its own: code run by
+        `inline.run_inline` on this loop then waits for its calls without leaving the thread;
+        other threads still `call` it as they would a thread's."""
+        self = cls.__new__(cls)
+        self.url = url
+        self._loop = asyncio.get_running_loop()
+        self._thread = None
+        self._loop_thread = threading.get_ident()
+        self._closed = False
+        self._on_disconnect = []
+        self.nc = await self._connect(name, connect_timeout)
+        self._inbox_prefix = self.nc.new_inbox()
+        self._mux = {}
+        await self._start_mux()
+        return self
+
+    async def _connect(self, name: str, connect_timeout: float) -> Client:
+        return await nats.connect(
+            [u.strip() for u in self.url.split(",") if u.strip()],
+            name=name,
+            connect_timeout=connect_timeout,
+            max_reconnect_attempts=-1,
+            reconnect_time_wait=0.25,
+            allow_reconnect=True,
+            disconnected_cb=self._disconnected,
+        )
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -119,10 +148,26 @@ class NatsThread:
         self._loop.run_forever()
 
     def call(self, coro: Coroutine[Any, Any, T], timeout: float | None = 30.0) -> T:
-        """Run `coro` on the connection's loop and wait for its result."""
-        if threading.current_thread() is self._thread:  # pragma: no cover - misuse guard
-            raise RuntimeError("NatsThread.call from its own loop would deadlock")
+        """Run `coro` on the connection's loop and wait for its result (inline, on the loop's
+        own thread: the loop runs other work meanwhile)."""
+        if threading.get_ident() == self._loop_thread:
+            if self._thread is None:
+                return wait(asyncio.wait_for(coro, timeout))
+            raise RuntimeError("NatsThread.call from its own loop would deadlock")  # pragma: no cover
         fut = asyncio.run_coroutine_threadsafe(coro, self._loop)
+        return fut.result(timeout)
+
+    def on_loop_thread(self) -> bool:
+        """Whether this code runs on the thread of a loop it shares (inline code, mostly)."""
+        return self._thread is None and threading.get_ident() == self._loop_thread
+
+    def result(self, fut: Future[T] | asyncio.Future[T], timeout: float | None) -> T:
+        """The result of a future completed on the connection's loop, waited for as `call`
+        (an asyncio future is inline code's, whose completion the loop guarantees)."""
+        if isinstance(fut, asyncio.Future):
+            return wait(fut)
+        if self.on_loop_thread():
+            return wait(asyncio.wait_for(asyncio.wrap_future(fut), timeout))
         return fut.result(timeout)
 
     async def _start_mux(self) -> None:
@@ -274,6 +319,8 @@ class NatsThread:
             self.call(self.nc.drain(), timeout=10)
         except Exception:  # noqa: S110 - best effort on shutdown
             pass
+        if self._thread is None:
+            return  # the loop is its owner's: its tasks and its end are theirs
         try:
             self.call(self._cancel_rest(), timeout=5)
         except Exception:  # noqa: S110 - best effort on shutdown

@@ -200,7 +200,7 @@ class JetStreamDatastore:
             raise DataError(f"one write may hold at most {MAX_BATCH} messages, not {len(msgs)}")
         try:
             with _unavailable():
-                result: tuple[int, int] = self.committer.submit(msgs).result(self.timeout + 5)
+                result: tuple[int, int] = self.committer.write(msgs, self.timeout + 5)
         except JetStreamAPIError as e:
             if e.err_code in CONFLICT_CODES:
                 raise IntegrityError(e.description) from e

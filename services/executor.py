@@ -48,6 +48,7 @@ from eventsourcing.persistence import IntegrityError, OperationalError, Persiste
 
 from splice.events import metrics
 from splice.events.contracts import Command, Error, Failed, Ok
+from splice.events.inline import Gate, pause
 from splice.events.natsio import JetStreamAPIError
 from splice.events.store_commands import CommandWrite
 from splice.events.store_recorders import JetStreamApplicationRecorder
@@ -122,7 +123,7 @@ class CommandExecutor:
         if not isinstance(rec, JetStreamApplicationRecorder):
             raise TypeError(f"the command side needs the JetStream recorder, not {type(rec)}")
         self.recorder = rec
-        self._locks: weakref.WeakValueDictionary[str, threading.Lock] = weakref.WeakValueDictionary()
+        self._locks: weakref.WeakValueDictionary[str, Gate] = weakref.WeakValueDictionary()
         self._locks_guard = threading.Lock()
         self._counts_guard = threading.Lock()
         self.counts: Counter[str] = Counter()
@@ -235,7 +236,7 @@ class CommandExecutor:
 
     # -- deciding ------------------------------------------------------------------------------
 
-    def _serialised(self, parsed: Parsed) -> list[threading.Lock]:
+    def _serialised(self, parsed: Parsed) -> list[Gate]:
         """In-process locks for the aggregates this command will most likely contend on.
 
         Commands on one load balancer (or network, or the scheduler's registry) queue behind
@@ -265,7 +266,8 @@ class CommandExecutor:
         if agg == "servicetype" and verb != "update":
             keys.add("servicetype-default")
         with self._locks_guard:
-            return [self._locks.setdefault(k, threading.Lock()) for k in sorted(keys)]
+            locks = self._locks
+            return [locks.get(k) or locks.setdefault(k, Gate()) for k in sorted(keys)]
 
     def _execute_locked(self, parsed: Parsed, command_id: str) -> tuple[Ok | Failed, int]:
         cmd = parsed.command
@@ -310,7 +312,7 @@ class CommandExecutor:
                             command_id,
                         ), attempt
                     # back off with jitter: another replica is writing the same aggregates
-                    time.sleep(random.uniform(0, min(0.05, 0.001 * 2**conflicts)))  # noqa: S311
+                    pause(random.uniform(0, min(0.05, 0.001 * 2**conflicts)))  # noqa: S311
                 except OperationalError as e:
                     # The event store did not answer (a lost connection, a restarting server):
                     # the outcome of a write in flight is unknown, so wait, bring what this
@@ -323,8 +325,8 @@ class CommandExecutor:
                         return failed(
                             "unavailable", f"event store unavailable: {e}", None, command_id
                         ), attempt
-                    pause = min(0.5, 0.02 * 2**waited) * random.uniform(0.5, 1.0)  # noqa: S311
-                    time.sleep(min(pause, max(0.0, started + self.unavailable_s - time.monotonic())))
+                    backoff = min(0.5, 0.02 * 2**waited) * random.uniform(0.5, 1.0)  # noqa: S311
+                    pause(min(backoff, max(0.0, started + self.unavailable_s - time.monotonic())))
 
     def _once(
         self, parsed: Parsed, meta: Meta, attempt: int, fresh: bool, stale: set[str]

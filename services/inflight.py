@@ -8,6 +8,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 
 from splice.events.contracts import Error, Failed, Ok
+from splice.events.inline import Latch
 
 Key = tuple[str, str]  # (tenant, command id): a command id is its tenant's
 Run = Callable[[], tuple[Ok | Failed, int]]
@@ -20,7 +21,7 @@ class _Flight:
 
     def __init__(self, subject: str) -> None:
         self.subject = subject
-        self.done = threading.Event()
+        self.done = Latch()
         self.reply: Ok | Failed | None = None
         self.error: BaseException | None = None
 

@@ -2,7 +2,9 @@
 
 The transport only: several replicas share the load through one queue group; for each request
 it checks the subject and the size, decodes and validates the body (msgspec), hands the command
-to the executor (`executor.py`: idempotency, conflicts, retries) on a worker thread, and replies.
+to the executor (`executor.py`: idempotency, conflicts, retries), and replies. Commands are
+decided inline on the service's loop (`splice.events.inline`): where one waits for the event
+store, whose connection is the service's own, the loop answers others meanwhile.
 Every reply is structured; no traceback goes on the wire, and none is bigger than the server's
 maximum payload (a long error is cut to fit).
 
@@ -14,15 +16,12 @@ into its tenant's queue or refuses it at once with `unavailable` and a retry hin
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import nats
 import structlog
 from nats.aio.msg import Msg
 
@@ -31,7 +30,8 @@ from splice.events.contracts import (
     Failed,
     Ok,
 )
-from splice.events.natsio import settled
+from splice.events.inline import run_inline
+from splice.events.natsio import SHARED_CONNECTION, NatsThread, settled
 from splice.events.wire import MAX_PAYLOAD
 
 from . import senders
@@ -53,7 +53,7 @@ class CommandService:
     `nc`, when given, is the process's NATS connection: the service and its monitors use it and
     leave it open on stop (its owner drains it); otherwise the service opens and drains its own.
 
-    Bounds (see `FairQueue`): `workers` commands run at once (threads); one tenant's at most
+    Bounds (see `FairQueue`): `workers` commands run at once (each waits for its writes apart); one tenant's at most
     `tenant_workers` of them while it is the only tenant active, `shared_workers` while others
     are; `tenant_limit` commands of one tenant and `limit` of all wait or run at once (`_admin`
     and `_host` count only against their own); a command waits at most `max_wait` seconds for
@@ -90,7 +90,6 @@ class CommandService:
         self.clock = clock
         self.app: SpliceApplication | None = None
         self._executor: CommandExecutor | None = None
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="splice-cmd")
         self._fair: FairQueue[Msg] = FairQueue(
             workers=workers,
             tenant_workers=tenant_workers,
@@ -106,10 +105,7 @@ class CommandService:
         self._own_nc = nc is None
         self._sub: Any = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._finished: list[tuple[str, Msg, Ok | Failed, float]] = []  # replies for the loop
-        self._finished_lock = threading.Lock()
-        self._woken = False  # the loop will look at `_finished`
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._conn: NatsThread | None = None  # the event store's connection, on this loop
         self.handled = 0
         self.refused: Counter[str] = Counter()  # `unavailable` for want of room, by tenant
         self._refused_logged: Counter[str] = Counter()
@@ -118,24 +114,25 @@ class CommandService:
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        loop = self._loop = asyncio.get_running_loop()
-        self.app = await loop.run_in_executor(self._pool, lambda: SpliceApplication(env=self.env))
+        # One connection on this loop serves the requests and the event store, and commands
+        # are decided inline on this loop: no thread between a request and its write.
+        self._conn = await NatsThread.on_this_loop(self.nats_url, name="splice-command-service")
+        shared = SHARED_CONNECTION.set(self._conn)
+        try:  # built on a thread (it waits for the store), which sees the shared connection
+            self.app = await asyncio.to_thread(SpliceApplication, env=self.env)
+        finally:
+            SHARED_CONNECTION.reset(shared)
         self._executor = CommandExecutor(self.app, max_attempts=self.max_attempts)
         if self._own_nc:
-            self._nc = await nats.connect(
-                self.nats_url.split(","),
-                name="splice-command-service",
-                max_reconnect_attempts=-1,
-                reconnect_time_wait=0.25,
-            )
+            self._nc = self._conn.nc
         self._sub = await self._nc.subscribe(subjects.COMMANDS, queue=self.queue, cb=self._on_msg)
         await settled(self._nc)  # the server routes requests here before "ready" is said
         log.info("command service ready", subjects=subjects.COMMANDS, queue=self.queue)
         # -- monitors (services/monitors.py): they send their commands over NATS, like clients --
         from .monitors import start_monitors
 
-        shared = None if self._own_nc else self._nc
-        self._monitors = await start_monitors(self.nats_url, self.app.env, shared)
+        theirs = None if self._own_nc else self._nc
+        self._monitors = await start_monitors(self.nats_url, self.app.env, theirs)
         # -- end monitors --
 
     async def stop(self, timeout: float = 10.0) -> None:
@@ -163,17 +160,12 @@ class CommandService:
         if self._tasks:
             await asyncio.wait(self._tasks, timeout=timeout)
         self._log_refusals(force=True)
-        if self._nc is not None and self._own_nc:
-            try:
-                await self._nc.drain()
-            except Exception as e:  # pragma: no cover - best effort
-                log.warning("drain failed", error=str(e))
-        loop = asyncio.get_running_loop()
-        if self.app is not None:
-            app = self.app
-            await loop.run_in_executor(self._pool, app.close)
-            self.app = self._executor = None
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        if self.app is not None:  # its store drains the connection (also the requests' if own)
+            app, self.app, self._executor = self.app, None, None
+            await asyncio.to_thread(app.close)
+        if self._conn is not None:
+            await asyncio.to_thread(self._conn.close)  # done already, unless the app failed
+            self._conn = None
 
     async def __aenter__(self) -> CommandService:
         await self.start()
@@ -206,7 +198,9 @@ class CommandService:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
             else:
-                self._pool.submit(self._work, tenant, msg, self.clock())
+                task = asyncio.create_task(self._run(tenant, msg, self.clock()))
+                self._tasks.add(task)
+                task.add_done_callback(self._tasks.discard)
 
     async def _refuse_late(self, tenant: str, msg: Msg, late: Busy) -> None:
         self.refused[tenant] += 1
@@ -220,38 +214,18 @@ class CommandService:
         if self._fair.load == 0:
             self._idle.set()
 
-    # -- on a worker thread --------------------------------------------------------------------
-
-    def _work(self, tenant: str, msg: Msg, started: float) -> None:
-        """Decide one command and hand its reply to the loop: every request gets one."""
+    async def _run(self, tenant: str, msg: Msg, started: float) -> None:
+        """Decide one command inline on this loop (it yields to the loop where it waits for
+        the store: `splice.events.inline`) and answer it: every request gets one reply."""
         try:
-            reply = self.decide(msg.subject, msg.data, msg.headers)
+            reply = await run_inline(self.decide, msg.subject, msg.data, msg.headers)
         except Exception:  # the error goes to the log only
             log.exception("request failed unexpectedly", subject=msg.subject)
             reply = failed("internal", "internal error")
-        with self._finished_lock:
-            self._finished.append((tenant, msg, reply, started))
-            wake, self._woken = not self._woken, True
-        if wake and self._loop is not None:  # one wake-up for the replies that came meanwhile
-            self._loop.call_soon_threadsafe(self._take_finished)
-
-    # -- back on the loop ----------------------------------------------------------------------
-
-    def _take_finished(self) -> None:
-        with self._finished_lock:
-            finished, self._finished = self._finished, []
-            self._woken = False
-        for tenant, _, _, started in finished:
-            self._done(tenant, started)
-        self.handled += len(finished)
+        self._done(tenant, started)
+        self.handled += 1
         self._dispatch()
-        task = asyncio.create_task(self._reply_all(finished))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
-
-    async def _reply_all(self, finished: list[tuple[str, Msg, Ok | Failed, float]]) -> None:
-        for _, msg, reply, _ in finished:
-            await self._reply(msg, reply)
+        await self._reply(msg, reply)
 
     async def _reply(self, msg: Msg, reply: Ok | Failed) -> None:
         if not msg.reply:

@@ -48,3 +48,38 @@ def test_commits_abandoned_before_they_start_free_their_subjects_and_fail_their_
         assert len({seq for seq, _ in results}) == len(results)
     finally:
         conn.close()
+
+
+async def test_inline_writes_publish_themselves_and_a_lost_connection_fails_them_as_lost(
+        fresh_nats: NatsServer) -> None:
+    """From inline code on the connection's loop, a one-message write is published by the
+    command itself; a lost connection fails it with ConnectionLostError (an outcome unknown,
+    which the executor waits out), never a cancellation of the command."""
+    import asyncio
+    import os
+    import signal
+
+    from splice.events.inline import run_inline
+
+    conn = await NatsThread.on_this_loop(fresh_nats.url)
+    assert fresh_nats.proc is not None
+    try:
+        await conn.api("$JS.API.STREAM.CREATE.TI", stream_config("TI", "ti"))
+        committer = GroupCommitter(conn, direct=64, inflight=1, timeout=30)
+        first = await run_inline(committer.write, write("ti.evt.a"), 10)
+        assert first == (1, 1) and committer.commits == 0  # no commit task: the write's own
+        os.kill(fresh_nats.proc.pid, signal.SIGSTOP)  # no answer comes while it is stopped
+        try:
+            pending = asyncio.create_task(run_inline(committer.write, write("ti.evt.b"), 10))
+            await asyncio.sleep(0)  # its first step: decided, published, waiting for the answer
+            assert committer._here, "the write never went out"
+            committer.abandon()
+            with pytest.raises(ConnectionLostError):
+                await asyncio.wait_for(pending, 5)
+        finally:
+            os.kill(fresh_nats.proc.pid, signal.SIGCONT)
+        assert not committer._busy and committer._singles == 0  # nothing left held
+        again = await run_inline(committer.write, write("ti.evt.c"), 10)
+        assert again[1] == 1
+    finally:
+        await asyncio.to_thread(conn.close)
