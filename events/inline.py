@@ -34,11 +34,38 @@ class _Inline(greenlet.greenlet):
 async def run_inline(fn: Callable[..., T], *args: Any) -> T:
     """`fn(*args)`, run on this thread; each `wait(aw)` inside it awaits `aw` here."""
     child = _Inline(fn, greenlet.getcurrent())
-    step = child.switch(*args)
+    return await _resume(child, child.switch(*args))
+
+
+def start_inline(fn: Callable[..., T], args: tuple[Any, ...],
+                 then: Callable[[T | None, Exception | None], Awaitable[None]]
+                 ) -> asyncio.Task[None]:
+    """`run_inline`, begun now: `fn(*args)` runs here until its first `wait` (a request's
+    decision starts in the very callback that received it, not a loop turn later); the rest,
+    and then `then(result, error)`, go on in the task returned."""
+    child = _Inline(fn, greenlet.getcurrent())
+
+    async def rest(step: Any) -> None:
+        try:
+            result = await _resume(child, step)
+        except Exception as e:
+            await then(None, e)
+        else:
+            await then(result, None)
+
+    try:
+        step = child.switch(*args)
+    except Exception as e:
+        return asyncio.ensure_future(then(None, e))
+    return asyncio.ensure_future(rest(step))
+
+
+async def _resume(child: _Inline, step: Any) -> Any:
+    """Await what `child` waits for and hand it the outcome, until it returns."""
     while not child.dead:
         try:
             value = await step
-        except BaseException as e:
+        except BaseException as e:  # the code that waited gets it (a cancellation too)
             step = child.throw(e)
         else:
             step = child.switch(value)

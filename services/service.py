@@ -30,7 +30,7 @@ from splice.events.contracts import (
     Failed,
     Ok,
 )
-from splice.events.inline import run_inline
+from splice.events.inline import start_inline
 from splice.events.natsio import SHARED_CONNECTION, NatsThread, settled
 from splice.events.wire import MAX_PAYLOAD
 
@@ -198,7 +198,7 @@ class CommandService:
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
             else:
-                task = asyncio.create_task(self._run(tenant, msg, self.clock()))
+                task = self._begin(tenant, msg, self.clock())
                 self._tasks.add(task)
                 task.add_done_callback(self._tasks.discard)
 
@@ -214,18 +214,22 @@ class CommandService:
         if self._fair.load == 0:
             self._idle.set()
 
-    async def _run(self, tenant: str, msg: Msg, started: float) -> None:
-        """Decide one command inline on this loop (it yields to the loop where it waits for
-        the store: `splice.events.inline`) and answer it: every request gets one reply."""
-        try:
-            reply = await run_inline(self.decide, msg.subject, msg.data, msg.headers)
-        except Exception:  # the error goes to the log only
-            log.exception("request failed unexpectedly", subject=msg.subject)
-            reply = failed("internal", "internal error")
-        self._done(tenant, started)
-        self.handled += 1
-        self._dispatch()
-        await self._reply(msg, reply)
+    def _begin(self, tenant: str, msg: Msg, started: float) -> asyncio.Task[None]:
+        """Decide one command inline on this loop, starting now (it yields to the loop where
+        it waits for the store: `splice.events.inline`), and answer it: every request gets one
+        reply."""
+
+        async def answer(reply: Ok | Failed | None, error: Exception | None) -> None:
+            if reply is None:  # the error goes to the log only
+                log.error("request failed unexpectedly", subject=msg.subject,
+                          exc_info=error)
+                reply = failed("internal", "internal error")
+            self._done(tenant, started)
+            self.handled += 1
+            self._dispatch()
+            await self._reply(msg, reply)
+
+        return start_inline(self.decide, (msg.subject, msg.data, msg.headers), answer)
 
     async def _reply(self, msg: Msg, reply: Ok | Failed) -> None:
         if not msg.reply:
