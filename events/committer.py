@@ -76,10 +76,13 @@ class GroupCommitter:
         the loop (`splice.events.inline`), a one-message write that may go direct is published
         by the waiting command itself (no task between it and its answer), any other queues."""
         if not self.conn.on_loop_thread():
-            return self.conn.result(self.submit(msgs), timeout)
-        checked = {m.headers.get(CHECKED_SUBJECT, m.subject) for m in msgs}
+            return self.submit(msgs).result(timeout)
+        checked = _checked(msgs)
         if len(msgs) != 1 or self._singles >= self.direct or checked & self._busy:
-            return wait(self.submit(msgs))  # type: ignore[arg-type]  # an asyncio future here
+            fut: asyncio.Future[Result] = self.conn.loop.create_future()
+            self._enqueue(msgs, checked, fut)
+            self._take_incoming()  # it starts now, or goes with the next batch
+            return wait(fut)
         self._busy |= checked
         self._singles += 1
         try:
@@ -106,21 +109,21 @@ class GroupCommitter:
 
     # -- any thread ----------------------------------------------------------------------------
 
-    def submit(self, msgs: Sequence[OutMsg]) -> Answer:
+    def submit(self, msgs: Sequence[OutMsg]) -> Future[Result]:
         """Queue one write (its messages stored atomically); the future gives its (last seq,
         count), or raises what the server answered (`JetStreamAPIError`), `ConnectionLostError`
         or another transport error."""
-        here = self.conn.on_loop_thread()
-        fut: Answer = self.conn.loop.create_future() if here else Future()
-        checked = {m.headers.get(CHECKED_SUBJECT, m.subject) for m in msgs}
+        fut: Future[Result] = Future()
+        if self._enqueue(msgs, _checked(msgs), fut):
+            self.conn.loop.call_soon_threadsafe(self._take_incoming)
+        return fut
+
+    def _enqueue(self, msgs: Sequence[OutMsg], checked: set[str], fut: Answer) -> bool:
+        """Hand a write to the loop; True if the loop must be woken to look."""
         with self._incoming_lock:
             self._incoming.append((msgs, checked, fut))
             wake, self._woken = not self._woken, True
-        if here:  # inline code on the loop: its write starts now (or queues for the next batch)
-            self._take_incoming()
-        elif wake:
-            self.conn.loop.call_soon_threadsafe(self._take_incoming)
-        return fut
+        return wake
 
     # -- the loop ------------------------------------------------------------------------------
 
@@ -235,6 +238,11 @@ class GroupCommitter:
         else:
             if not fut.done():
                 fut.set_result(result)
+
+
+def _checked(msgs: Sequence[OutMsg]) -> set[str]:
+    """The subjects whose last sequence the write's messages check."""
+    return {m.headers.get(CHECKED_SUBJECT, m.subject) for m in msgs}
 
 
 def _fail(fut: Answer, error: BaseException) -> None:

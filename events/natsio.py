@@ -16,7 +16,6 @@ import json
 import threading
 import uuid
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from concurrent.futures import Future
 from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, TypeVar
@@ -101,8 +100,6 @@ class NatsThread:
         self._closed = False
         self._on_disconnect: list[Callable[[], None]] = []
         self.nc: Client = self.call(self._connect(name, connect_timeout), timeout=connect_timeout + 5)
-        self._inbox_prefix = self.nc.new_inbox()
-        self._mux: dict[str, asyncio.Queue[Msg]] = {}
         self.call(self._start_mux())
 
     @classmethod
@@ -119,8 +116,6 @@ class NatsThread:
         self._closed = False
         self._on_disconnect = []
         self.nc = await self._connect(name, connect_timeout)
-        self._inbox_prefix = self.nc.new_inbox()
-        self._mux = {}
         await self._start_mux()
         return self
 
@@ -166,16 +161,10 @@ class NatsThread:
         """Whether this code runs on the thread of a loop it shares (inline code, mostly)."""
         return self._thread is None and threading.get_ident() == self._loop_thread
 
-    def result(self, fut: Future[T] | asyncio.Future[T], timeout: float | None) -> T:
-        """The result of a future completed on the connection's loop, waited for as `call`
-        (an asyncio future is inline code's, whose completion the loop guarantees)."""
-        if isinstance(fut, asyncio.Future):
-            return wait(fut)
-        if self.on_loop_thread():
-            return wait(asyncio.wait_for(asyncio.wrap_future(fut), timeout))
-        return fut.result(timeout)
-
     async def _start_mux(self) -> None:
+        """The connection's own inbox: answers to `_ask`, and the replies `_new_reply` routes."""
+        self._inbox_prefix = self.nc.new_inbox()
+        self._mux: dict[str, asyncio.Queue[Msg]] = {}
         self._answers: dict[str, asyncio.Future[Msg]] = {}  # one-answer requests (`_ask`)
         self._asked = 0
 

@@ -53,7 +53,7 @@ class CommandService:
     `nc`, when given, is the process's NATS connection: the service and its monitors use it and
     leave it open on stop (its owner drains it); otherwise the service opens and drains its own.
 
-    Bounds (see `FairQueue`): `workers` commands run at once (each waits for its writes apart); one tenant's at most
+    Bounds (see `FairQueue`): `workers` commands are in progress at once; one tenant's at most
     `tenant_workers` of them while it is the only tenant active, `shared_workers` while others
     are; `tenant_limit` commands of one tenant and `limit` of all wait or run at once (`_admin`
     and `_host` count only against their own); a command waits at most `max_wait` seconds for
