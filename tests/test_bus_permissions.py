@@ -21,6 +21,7 @@ from nats.js.api import AckPolicy, ConsumerConfig
 
 from splice.events import subjects
 from splice.events.follow import Follower
+from splice.events.natsio import settled
 from splice.natsserver import NatsServer
 from splice.projections.runner import run_projector
 from splice.services import senders
@@ -182,7 +183,7 @@ async def test_a_tenant_sends_and_reads_only_its_own(bus: Bus) -> None:
     # nor are another tenant's command bodies: a wildcard subscription sees nothing of acme's
     seen: list[str] = []
     sub = await evil.subscribe(">", cb=collect(seen))
-    await evil.flush()  # the server knows the subscription before acme sends
+    await settled(evil)  # the server knows the subscription before acme sends
     await ok(acme, "splice.cmd.acme.network.create", name="b", cidr="10.4.0.0/24")
     await evil.publish("evil.own", b"")  # the subscription works: it sees evil's own traffic
     await wait_for(lambda: "evil.own" in seen, timeout=5)
@@ -247,7 +248,7 @@ async def test_a_host_reports_only_about_itself(bus: Bus) -> None:
     # a host's heartbeats: only its own subject reaches the services
     beats: list[str] = []
     sub = await bus.svc.subscribe("splice.hb.>", cb=collect(beats))
-    await bus.svc.flush()
+    await settled(bus.svc)  # a flush alone may reach the server before the SUB does
     await h2.publish("splice.hb.h1", b"")
     await h2.publish("splice.hb.h2", b"")
     await h2.flush()
