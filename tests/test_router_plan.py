@@ -381,3 +381,20 @@ def test_a_snapshot_from_before_the_agent_followed_routers_is_replayed(tmp_path:
     assert agent.seq == 0
     if agent.router_driver is not None:
         agent.router_driver.close()
+
+
+def test_a_failed_step_in_a_routers_namespace_is_that_routers() -> None:
+    """Every step in a router's namespace names its router, so that its failure marks that
+    router ERROR (making the namespace or removing the default route included); a leg's host
+    end and a bridge belong to no one router."""
+    from splice.agents.drivers.router.driver import _router_of
+
+    ns = "spl-r-8bbc5ee2"
+    steps = [EnsureNamespace(ns), SetSysctls(ns, ()), DeleteDefaultRoute(ns),
+             SetDefaultRoute(ns, "203.0.113.1", "qg0"), DeleteNamespace(ns),
+             Tables(ns, R, ())]
+    assert [_router_of(op, {ns: R}) for op in steps] == [R] * len(steps)
+    assert {op.key for op in steps} == {f"router:{ns}"}
+    assert _router_of(DeleteLeg("spl-qr0"), {ns: R}) is None
+    assert _router_of(EnsureBridge("spl-br-1"), {ns: R}) is None
+    assert _router_of(ReportError(R2, "clash"), {}) == R2

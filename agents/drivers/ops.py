@@ -12,8 +12,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
-from typing import TypeVar
+from dataclasses import dataclass, fields
+from typing import ClassVar, TypeVar
 
 from splice.agents.netns import VipLeg
 
@@ -22,21 +22,23 @@ T = TypeVar("T")
 
 @dataclass(frozen=True, slots=True)
 class Op:
-    """A step of a driver's plan."""
+    """A step of a driver's plan. A step on one object says which in `scope` (a class
+    attribute) and names the object in its first field."""
+
+    scope: ClassVar[str] = ""
 
     @property
     def key(self) -> str:
         """The object the step works on (``lb:<short>``, ``bridge:<name>``)."""
-        raise NotImplementedError
+        if not self.scope:
+            raise NotImplementedError(f"{type(self).__name__} works on no one object")
+        return f"{self.scope}:{getattr(self, fields(self)[0].name)}"
 
 
 @dataclass(frozen=True, slots=True)
 class BridgeOp(Op):
+    scope = "bridge"
     name: str
-
-    @property
-    def key(self) -> str:
-        return f"bridge:{self.name}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,11 +53,8 @@ class DeleteBridge(BridgeOp):
 
 @dataclass(frozen=True, slots=True)
 class LbOp(Op):
+    scope = "lb"
     short: str
-
-    @property
-    def key(self) -> str:
-        return f"lb:{self.short}"
 
 
 @dataclass(frozen=True, slots=True)

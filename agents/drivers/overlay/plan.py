@@ -90,51 +90,52 @@ class CreateVxlan(Op):
 
 
 @dataclass(frozen=True, slots=True)
-class Attach(Op):
-    """Plug a VXLAN device into its network's bridge."""
+class VxlanOp(Op):
+    """A step on one VXLAN device of ours."""
 
+    scope = "vxlan"
     vxlan: str
+
+
+@dataclass(frozen=True, slots=True)
+class Attach(VxlanOp):
+    """Plug the device into its network's bridge (and bring it up)."""
+
     bridge: str
 
 
 @dataclass(frozen=True, slots=True)
-class AddFlood(Op):
+class AddFlood(VxlanOp):
     """An all-zeros FDB entry: broadcast and unknown frames also go to that host."""
 
-    vxlan: str
     remote: str
 
 
 @dataclass(frozen=True, slots=True)
-class DeleteFlood(Op):
+class DeleteFlood(VxlanOp):
     """A flood entry for a host that no longer shares the network."""
 
-    vxlan: str
     remote: str
 
 
 @dataclass(frozen=True, slots=True)
-class SetMac(Op):
+class SetMac(VxlanOp):
     """A MAC behind a remote host: frames for it tunnel straight there."""
 
-    vxlan: str
     mac: str
     remote: str
 
 
 @dataclass(frozen=True, slots=True)
-class DeleteMac(Op):
+class DeleteMac(VxlanOp):
     """A MAC entry for a port or VIP that moved or went."""
 
-    vxlan: str
     mac: str
 
 
 @dataclass(frozen=True, slots=True)
-class DeleteVxlan(Op):
-    """A VXLAN device of a network no longer present here."""
-
-    vxlan: str
+class DeleteVxlan(VxlanOp):
+    """The device of a network no longer present here."""
 
 
 def segments(networks: Mapping[str, int], present: Collection[str], *, prefix: str,

@@ -22,7 +22,7 @@ from splice.events.router_fold import ROUTER_PROVIDER
 from ..steps import Outcome
 from . import host
 from .model import RouterLayout, RouterSpec
-from .plan import EnsureLeg, Op, ReportError, SetDefaultRoute, SetSysctls, Tables, plan
+from .plan import EnsureLeg, Op, ReportError, RouterOp, Tables, plan
 
 log = structlog.get_logger("splice.agent.router")
 T = TypeVar("T")
@@ -95,6 +95,6 @@ class RouterDriver:
 def _router_of(op: Op, by_namespace: Mapping[str, str]) -> str | None:
     if isinstance(op, ReportError | Tables):
         return op.router_id
-    if isinstance(op, EnsureLeg | SetDefaultRoute | SetSysctls):
+    if isinstance(op, RouterOp):
         return by_namespace.get(op.namespace)
     return None

@@ -55,51 +55,56 @@ class Observed:
 
 
 @dataclass(frozen=True, slots=True)
-class EnsureNamespace(Op):
-    """The router's own namespace, made if missing (loopback up)."""
+class RouterOp(Op):
+    """A step in one router's namespace: when it fails, that router is what failed."""
 
+    scope = "router"
     namespace: str
 
 
 @dataclass(frozen=True, slots=True)
-class SetSysctls(Op):
+class EnsureNamespace(RouterOp):
+    """The router's own namespace, made if missing (loopback up)."""
+
+
+@dataclass(frozen=True, slots=True)
+class SetSysctls(RouterOp):
     """Forwarding on, and the other sysctls a router needs, in its namespace."""
 
-    namespace: str
     values: tuple[tuple[str, str], ...]
 
 
 @dataclass(frozen=True, slots=True)
-class EnsureLeg(Op):
+class EnsureLeg(RouterOp):
     """One interface of the router: a veth from its network's bridge, the gateway address."""
 
-    namespace: str
     leg: Leg
 
 
 @dataclass(frozen=True, slots=True)
-class SetDefaultRoute(Op):
+class SetDefaultRoute(RouterOp):
     """The router's default route, through its external gateway."""
 
-    namespace: str
     via: str
     ifname: str
 
 
 @dataclass(frozen=True, slots=True)
-class DeleteDefaultRoute(Op):
+class DeleteDefaultRoute(RouterOp):
     """No external gateway any more: no default route."""
-
-    namespace: str
 
 
 @dataclass(frozen=True, slots=True)
-class Tables(Op):
-    """The nftables core's steps in one namespace (`nftables.apply.apply`)."""
+class Tables(RouterOp):
+    """The nftables core's steps in the router's namespace (`nftables.apply.apply`)."""
 
     router_id: str
-    namespace: str
     ops: tuple[nft.Op, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteNamespace(RouterOp):
+    """The namespace of a router gone from this host (its legs and tables go with it)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -107,13 +112,6 @@ class DeleteLeg(Op):
     """A leg of an interface the router no longer has."""
 
     host_ifname: str
-
-
-@dataclass(frozen=True, slots=True)
-class DeleteNamespace(Op):
-    """The namespace of a router gone from this host."""
-
-    namespace: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +175,7 @@ def plan_router(spec: RouterSpec, observed: Observed, *, prefix: str) -> list[Op
     tables = seen.tables if seen is not None else {}
     steps = nft.plan(spec.tables, tables, prefix=prefix)
     if steps:
-        ops.append(Tables(spec.id, spec.namespace, tuple(steps)))
+        ops.append(Tables(spec.namespace, spec.id, tuple(steps)))
     return ops
 
 
