@@ -21,8 +21,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Coroutine, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from concurrent.futures import Future
+from functools import partial
 from typing import Any
 
 from .inline import wait
@@ -155,7 +156,7 @@ class GroupCommitter:
                 if len(msgs) == 1 and self._singles < self.direct and not checked & self._busy:
                     self._busy |= checked
                     self._singles += 1
-                    self._launch(self._one(msgs, item[2]), [item], single=True)
+                    self._launch(partial(self._one, msgs, item[2]), [item], single=True)
                 else:
                     rest.append(item)
             self._queue = rest
@@ -164,25 +165,38 @@ class GroupCommitter:
             if not group:
                 return
             self._running += 1
-            self._launch(self._commit(group), group, single=False)
+            self._launch(partial(self._commit, group), group, single=False)
 
-    def _launch(self, commit: Coroutine[Any, Any, None], group: list[Write], *,
-                single: bool) -> None:
+    def _launch(self, commit: Callable[[Callable[[], None]], Coroutine[Any, Any, None]],
+                group: list[Write], *, single: bool) -> None:
         """Run one commit; whatever becomes of it (even cancelled before it starts), its
-        subjects are freed, its writes answered, and the next commits started."""
-        task = asyncio.ensure_future(commit)
-        self._tasks.add(task)
+        subjects are freed, its writes answered, and the next commits started. The commit
+        frees its subjects and starts the next ones itself (`release`) as soon as the server
+        answered, before it answers its writes: the next commit then goes out ahead of the
+        commands those answers resume."""
+        released = False
 
-        def done(finished: asyncio.Future[None]) -> None:
-            self._tasks.discard(task)
+        def release() -> None:
+            nonlocal released
+            if released:
+                return
+            released = True
             if single:
                 self._singles -= 1
             else:
                 self._running -= 1
-            for _, checked, write in group:
+            for _, checked, _ in group:
                 self._busy -= checked
-                _fail(write, ConnectionLostError("the commit was abandoned (outcome unknown)"))
             self._start()
+
+        task = asyncio.ensure_future(commit(release))
+        self._tasks.add(task)
+
+        def done(finished: asyncio.Future[None]) -> None:
+            self._tasks.discard(task)
+            for _, _, write in group:
+                _fail(write, ConnectionLostError("the commit was abandoned (outcome unknown)"))
+            release()
 
         task.add_done_callback(done)
 
@@ -204,10 +218,10 @@ class GroupCommitter:
         self._busy |= taken
         return group
 
-    async def _commit(self, group: list[Write]) -> None:
+    async def _commit(self, group: list[Write], release: Callable[[], None]) -> None:
         self.commits += 1
         if len(group) == 1:
-            await self._one(group[0][0], group[0][2])
+            await self._one(group[0][0], group[0][2], release)
             return
         self.grouped += len(group)
         msgs = [m for item, _, _ in group for m in item]
@@ -219,23 +233,30 @@ class GroupCommitter:
             await asyncio.gather(*(self._one(item, fut) for item, _, fut in group))
             return
         except Exception as e:
+            release()
             for _, _, fut in group:
                 _fail(fut, e)
             return
+        release()
         seq = last - count + 1
         for item, _, fut in group:
             seq += len(item)
             if not fut.done():
                 fut.set_result((seq - 1, len(item)))
 
-    async def _one(self, msgs: Sequence[OutMsg], fut: Answer) -> None:
+    async def _one(self, msgs: Sequence[OutMsg], fut: Answer,
+                   release: Callable[[], None] | None = None) -> None:
         try:
             result = await self.conn.publish(msgs, timeout=self.timeout)
         except asyncio.CancelledError:
             raise
         except Exception as e:
+            if release is not None:
+                release()
             _fail(fut, e)
         else:
+            if release is not None:
+                release()
             if not fut.done():
                 fut.set_result(result)
 

@@ -67,14 +67,6 @@ def _expire(answer: asyncio.Future[Msg]) -> None:
         answer.set_exception(TimeoutError("no answer in time"))
 
 
-async def cancelled(*tasks: asyncio.Future[Any]) -> None:
-    """Cancel those of `tasks` not done yet and await them (no task is left pending)."""
-    waiting = [t for t in tasks if not t.done()]
-    for t in waiting:
-        t.cancel()
-    await asyncio.gather(*waiting, return_exceptions=True)
-
-
 async def settled(nc: Client) -> None:
     """Return once the server has processed everything `nc` sent before (subscriptions above all).
 
@@ -166,13 +158,14 @@ class NatsThread:
         self._inbox_prefix = self.nc.new_inbox()
         self._mux: dict[str, asyncio.Queue[Msg]] = {}
         self._answers: dict[str, asyncio.Future[Msg]] = {}  # one-answer requests (`_ask`)
+        self._firsts: set[str] = set()  # of those, batches' first messages: empty when taken
         self._asked = 0
 
         async def route(msg: Msg) -> None:
             token = msg.subject.rsplit(".", 1)[-1]
             answer = self._answers.pop(token, None)
             if answer is not None:
-                if not answer.done():
+                if not answer.done() and (token not in self._firsts or b'"error"' in msg.data):
                     answer.set_result(msg)
                 return
             q = self._mux.get(token)
@@ -289,49 +282,58 @@ class NatsThread:
                     err.get("code", 0), err.get("err_code", 0), err.get("description", "")
                 )
             return int(ack["seq"]), 1
-        batch_id = uuid.uuid4().hex
-        first_token, first_reply, first_q = self._new_reply()
-        token, reply, q = self._new_reply()
+        # One answer decides: the commit's ack, or an error on the first message (any other
+        # reply to it is ignored: it is empty when the server took the message).
+        self._asked += 1
+        token = f"b{self._asked}"
+        first = f"{token}f"
+        answer: asyncio.Future[Msg] = self._loop.create_future()
+        self._answers[token] = self._answers[first] = answer
+        self._firsts.add(first)
+        expiry = self._loop.call_later(timeout, _expire, answer)
         try:
+            batch_id = uuid.uuid4().hex
             last = len(msgs)
             for i, m in enumerate(msgs, 1):
                 headers = dict(m.headers)
                 headers["Nats-Batch-Id"] = batch_id
                 headers["Nats-Batch-Sequence"] = str(i)
+                reply = ""  # none
                 if i == last:
                     headers["Nats-Batch-Commit"] = "1"
-                    await self.nc.publish(m.subject, m.data, reply=reply, headers=headers)
+                    reply = f"{self._inbox_prefix}.{token}"
                 elif i == 1:
-                    await self.nc.publish(m.subject, m.data, reply=first_reply, headers=headers)
-                else:
-                    await self.nc.publish(m.subject, m.data, headers=headers)
-            # The first message's reply is empty on success; an error there (or on the commit)
-            # rejects the batch. Wait for whichever decides.
-            while True:
-                get_commit = asyncio.ensure_future(q.get())
-                get_first = asyncio.ensure_future(first_q.get())
-                try:
-                    done, _ = await asyncio.wait({get_commit, get_first}, timeout=timeout,
-                                                 return_when=asyncio.FIRST_COMPLETED)
-                finally:  # the wait that lost (or both, cancelled or timed out) ends here
-                    await cancelled(get_commit, get_first)
-                if not done:
-                    raise TimeoutError("atomic batch publish timed out")
-                for f in done:
-                    data = f.result().data
-                    if not data:
-                        continue
-                    ack = json.loads(data)
-                    err = ack.get("error")
-                    if err:
-                        raise JetStreamAPIError(
-                            err.get("code", 0), err.get("err_code", 0), err.get("description", "")
-                        )
-                    if f is get_commit:
-                        return int(ack["seq"]), int(ack.get("count", last))
+                    reply = f"{self._inbox_prefix}.{first}"
+                await self.nc.publish(m.subject, m.data, reply=reply, headers=headers)
+            self._write_now()
+            try:
+                msg = await answer
+            except TimeoutError:
+                raise TimeoutError("atomic batch publish timed out") from None
         finally:
-            self._mux.pop(first_token, None)
-            self._mux.pop(token, None)
+            expiry.cancel()
+            self._answers.pop(token, None)
+            self._answers.pop(first, None)
+            self._firsts.discard(first)
+        if not msg.data and msg.headers and msg.headers.get("Status") == "503":
+            raise nats.errors.NoRespondersError
+        ack = json.loads(msg.data) if msg.data else {}
+        err = ack.get("error")
+        if err or "seq" not in ack:
+            err = err or {"description": f"no acknowledgement: {msg.data!r} {msg.headers}"}
+            raise JetStreamAPIError(
+                err.get("code", 0), err.get("err_code", 0), err.get("description", "")
+            )
+        return int(ack["seq"]), int(ack.get("count", last))
+
+    def _write_now(self) -> None:
+        """Hand what nats-py holds for the socket to the transport now, not on the flusher
+        task's next turn (which waits behind every callback ready on a busy loop)."""
+        nc = self.nc
+        if nc._pending_data_size and nc.is_connected and nc._transport is not None:
+            nc._transport.writelines(nc._pending[:])
+            nc._pending = []
+            nc._pending_data_size = 0
 
     def close(self) -> None:
         if self._closed:

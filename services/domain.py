@@ -46,16 +46,16 @@ _IMMUTABLE = (str, int, float, bool, bytes, type(None), datetime, uuid.UUID, fro
 
 
 def _copied(value: Any, memo: dict[int, Any]) -> Any:
-    """`value` for a copy of an aggregate: shared if immutable, a shallow copy for a list or
-    dict of immutable items, else a deep copy."""
+    """`value` for a copy of an aggregate: shared if immutable, a shallow copy for a list, set
+    or dict of immutable items, else a deep copy."""
     kind = type(value)
     if kind in _IMMUTABLE:
         return value
     if kind is dict and all(type(k) in _IMMUTABLE and type(v) in _IMMUTABLE
                             for k, v in value.items()):
         return dict(value)
-    if kind is list and all(type(v) in _IMMUTABLE for v in value):
-        return list(value)
+    if (kind is list or kind is set) and all(type(v) in _IMMUTABLE for v in value):
+        return kind(value)
     if kind is tuple and all(type(v) in _IMMUTABLE for v in value):
         return value
     return copy.deepcopy(value, memo)

@@ -35,13 +35,13 @@ from __future__ import annotations
 
 import contextlib
 import copy
-import dataclasses
 import random
 import threading
 import time
 import weakref
 from collections import Counter
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from eventsourcing.persistence import IntegrityError, OperationalError, PersistenceError
@@ -374,7 +374,8 @@ class CommandExecutor:
         # only what changed is written: a command that changes nothing appends nothing
         decision.save = [agg for agg in decision.save if agg.pending_events]
         stored_version = target.version - len(target.pending_events)
-        write = CommandWrite(
+        write = partial(  # what the write records beside the events (`claim` told below)
+            CommandWrite,
             subject=parsed.subject,
             tenant=parsed.tenant,
             command_id=command_id,
@@ -399,7 +400,7 @@ class CommandExecutor:
                 # The first answer of a command that changes nothing is stored as well: a repeat
                 # decided again as a change-nothing gets it, not the version current by then.
                 try:
-                    self.recorder.record_unchanged(write)
+                    self.recorder.record_unchanged(write())
                 except (IntegrityError, OperationalError):
                     stale.add(target.id)
                     raise
@@ -420,7 +421,7 @@ class CommandExecutor:
         try:
             recordings = app.save(
                 *decision.save,
-                command=dataclasses.replace(write, claim=not single),
+                command=write(claim=not single),
             )
         except (IntegrityError, OperationalError):
             stale.update(agg.id for agg in decision.save)
