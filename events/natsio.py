@@ -186,6 +186,7 @@ class NatsThread:
         try:
             await self.nc.publish(subject, data, reply=f"{self._inbox_prefix}.{token}",
                                   headers=headers)
+            self.write_now()
             msg = await answer
         finally:
             expiry.cancel()
@@ -305,7 +306,7 @@ class NatsThread:
                 elif i == 1:
                     reply = f"{self._inbox_prefix}.{first}"
                 await self.nc.publish(m.subject, m.data, reply=reply, headers=headers)
-            self._write_now()
+            self.write_now()
             try:
                 msg = await answer
             except TimeoutError:
@@ -326,7 +327,7 @@ class NatsThread:
             )
         return int(ack["seq"]), int(ack.get("count", last))
 
-    def _write_now(self) -> None:
+    def write_now(self) -> None:
         """Hand what nats-py holds for the socket to the transport now, not on the flusher
         task's next turn (which waits behind every callback ready on a busy loop)."""
         nc = self.nc
