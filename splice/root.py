@@ -25,6 +25,7 @@ from typing import Any
 import structlog
 
 from splice import client, pipes
+from splice.events.collector import tune_collector
 from splice.events.router_fold import ROUTER_PROVIDER
 
 log = structlog.get_logger("splice.root")
@@ -191,23 +192,9 @@ class Root:
                 raise error
 
 
-# Young collections wait for this many net allocations of containers (CPython: 700).
-COLLECTOR_THRESHOLD = (10_000, 10, 10)
 # Set by `run_process`: this is a long-running process (not a test's root), whose collector
 # `tune_collector` tunes and which freezes what it built once it is up (`Root.until_stopped`).
 _LONG_RUNNING: ContextVar[bool] = ContextVar("splice_long_running", default=False)
-
-
-def tune_collector() -> None:
-    """The collector, for a long-running process. What exists once the process is up lives
-    as long as the process: frozen, no collection walks it again. A command or an event
-    allocates and frees many small containers, nearly all freed by their reference counts, so
-    young collections wait for 10,000 net allocations. With CPython's defaults the collector
-    took about a tenth of `splice serve`'s CPU under bench/command_path.py (each full
-    collection walked the whole heap); tuned, almost none."""
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(*COLLECTOR_THRESHOLD)
 
 
 def run_process(main: Callable[[], Coroutine[Any, Any, None]]) -> None:

@@ -11,7 +11,8 @@ import json
 import subprocess
 import sys
 
-from splice.root import COLLECTOR_THRESHOLD, Root
+from splice.events.collector import COLLECTOR_THRESHOLD
+from splice.root import Root
 
 PROCESS = """
 import gc, json
