@@ -245,18 +245,16 @@ class GroupCommitter:
                 fut.set_result((seq - 1, len(item)))
 
     async def _one(self, msgs: Sequence[OutMsg], fut: Answer,
-                   release: Callable[[], None] | None = None) -> None:
+                   release: Callable[[], None] = lambda: None) -> None:
         try:
             result = await self.conn.publish(msgs, timeout=self.timeout)
         except asyncio.CancelledError:
             raise
         except Exception as e:
-            if release is not None:
-                release()
+            release()
             _fail(fut, e)
         else:
-            if release is not None:
-                release()
+            release()
             if not fut.done():
                 fut.set_result(result)
 

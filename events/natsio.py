@@ -62,6 +62,18 @@ class OutMsg:
     headers: dict[str, str]
 
 
+def _acked(msg: Msg) -> dict[str, Any]:
+    """A JetStream publish acknowledgement; the error it carries as `JetStreamAPIError`."""
+    ack = json.loads(msg.data) if msg.data else {}
+    err = ack.get("error")
+    if err or "seq" not in ack:
+        err = err or {"description": f"no acknowledgement: {msg.data!r} {msg.headers}"}
+        raise JetStreamAPIError(
+            err.get("code", 0), err.get("err_code", 0), err.get("description", "")
+        )
+    return ack
+
+
 def _expire(answer: asyncio.Future[Msg]) -> None:
     if not answer.done():
         answer.set_exception(TimeoutError("no answer in time"))
@@ -174,23 +186,35 @@ class NatsThread:
 
         await self.nc.subscribe(self._inbox_prefix + ".*", cb=route)
 
-    async def _ask(self, subject: str, data: bytes, headers: dict[str, str],
-                   timeout: float) -> Msg:
-        """One request, one answer, on the connection's own inbox: nats-py's `request` draws a
-        random token and wraps its wait in `wait_for` each time, a tenth of a command's CPU."""
+    async def _ask(self, msgs: Sequence[OutMsg], timeout: float) -> Msg:
+        """Publish `msgs` and return the one answer they get, on the connection's own inbox
+        (nats-py's `request` draws a random token and wraps its wait in `wait_for` each time,
+        a tenth of a command's CPU). The last message asks for the answer. Several messages
+        are an atomic batch, and an error on the first also answers (any other reply to it is
+        ignored: it is empty when the server took the message)."""
         self._asked += 1
         token = f"a{self._asked}"
+        first = f"{token}f" if len(msgs) > 1 else ""
         answer: asyncio.Future[Msg] = self._loop.create_future()
         self._answers[token] = answer
+        if first:
+            self._answers[first] = answer
+            self._firsts.add(first)
         expiry = self._loop.call_later(timeout, _expire, answer)
         try:
-            await self.nc.publish(subject, data, reply=f"{self._inbox_prefix}.{token}",
-                                  headers=headers)
+            last = len(msgs) - 1
+            for i, m in enumerate(msgs):
+                reply = token if i == last else first if i == 0 else ""
+                await self.nc.publish(m.subject, m.data, headers=m.headers,
+                                      reply=f"{self._inbox_prefix}.{reply}" if reply else "")
             self.write_now()
             msg = await answer
         finally:
             expiry.cancel()
             self._answers.pop(token, None)
+            if first:
+                self._answers.pop(first, None)
+                self._firsts.discard(first)
         if not msg.data and msg.headers and msg.headers.get("Status") == "503":
             raise nats.errors.NoRespondersError
         return msg
@@ -274,57 +298,19 @@ class NatsThread:
     async def publish(self, msgs: Sequence[OutMsg], timeout: float = 10.0) -> tuple[int, int]:
         """Publish one message, or several as one atomic batch. Returns (last seq, count)."""
         if len(msgs) == 1:
-            m = msgs[0]
-            resp = await self._ask(m.subject, m.data, m.headers, timeout)
-            ack = json.loads(resp.data)
-            err = ack.get("error")
-            if err:
-                raise JetStreamAPIError(
-                    err.get("code", 0), err.get("err_code", 0), err.get("description", "")
-                )
-            return int(ack["seq"]), 1
-        # One answer decides: the commit's ack, or an error on the first message (any other
-        # reply to it is ignored: it is empty when the server took the message).
-        self._asked += 1
-        token = f"b{self._asked}"
-        first = f"{token}f"
-        answer: asyncio.Future[Msg] = self._loop.create_future()
-        self._answers[token] = self._answers[first] = answer
-        self._firsts.add(first)
-        expiry = self._loop.call_later(timeout, _expire, answer)
+            return int(_acked(await self._ask(msgs, timeout))["seq"]), 1
+        batch_id = uuid.uuid4().hex
+        last = len(msgs)
+        batch = []
+        for i, m in enumerate(msgs, 1):
+            headers = {**m.headers, "Nats-Batch-Id": batch_id, "Nats-Batch-Sequence": str(i)}
+            if i == last:
+                headers["Nats-Batch-Commit"] = "1"
+            batch.append(OutMsg(m.subject, m.data, headers))
         try:
-            batch_id = uuid.uuid4().hex
-            last = len(msgs)
-            for i, m in enumerate(msgs, 1):
-                headers = dict(m.headers)
-                headers["Nats-Batch-Id"] = batch_id
-                headers["Nats-Batch-Sequence"] = str(i)
-                reply = ""  # none
-                if i == last:
-                    headers["Nats-Batch-Commit"] = "1"
-                    reply = f"{self._inbox_prefix}.{token}"
-                elif i == 1:
-                    reply = f"{self._inbox_prefix}.{first}"
-                await self.nc.publish(m.subject, m.data, reply=reply, headers=headers)
-            self.write_now()
-            try:
-                msg = await answer
-            except TimeoutError:
-                raise TimeoutError("atomic batch publish timed out") from None
-        finally:
-            expiry.cancel()
-            self._answers.pop(token, None)
-            self._answers.pop(first, None)
-            self._firsts.discard(first)
-        if not msg.data and msg.headers and msg.headers.get("Status") == "503":
-            raise nats.errors.NoRespondersError
-        ack = json.loads(msg.data) if msg.data else {}
-        err = ack.get("error")
-        if err or "seq" not in ack:
-            err = err or {"description": f"no acknowledgement: {msg.data!r} {msg.headers}"}
-            raise JetStreamAPIError(
-                err.get("code", 0), err.get("err_code", 0), err.get("description", "")
-            )
+            ack = _acked(await self._ask(batch, timeout))
+        except TimeoutError:
+            raise TimeoutError("atomic batch publish timed out") from None
         return int(ack["seq"]), int(ack.get("count", last))
 
     def write_now(self) -> None:
