@@ -86,6 +86,8 @@ class DeleteFirewall(Command, tag="firewall.delete"):
 
 
 class FirewallCreated(EventMeta, tag="FirewallCreated"):
+    """A firewall was created with its ordered rules and its insertion."""
+
     name: str
     rules: list[FirewallRule]
     default_action: str
@@ -95,26 +97,34 @@ class FirewallCreated(EventMeta, tag="FirewallCreated"):
 
 
 class FirewallUpdated(EventMeta, tag="FirewallUpdated"):
+    """The firewall's name or default action was changed."""
+
     name: str
     default_action: str
 
 
 class FirewallRuleInserted(EventMeta, tag="FirewallRuleInserted"):
+    """A rule was inserted at `index` of the ordered rules."""
+
     rule: FirewallRule
     index: int
 
 
 class FirewallRuleMoved(EventMeta, tag="FirewallRuleMoved"):
+    """The rule was moved to `index`."""
+
     rule_id: str
     index: int
 
 
 class FirewallRuleRemoved(EventMeta, tag="FirewallRuleRemoved"):
+    """The rule was removed."""
+
     rule_id: str
 
 
 class FirewallDeleted(EventMeta, tag="FirewallDeleted"):
-    pass
+    """The firewall was deleted."""
 
 
 # -- NAT: port forwarding on a router ---------------------------------------------------------
@@ -154,21 +164,27 @@ class DeleteNat(Command, tag="nat.delete"):
 
 
 class NatCreated(EventMeta, tag="NatCreated"):
+    """A NAT service was created on a router with its port forwards."""
+
     name: str
     insertion: InsertionState
     port_forwards: list[PortForward]
 
 
 class PortForwardAdded(EventMeta, tag="PortForwardAdded"):
+    """A port forward was added."""
+
     forward: PortForward
 
 
 class PortForwardRemoved(EventMeta, tag="PortForwardRemoved"):
+    """The port forward was removed."""
+
     forward_id: str
 
 
 class NatDeleted(EventMeta, tag="NatDeleted"):
-    pass
+    """The NAT service was deleted."""
 
 
 # -- taps -------------------------------------------------------------------------------------
@@ -190,6 +206,8 @@ class DeleteTap(Command, tag="tap.delete"):
 
 
 class TapCreated(EventMeta, tag="TapCreated"):
+    """A tap was created: the port's traffic mirrored to the monitor port."""
+
     name: str
     port_id: str
     monitor_port_id: str
@@ -198,7 +216,7 @@ class TapCreated(EventMeta, tag="TapCreated"):
 
 
 class TapDeleted(EventMeta, tag="TapDeleted"):
-    pass
+    """The tap was deleted."""
 
 
 class PortTapAttached(EventMeta, tag="PortTapAttached"):
@@ -228,10 +246,14 @@ class ServiceScheduled(EventMeta, tag="ServiceScheduled"):
 
 
 class ServiceChainAttached(EventMeta, tag="ServiceChainAttached"):
+    """The service is a hop of that chain (it cannot be deleted while it is)."""
+
     chain_id: str
 
 
 class ServiceChainDetached(EventMeta, tag="ServiceChainDetached"):
+    """The service is no longer a hop of that chain."""
+
     chain_id: str
 
 
@@ -293,6 +315,8 @@ class DeleteServiceChain(Command, tag="chain.delete"):
 
 
 class ServiceChainCreated(EventMeta, tag="ServiceChainCreated"):
+    """A service chain was created: its classifier and ordered hops."""
+
     name: str
     classifier: Classifier
     hops: list[Hop]
@@ -312,4 +336,4 @@ class ServiceChainUpdated(EventMeta, tag="ServiceChainUpdated"):
 
 
 class ServiceChainDeleted(EventMeta, tag="ServiceChainDeleted"):
-    pass
+    """The service chain was deleted."""

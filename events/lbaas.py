@@ -219,6 +219,8 @@ class PoolChange(TreeChange):
 
 
 class LoadBalancerCreated(TreeChange, tag="LoadBalancerCreated"):
+    """A load balancer was created whole: its VIP, insertion, pools and listeners."""
+
     name: str
     description: str
     vip_network_id: str
@@ -231,6 +233,8 @@ class LoadBalancerCreated(TreeChange, tag="LoadBalancerCreated"):
 
 
 class LoadBalancerUpdated(TreeChange, tag="LoadBalancerUpdated"):
+    """The load balancer's own fields were changed (name, description, admin state)."""
+
     name: str
     description: str
     admin_state_up: bool
@@ -253,15 +257,15 @@ class ListenerWhole(TreeChange):
 
 
 class ListenerCreated(ListenerWhole, tag="ListenerCreated"):
-    pass
+    """A listener was added, carried whole."""
 
 
 class ListenerUpdated(ListenerWhole, tag="ListenerUpdated"):
-    pass
+    """A listener was changed; it is carried as the update leaves it."""
 
 
 class ListenerDeleted(ListenerChange, tag="ListenerDeleted"):
-    pass
+    """The listener (and its L7 policies) was removed."""
 
 
 class PoolWhole(TreeChange):
@@ -271,15 +275,15 @@ class PoolWhole(TreeChange):
 
 
 class PoolCreated(PoolWhole, tag="PoolCreated"):
-    pass
+    """A pool was added, with its members and health monitor."""
 
 
 class PoolUpdated(PoolWhole, tag="PoolUpdated"):
-    pass
+    """A pool was changed; it is carried as the update leaves it."""
 
 
 class PoolDeleted(PoolChange, tag="PoolDeleted"):
-    pass
+    """The pool (and its members and health monitor) was removed."""
 
 
 class MemberWhole(PoolChange):
@@ -289,39 +293,49 @@ class MemberWhole(PoolChange):
 
 
 class MemberCreated(MemberWhole, tag="MemberCreated"):
-    pass
+    """A member was added to the pool."""
 
 
 class MemberUpdated(MemberWhole, tag="MemberUpdated"):
-    pass
+    """A member was changed; it is carried as the update leaves it."""
 
 
 class MemberDeleted(PoolChange, tag="MemberDeleted"):
+    """The member was removed from the pool."""
+
     member_id: str
 
 
 class MembersReplaced(PoolChange, tag="MembersReplaced"):
+    """The pool's members are now this list (a batch update)."""
+
     members: list[Member]
 
 
 class HealthMonitorSet(PoolChange, tag="HealthMonitorSet"):
+    """The pool's health monitor was set, or replaced."""
+
     healthmonitor: HealthMonitor
 
 
 class HealthMonitorDeleted(PoolChange, tag="HealthMonitorDeleted"):
-    pass
+    """The pool no longer has a health monitor."""
 
 
 class L7PolicySet(ListenerChange, tag="L7PolicySet"):
+    """An L7 policy of the listener was set (added, or replaced with its rules)."""
+
     policy: L7Policy
 
 
 class L7PolicyDeleted(ListenerChange, tag="L7PolicyDeleted"):
+    """The L7 policy (and its rules) was removed from the listener."""
+
     policy_id: str
 
 
 class LoadBalancerDeleteRequested(TreeChange, tag="LoadBalancerDeleteRequested"):
-    pass
+    """Deletion was asked for: PENDING_DELETE until its host has removed it."""
 
 
 class AgentReport(EventMeta):
@@ -337,10 +351,14 @@ class LoadBalancerProvisioned(AgentReport, tag="LoadBalancerProvisioned"):
 
 
 class LoadBalancerProvisioningFailed(AgentReport, tag="LoadBalancerProvisioningFailed"):
+    """An agent could not converge `generation`: ERROR, with its reason."""
+
     reason: str
 
 
 class LoadBalancerProvisioningTimedOut(EventMeta, tag="LoadBalancerProvisioningTimedOut"):
+    """No agent answered for `generation` in time: ERROR, with the reason."""
+
     generation: int
     reason: str
 
@@ -350,6 +368,8 @@ class LoadBalancerDeleted(EventMeta, tag="LoadBalancerDeleted"):
 
 
 class LoadBalancerOperatingStatusChanged(EventMeta, tag="LoadBalancerOperatingStatusChanged"):
+    """Health checks moved operating statuses (only those that changed)."""
+
     loadbalancer: str | None = None
     listeners: dict[str, str] = {}
     pools: dict[str, str] = {}

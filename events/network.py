@@ -57,31 +57,35 @@ class ServiceTypeDescribed(EventMeta):
 
 
 class ServiceTypeCreated(ServiceTypeDescribed, tag="ServiceTypeCreated"):
-    pass
+    """A service type was created, with its providers."""
 
 
 class ServiceTypeUpdated(ServiceTypeDescribed, tag="ServiceTypeUpdated"):
-    pass
+    """A service type was changed; it is carried as the update leaves it."""
 
 
 class ServiceTypeDefaultSet(EventMeta, tag="ServiceTypeDefaultSet"):
-    pass
+    """The service type became the default."""
 
 
 class ServiceTypeDefaultCleared(EventMeta, tag="ServiceTypeDefaultCleared"):
-    pass
+    """The service type is no longer the default."""
 
 
 class ServiceTypeUsed(EventMeta, tag="ServiceTypeUsed"):
+    """A router or service (its aggregate id `user_id`) uses the service type."""
+
     user_id: str
 
 
 class ServiceTypeReleased(EventMeta, tag="ServiceTypeReleased"):
+    """That router or service no longer uses the service type."""
+
     user_id: str
 
 
 class ServiceTypeDeleted(EventMeta, tag="ServiceTypeDeleted"):
-    pass
+    """The service type was deleted."""
 
 
 class ServiceTypeNameChange(EventMeta):
@@ -92,22 +96,26 @@ class ServiceTypeNameChange(EventMeta):
 
 
 class ServiceTypeNameCreated(ServiceTypeNameChange, tag="ServiceTypeNameCreated"):
-    pass
+    """The name's claim was first made (held by no one yet)."""
 
 
 class ServiceTypeNameClaimed(ServiceTypeNameChange, tag="ServiceTypeNameClaimed"):
+    """The name is now held by that service type."""
+
     service_type_id: str
 
 
 class ServiceTypeNameReleased(ServiceTypeNameChange, tag="ServiceTypeNameReleased"):
-    pass
+    """The name is free again."""
 
 
 class DefaultServiceTypeCreated(EventMeta, tag="DefaultServiceTypeCreated"):
-    pass
+    """The singleton that names the default service type was created (none yet)."""
 
 
 class DefaultServiceTypeChanged(EventMeta, tag="DefaultServiceTypeChanged"):
+    """Another service type became the default (`previous_id`: "" for none)."""
+
     service_type_id: str
     previous_id: str
 
@@ -130,16 +138,20 @@ class DeclareHostLost(Command, tag="host.lost"):
 
 
 class HostRegistryCreated(EventMeta, tag="HostRegistryCreated"):
-    pass
+    """The registry of hosts and placements was created (empty)."""
 
 
 class HostRegistered(EventMeta, tag="HostRegistered"):
+    """A host (re)registered with the providers it offers: it is alive."""
+
     host: str
     providers: list[str]
     underlay_ip: str | None = None  # None: not given (or registered before hosts had one)
 
 
 class HostLost(EventMeta, tag="HostLost"):
+    """The host missed its heartbeats: it is lost, and its services are placed elsewhere."""
+
     host: str
 
 
@@ -161,6 +173,8 @@ class ServiceWaiting(ServiceOfProvider, tag="ServiceWaiting"):
 
 
 class ServiceUnplaced(EventMeta, tag="ServiceUnplaced"):
+    """The service left the scheduler (deleted): no host holds a place for it."""
+
     service_id: str
     host: str | None = None
 
@@ -178,10 +192,14 @@ class SetQuota(Command, tag="quota.set"):
 
 
 class QuotaCreated(EventMeta, tag="QuotaCreated"):
+    """The tenant's quota was first used or set (default limits)."""
+
     tenant: str
 
 
 class QuotaLimitsSet(EventMeta, tag="QuotaLimitsSet"):
+    """The tenant's limits for these resource kinds were set."""
+
     limits: dict[str, int]
 
 
@@ -193,11 +211,13 @@ class QuotaUse(EventMeta):
 
 
 class QuotaConsumed(QuotaUse, tag="QuotaConsumed"):
+    """The tenant took one more of `resource`, within `limit`."""
+
     limit: int
 
 
 class QuotaReleased(QuotaUse, tag="QuotaReleased"):
-    pass
+    """The tenant gave one back."""
 
 
 # -- networks and ports ---------------------------------------------------------------------
@@ -243,6 +263,8 @@ class DeletePort(Command, tag="port.delete"):
 
 
 class NetworkCreated(EventMeta, tag="NetworkCreated"):
+    """A network was created with its CIDR, gateway and VXLAN VNI."""
+
     name: str
     cidr: str
     gateway: str
@@ -250,10 +272,12 @@ class NetworkCreated(EventMeta, tag="NetworkCreated"):
 
 
 class NetworkDeleted(EventMeta, tag="NetworkDeleted"):
-    pass
+    """The network was deleted."""
 
 
 class NetworkExternalSet(EventMeta, tag="NetworkExternalSet"):
+    """The admin flagged the network external (or no longer)."""
+
     external: bool
 
 
@@ -261,7 +285,7 @@ class NetworkExternalSet(EventMeta, tag="NetworkExternalSet"):
 
 
 class SegmentPoolCreated(EventMeta, tag="SegmentPoolCreated"):
-    pass
+    """The pool of VXLAN VNIs was created (all free)."""
 
 
 class SegmentChange(EventMeta):
@@ -287,14 +311,16 @@ class AddressChange(EventMeta):
 
 
 class AddressAllocated(AddressChange, tag="AddressAllocated"):
-    pass
+    """An address of the network was given to the port."""
 
 
 class AddressReleased(AddressChange, tag="AddressReleased"):
-    pass
+    """The port's address is free again."""
 
 
 class PortCreated(EventMeta, tag="PortCreated"):
+    """A port was created on a network, with its address and MAC."""
+
     network_id: str
     ip_address: str
     mac_address: Mac
@@ -304,12 +330,14 @@ class PortCreated(EventMeta, tag="PortCreated"):
 
 
 class PortUpdated(EventMeta, tag="PortUpdated"):
+    """A port was changed; it is carried as the update leaves it."""
+
     name: str | None
     host: str | None
 
 
 class PortDeleted(EventMeta, tag="PortDeleted"):
-    pass
+    """The port was deleted."""
 
 
 # -- routers ----------------------------------------------------------------------------------
@@ -348,6 +376,8 @@ class DeleteRouter(Command, tag="router.delete"):
 
 
 class RouterCreated(EventMeta, tag="RouterCreated"):
+    """A router was created, with the service type that serves it."""
+
     name: str
     service_type_id: str
 
@@ -360,19 +390,25 @@ class RouterLegChange(EventMeta):
 
 
 class RouterInterfaceAdded(RouterLegChange, tag="RouterInterfaceAdded"):
+    """The router was plugged into a network at that address."""
+
     ip_address: str
 
 
 class RouterInterfaceRemoved(RouterLegChange, tag="RouterInterfaceRemoved"):
-    pass
+    """The router was unplugged from that network."""
 
 
 class RouterGatewaySet(RouterLegChange, tag="RouterGatewaySet"):
+    """The router's gateway leg is on that external network (with or without SNAT)."""
+
     ip_address: str
     enable_snat: bool
 
 
 class RouterGatewayCleared(EventMeta, tag="RouterGatewayCleared"):
+    """The router no longer has a gateway; that port was released."""
+
     port_id: str
 
 
@@ -383,12 +419,12 @@ class RouterServiceChange(EventMeta):
 
 
 class RouterServiceAttached(RouterServiceChange, tag="RouterServiceAttached"):
-    pass
+    """A service (firewall, NAT, chain) now runs in the router's namespace."""
 
 
 class RouterServiceDetached(RouterServiceChange, tag="RouterServiceDetached"):
-    pass
+    """That service no longer runs in the router's namespace."""
 
 
 class RouterDeleted(EventMeta, tag="RouterDeleted"):
-    pass
+    """The router was deleted."""
