@@ -8,16 +8,14 @@ import pytest
 from splice.agents.desired import Folds, desired_segments
 from splice.agents.drivers.overlay.plan import (
     FLOOD,
-    AddFlood,
     Attach,
     CreateVxlan,
-    DeleteFlood,
-    DeleteMac,
+    DeleteFdb,
     DeleteVxlan,
     EnsureBridge,
     Observed,
     Segment,
-    SetMac,
+    SetFdb,
     Underlay,
     VxlanSeen,
     plan,
@@ -63,8 +61,8 @@ def test_segments_skip_networks_without_a_vni_and_keep_remote_ports_macs() -> No
 def test_plan_makes_the_bridge_the_device_its_floods_and_macs_then_nothing() -> None:
     s = seg(remotes=("10.99.0.2", "10.99.0.3"), macs={"fa:16:3e:00:00:01": "10.99.0.2"})
     ops = plan({N1: s}, Observed(frozenset(), {}), UNDER, make_bridges={N1})
-    assert ops == [EnsureBridge(s.bridge), CreateVxlan(s, UNDER), AddFlood(s.vxlan, "10.99.0.2"),
-                   AddFlood(s.vxlan, "10.99.0.3"), SetMac(s.vxlan, "fa:16:3e:00:00:01", "10.99.0.2")]
+    assert ops == [EnsureBridge(s.bridge), CreateVxlan(s, UNDER), SetFdb(s.vxlan, FLOOD, "10.99.0.2"),
+                   SetFdb(s.vxlan, FLOOD, "10.99.0.3"), SetFdb(s.vxlan, "fa:16:3e:00:00:01", "10.99.0.2")]
     assert plan({N1: s}, Observed(frozenset({s.bridge}), {s.vxlan: seen(s)}), UNDER) == []
 
 
@@ -78,16 +76,16 @@ def test_plan_repairs_a_device_that_drifted(drift: dict[str, object], first: typ
     ops = plan({N1: s}, Observed(frozenset({s.bridge}), {s.vxlan: seen(s, **drift)}), UNDER)
     assert isinstance(ops[0], first)
     if first is CreateVxlan:  # made anew: its entries are made again too
-        assert AddFlood(s.vxlan, "10.99.0.2") in ops
+        assert SetFdb(s.vxlan, FLOOD, "10.99.0.2") in ops
 
 
 def test_plan_follows_hosts_and_ports_that_come_and_go() -> None:
     s = seg(remotes=("10.99.0.3",), macs={"fa:16:3e:00:00:02": "10.99.0.3"})
     had = seen(s, floods=frozenset({"10.99.0.2"}), macs={"fa:16:3e:00:00:01": "10.99.0.2"})
     ops = plan({N1: s}, Observed(frozenset({s.bridge}), {s.vxlan: had}), UNDER)
-    assert ops == [AddFlood(s.vxlan, "10.99.0.3"), DeleteFlood(s.vxlan, "10.99.0.2"),
-                   SetMac(s.vxlan, "fa:16:3e:00:00:02", "10.99.0.3"),
-                   DeleteMac(s.vxlan, "fa:16:3e:00:00:01")]
+    assert ops == [SetFdb(s.vxlan, FLOOD, "10.99.0.3"), DeleteFdb(s.vxlan, FLOOD, "10.99.0.2"),
+                   SetFdb(s.vxlan, "fa:16:3e:00:00:02", "10.99.0.3"),
+                   DeleteFdb(s.vxlan, "fa:16:3e:00:00:01", "10.99.0.2")]
 
 
 def test_plan_removes_devices_of_networks_gone_or_bridges_gone_and_holds_nothing_without_underlay() -> None:

@@ -16,16 +16,14 @@ from ..steps import Outcome, apply_each
 from .plan import (
     FLOOD,
     VXLAN_PORT,
-    AddFlood,
     Attach,
     CreateVxlan,
-    DeleteFlood,
-    DeleteMac,
+    DeleteFdb,
     DeleteVxlan,
     EnsureBridge,
     Observed,
     Op,
-    SetMac,
+    SetFdb,
     Underlay,
     VxlanSeen,
 )
@@ -95,15 +93,13 @@ def _apply(op: Op) -> None:
     elif isinstance(op, Attach):
         run("ip", "link", "set", op.vxlan, "master", op.bridge)
         run("ip", "link", "set", op.vxlan, "up")
-    elif isinstance(op, AddFlood):
-        run("bridge", "fdb", "append", FLOOD, "dev", op.vxlan, "dst", op.remote)
-    elif isinstance(op, DeleteFlood):
-        run("bridge", "fdb", "del", FLOOD, "dev", op.vxlan, "dst", op.remote, check=False)
-    elif isinstance(op, SetMac):
-        run("bridge", "fdb", "replace", op.mac, "dev", op.vxlan, "dst", op.remote, "self",
+    elif isinstance(op, SetFdb):
+        verb = "append" if op.mac == FLOOD else "replace"
+        run("bridge", "fdb", verb, op.mac, "dev", op.vxlan, "dst", op.remote, "self",
             "permanent")
-    elif isinstance(op, DeleteMac):
-        run("bridge", "fdb", "del", op.mac, "dev", op.vxlan, "self", check=False)
+    elif isinstance(op, DeleteFdb):
+        run("bridge", "fdb", "del", op.mac, "dev", op.vxlan, "dst", op.remote, "self",
+            check=False)
     elif isinstance(op, DeleteVxlan):
         run("ip", "link", "del", op.vxlan, check=False)
     else:

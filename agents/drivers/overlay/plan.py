@@ -105,32 +105,21 @@ class Attach(VxlanOp):
 
 
 @dataclass(frozen=True, slots=True)
-class AddFlood(VxlanOp):
-    """An all-zeros FDB entry: broadcast and unknown frames also go to that host."""
-
-    remote: str
-
-
-@dataclass(frozen=True, slots=True)
-class DeleteFlood(VxlanOp):
-    """A flood entry for a host that no longer shares the network."""
-
-    remote: str
-
-
-@dataclass(frozen=True, slots=True)
-class SetMac(VxlanOp):
-    """A MAC behind a remote host: frames for it tunnel straight there."""
+class SetFdb(VxlanOp):
+    """A forwarding entry: frames for `mac` tunnel to the host at `remote`. The all-zeros MAC
+    (`FLOOD`) is flooding, one entry per remote host (appended); any other MAC has one
+    destination (replaced where it moved)."""
 
     mac: str
     remote: str
 
 
 @dataclass(frozen=True, slots=True)
-class DeleteMac(VxlanOp):
-    """A MAC entry for a port or VIP that moved or went."""
+class DeleteFdb(VxlanOp):
+    """A forwarding entry no longer wanted: a host that left the network, a port that went."""
 
     mac: str
+    remote: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,11 +171,11 @@ def plan(desired: Mapping[str, Segment], observed: Observed, underlay: Underlay 
         elif seen.master != seg.bridge or not seen.up:
             ops.append(Attach(name, seg.bridge))
         floods = set() if seen is None else set(seen.floods)
-        ops += [AddFlood(name, r) for r in sorted(seg.remotes - floods)]
-        ops += [DeleteFlood(name, r) for r in sorted(floods - seg.remotes)]
+        ops += [SetFdb(name, FLOOD, r) for r in sorted(seg.remotes - floods)]
+        ops += [DeleteFdb(name, FLOOD, r) for r in sorted(floods - seg.remotes)]
         macs = {} if seen is None else dict(seen.macs)
-        ops += [SetMac(name, m, r) for m, r in sorted(seg.macs.items()) if macs.get(m) != r]
-        ops += [DeleteMac(name, m) for m in sorted(set(macs) - set(seg.macs))]
+        ops += [SetFdb(name, m, r) for m, r in sorted(seg.macs.items()) if macs.get(m) != r]
+        ops += [DeleteFdb(name, m, r) for m, r in sorted(macs.items()) if m not in seg.macs]
     for name in sorted(observed.vxlans):
         seg = wanted.get(name)
         if seg is None or seg.bridge not in have_bridge:
