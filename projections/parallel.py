@@ -30,7 +30,7 @@ from typing import Any
 import msgspec
 
 from splice.events import subjects
-from splice.events.collector import tune_collector
+from splice.events.collector import stop_collector
 from splice.events.follow import Delivery, Follower, wait_any
 
 from .projector import PULL_BATCH, Progress, Projector, end_reading
@@ -53,7 +53,7 @@ def _child(conn: Connection, parents: Connection, db_url: str, views: Sequence[V
     parents.close()  # the parent's end, copied by the fork: else its close would never be seen
     for sig in (signal.SIGINT, signal.SIGTERM):  # not the parent's handlers (asyncio's)
         signal.signal(sig, signal.SIG_DFL)
-    tune_collector()  # what the fork copied is frozen; batches come and go by refcount
+    stop_collector()  # a process with an end; its folds make no cycles
     store = projector = None
     try:
         store = open_store(db_url)
