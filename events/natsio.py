@@ -74,6 +74,21 @@ def _acked(msg: Msg) -> dict[str, Any]:
     return ack
 
 
+_VALUE_NEWLINES = str.maketrans({"\r": " ", "\n": " "})  # as nats-py: a value is one line
+
+
+def pub_command(subject: str, reply: str, data: bytes, headers: Mapping[str, str] | None) -> bytes:
+    """The PUB (or HPUB) command nats-py's `publish` writes for these, without its per-call
+    checks: the subjects and header names Splice publishes under are its own (`subjects`),
+    and a reply subject is one the server delivered. Values lose their line ends, as there."""
+    if headers is None:
+        return b"PUB %s %s %d\r\n%s\r\n" % (subject.encode(), reply.encode(), len(data), data)
+    hdr = "".join([f"{k}: {v.strip().translate(_VALUE_NEWLINES)}\r\n" for k, v in headers.items()])
+    head = f"NATS/1.0\r\n{hdr}\r\n".encode()
+    return b"HPUB %s %s %d %d\r\n%s%s\r\n" % (
+        subject.encode(), reply.encode(), len(head), len(head) + len(data), head, data)
+
+
 def _expire(answer: asyncio.Future[Msg]) -> None:
     if not answer.done():
         answer.set_exception(TimeoutError("no answer in time"))
@@ -205,9 +220,8 @@ class NatsThread:
             last = len(msgs) - 1
             for i, m in enumerate(msgs):
                 reply = token if i == last else first if i == 0 else ""
-                await self.nc.publish(m.subject, m.data, headers=m.headers,
-                                      reply=f"{self._inbox_prefix}.{reply}" if reply else "")
-            self.write_now()
+                await self.send(m.subject, m.data, m.headers,
+                                f"{self._inbox_prefix}.{reply}" if reply else "")
             msg = await answer
         finally:
             expiry.cancel()
@@ -312,6 +326,24 @@ class NatsThread:
         except TimeoutError:
             raise TimeoutError("atomic batch publish timed out") from None
         return int(ack["seq"]), int(ack.get("count", last))
+
+    async def send(self, subject: str, data: bytes, headers: Mapping[str, str] | None = None,
+                   reply: str = "") -> None:
+        """Publish on this loop and hand it to the socket at once (see `write_now`). While
+        connected, the command goes to nats-py's pending buffer as its `publish` would put it
+        there, without the checks and the flusher's wake-up each publish costs; otherwise
+        (reconnecting, closed, too large) it is nats-py's `publish`."""
+        nc = self.nc
+        if not nc.is_connected or nc._transport is None or len(data) > nc.max_payload:
+            await nc.publish(subject, data, reply=reply,
+                             headers=None if headers is None else dict(headers))
+        else:
+            cmd = pub_command(subject, reply, data, headers)
+            nc._pending.append(cmd)
+            nc._pending_data_size += len(cmd)
+            nc.stats["out_msgs"] += 1
+            nc.stats["out_bytes"] += len(data)
+        self.write_now()
 
     def write_now(self) -> None:
         """Hand what nats-py holds for the socket to the transport now, not on the flusher

@@ -238,9 +238,10 @@ class CommandService:
             return
         limit = int(getattr(self._nc, "max_payload", 0) or MAX_PAYLOAD)
         try:
-            await self._nc.publish(msg.reply, fit(reply, limit))
             if self._conn is not None and self._nc is self._conn.nc:
-                self._conn.write_now()  # not behind every callback ready on the loop
+                await self._conn.send(msg.reply, fit(reply, limit))  # to the socket at once
+            else:
+                await self._nc.publish(msg.reply, fit(reply, limit))
         except Exception as e:  # connection lost: the client will retry
             log.warning("reply not sent", subject=msg.subject, error=str(e))
 
