@@ -1,7 +1,7 @@
-"""The collector of a long-running process (`splice.root.tune_collector`): `splice serve`,
-`agent`, `projector` and `up` run with young collections every 10,000 net allocations and
-with what they built at start-up frozen; code that only borrows a `Root` (tests) is left as
-it is."""
+"""The collector of a long-running process (`splice.events.collector.tune_collector`, called
+by `splice.root.run_process`): `splice serve`, `agent`, `projector` and `up` run with young
+collections every 10,000 net allocations and with what they built at start-up frozen; code
+that only borrows a `Root` (tests) is left as it is."""
 
 from __future__ import annotations
 
