@@ -43,8 +43,8 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from splice.events.jetstream import JetStreamFactory
 from splice.natsserver import NatsServer
 from splice.projections.maintenance import verify
-from splice.projections.parallel import project_until
-from splice.projections.projector import last_event_seq
+from splice.projections.parallel import REBUILD_BATCH, project_until
+from splice.projections.reading import last_event_seq
 from splice.projections.store import with_database
 
 _encode = msgspec.json.Encoder().encode
@@ -234,7 +234,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--backend", choices=["sqlite", "postgres", "both"], default="sqlite")
     parser.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
-    parser.add_argument("--batch", type=int, default=10_000, help="events per transaction")
+    parser.add_argument("--batch", type=int, default=REBUILD_BATCH,
+                        help="events per transaction (default: the rebuild's)")
     parser.add_argument("--rounds", type=int, default=1, help="best of N runs of each measure")
     args = parser.parse_args()
     print(json.dumps(asyncio.run(run(args))))

@@ -1,5 +1,6 @@
 """A batch through the views: which handlers an event type goes to, what a failing view
-raises, and the one-event pieces a batch is applied in when a view fails (`projector.py`)."""
+raises, the one-event pieces a batch is applied in when a view fails, and how the audit log
+says so (`projector.py`)."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ from splice.events.follow import SetAside
 
 from .envelope import Event
 from .views import Tx, View
+from .views.audit import AUDIT_VIEW, note_set_aside
 
 Step = Callable[[Event, Tx], None]
 
@@ -26,6 +28,11 @@ class ViewFailed(Exception):
         self.view = view
         self.record = SetAside(event.seq, event_subject(event), event.type, describe(error),
                                event.time_ns, event_headers(event))
+
+
+class Refold(Exception):
+    """A view failed on an event of a run of batches folded without taking their writes:
+    nothing of them is kept, and they must be prepared again as one batch that takes."""
 
 
 def describe(error: Exception) -> str:
@@ -70,6 +77,27 @@ def steps_for(views: Sequence[View], event_type: str) -> list[tuple[str, Step]]:
         if handler is not None:
             steps.append((view.name, handler))
     return steps
+
+
+def audit_set_aside(
+    tx: Tx,
+    views: Sequence[View],
+    aside: Sequence[tuple[str, SetAside]],
+    active: Sequence[tuple[View, int]],
+) -> None:
+    """Say in the audit log (when it is applying these events now) which views set what
+    aside: the same rows in this transaction as in any rebuild, so `verify` agrees."""
+    audit_at = next((pos for v, pos in active if v.name == AUDIT_VIEW.name), None)
+    if audit_at is None:
+        return
+    order = {v.name: i for i, v in enumerate(views)}
+    notes: dict[int, tuple[SetAside, list[str]]] = {}
+    for view, r in aside:
+        if r.seq > audit_at:
+            notes.setdefault(r.seq, (r, []))[1].append(view)
+    for _, names in notes.values():
+        names.sort(key=lambda name: order.get(name, len(order)))
+    note_set_aside(tx, [notes[seq] for seq in sorted(notes)])
 
 
 def as_key(key: Any) -> tuple[Any, ...]:

@@ -25,8 +25,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from .parallel import project_until
-from .projector import Progress, last_event_seq
+from .parallel import REBUILD_BATCH, project_until
+from .reading import Progress, last_event_seq
 from .store import SET_ASIDE, Store, is_postgres, open_store, with_database
 from .views import VIEWS, View
 
@@ -39,7 +39,7 @@ async def rebuild(
     db_url: str,
     *,
     restart: bool = False,
-    batch_size: int = 10_000,
+    batch_size: int = REBUILD_BATCH,
     on_batch: Callable[[Progress], None] | None = None,
     views: tuple[View, ...] = VIEWS,
 ) -> tuple[int, bool]:
@@ -143,7 +143,7 @@ async def verify(
     js: Any,
     db_url: str,
     *,
-    batch_size: int = 10_000,
+    batch_size: int = REBUILD_BATCH,
     on_batch: Callable[[Progress], None] | None = None,
     views: tuple[View, ...] = VIEWS,
 ) -> dict[str, Any]:

@@ -1,16 +1,13 @@
-"""The projector: reads SPLICE_EVENTS in order and applies it to the views, batch by batch.
+"""The projector: applies SPLICE_EVENTS, in stream order, to the views, batch by batch.
 
-Reading: the one stream follower (`splice.events.follow`) on ``splice.evt.>`` from the lowest
-view position + 1. Its handler only appends deliveries to a buffer: the event loop stays free
-to receive, and the buffer's bound is the back-pressure (a full buffer makes the handler wait,
-and the follower asks the server for nothing more meanwhile).
-
-Applying: a single writer thread takes a batch (up to `batch_size` events, or whatever arrived
-within `max_delay` when following live), decodes it, runs the views' handlers against the row
+Applying: a single writer thread takes a batch (`reading.run_projection` and
+`parallel.project_until` hand them over), decodes it, runs the views' handlers against the row
 cache and commits rows and positions in one transaction (`Store.commit`). Big batches make a
-rebuild fast; the delay keeps a live projector's lag small. While the stream is ahead, a
-batch's transaction runs on the committer's thread (`committer.py`) as the next batch is
-decoded and folded (`prepare` / `submit`); once caught up, each batch is waited for.
+rebuild fast; a live projector's batches are small, to keep its lag small. While the stream is
+ahead, a batch's transaction runs on the committer's thread (`committer.py`) as the next batch
+is decoded and folded (`prepare` / `submit`); once caught up, each batch is waited for. A
+rebuild may fold several batches before it takes their writes as one transaction
+(``take=False``): a row that many of them change is then written once.
 
 Poison: an event that cannot be decoded, or whose handler raises in a view, is set aside for
 that view: the batch is applied again without it, and a row in ``projection_set_aside`` (view,
@@ -22,30 +19,31 @@ never stops on one event.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import time
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import structlog
 
-from splice.events import metrics, subjects
-from splice.events.follow import Delivery, Follower, SetAside, last_seq, wait_any
+from splice.events.follow import Delivery, SetAside
 from splice.events.metrics import count_set_aside
 
 from .committer import Committer
 from .envelope import Event, from_batch
-from .folding import Step, ViewFailed, as_key, describe, gc_paused, one_by_one, steps_for
+from .folding import (
+    Refold,
+    Step,
+    ViewFailed,
+    as_key,
+    audit_set_aside,
+    describe,
+    gc_paused,
+    one_by_one,
+    steps_for,
+)
 from .store import Store, TableWrites
 from .views import VIEWS, Rows, Tx, View
-from .views.audit import AUDIT_VIEW, note_set_aside
 
 log = structlog.get_logger("splice.projections")
-
-PULL_BATCH = 2000  # messages per pull request of the projector's follower
 
 
 class Projector:
@@ -69,6 +67,10 @@ class Projector:
         """(Re)read positions and start with fresh row caches (after a failed batch, too)."""
         self.positions = {v.name: p for v, p in self._stored_positions()}
         self._folded = dict(self.positions)  # where the views are once the batch in flight is in
+        self._taken = dict(self.positions)  # where the last transaction taken moves them to
+        self._held: list[tuple[str, SetAside]] = []  # set aside in batches folded, not taken
+        self._held_unreadable: list[SetAside] = []
+        self._holding = False  # batches were folded with take=False since the last take
         self._unsubmitted = False  # a batch was prepared (folded into the caches), not submitted
         tables = {t.name: t for v in self.views for t in v.tables}
         self.tx = Tx(
@@ -95,12 +97,14 @@ class Projector:
         self.submit(self.prepare_deliveries(batch), wait=wait)
         return self.position
 
-    def prepare_deliveries(self, batch: Sequence[Delivery]) -> PreparedBatch | None:
+    def prepare_deliveries(
+        self, batch: Sequence[Delivery], *, take: bool = True
+    ) -> PreparedBatch | None:
         """Decode deliveries (in stream order) and fold them; see `prepare`."""
         with gc_paused():
-            return self._prepare_deliveries(batch)
+            return self._prepare_deliveries(batch, take)
 
-    def _prepare_deliveries(self, batch: Sequence[Delivery]) -> PreparedBatch | None:
+    def _prepare_deliveries(self, batch: Sequence[Delivery], take: bool) -> PreparedBatch | None:
         events: list[Event] = []
         unreadable: list[SetAside] = []
         for d, ev in zip(batch, from_batch(batch), strict=True):
@@ -111,7 +115,7 @@ class Projector:
                     SetAside(d.seq, d.subject, d.topic, describe(ev), d.time_ns, d.headers)
                 )
         last = batch[-1].seq if batch else 0
-        return self.prepare(events, last=last, unreadable=unreadable)
+        return self.prepare(events, last=last, unreadable=unreadable, take=take)
 
     def apply(
         self, events: Sequence[Event], *, last: int = 0, unreadable: Sequence[SetAside] = ()
@@ -129,23 +133,39 @@ class Projector:
         return self.position
 
     def prepare(
-        self, events: Sequence[Event], *, last: int = 0, unreadable: Sequence[SetAside] = ()
+        self,
+        events: Sequence[Event],
+        *,
+        last: int = 0,
+        unreadable: Sequence[SetAside] = (),
+        take: bool = True,
     ) -> PreparedBatch | None:
         """`apply`'s first half: fold the batch into the row caches and take its writes, while
         the batch before it may still be committing. `submit` commits it; `close` forgets it
         if it never was. None: nothing to commit (no events, or the batch went in one event
-        at a time because a view failed on one of them)."""
+        at a time because a view failed on one of them).
+
+        ``take=False`` folds the batch and keeps its writes in the caches with those of the
+        batches folded before it, until a `prepare` that takes (or `take`): one transaction
+        for all of them, where a row that many of them change is written once. When a view
+        fails on an event of such a run of batches, nothing folded since the last take is
+        kept, and `Refold` says so: the caller prepares them again as one batch that takes,
+        which sets the event aside.
+        """
         last = max(last, events[-1].seq if events else 0)
         if last == 0:
-            return None
-        if any(rows.over_limit() for rows in self.tx.tables.values()):
+            return self.take() if take else None
+        if not self._holding and self.over_limit():
             self.flush()  # the rows of the batch in flight must be in the store before a trim
             for rows in self.tx.tables.values():
                 rows.trim()
         try:
-            job = self._prepare(events, last, {}, unreadable)
+            self._held += self._fold_batch(events, last, {}, unreadable)
         except ViewFailed:
+            held = self._holding
             self._recover()
+            if held:
+                raise Refold from None
             for one, upto, before in one_by_one(events, last, unreadable):
                 self._apply_setting_aside(one, upto, before)
             self._log_unreadable(unreadable)
@@ -153,9 +173,23 @@ class Projector:
         except BaseException:
             self._recover()
             raise
-        job.unreadable = unreadable
-        self._unsubmitted = True
+        self._held_unreadable += unreadable
+        self._unsubmitted = self._holding = True
+        return self.take() if take else None
+
+    def take(self) -> PreparedBatch | None:
+        """What the batches folded since the last take write, as one transaction to `submit`
+        (None: nothing was folded)."""
+        if not self._holding:
+            return None
+        job = self._take(self._held)
+        job.unreadable = self._held_unreadable
+        self._held, self._held_unreadable, self._holding = [], [], False
         return job
+
+    def over_limit(self) -> bool:
+        """A table's cache holds more rows than it keeps between batches: time to take."""
+        return any(rows.over_limit() for rows in self.tx.tables.values())
 
     def submit(self, job: PreparedBatch | None, *, wait: bool = True) -> None:
         """Commit a prepared batch on the committer's thread (after the one in flight). With
@@ -233,8 +267,16 @@ class Projector:
         skip: dict[tuple[int, str], SetAside],
         unreadable: Sequence[SetAside],
     ) -> PreparedBatch:
-        """Fold a batch into the row caches and take what its transaction writes (encoded:
-        the caches may change under the next batch while this one commits)."""
+        return self._take(self._fold_batch(events, last, skip, unreadable))
+
+    def _fold_batch(
+        self,
+        events: Sequence[Event],
+        last: int,
+        skip: dict[tuple[int, str], SetAside],
+        unreadable: Sequence[SetAside],
+    ) -> list[tuple[str, SetAside]]:
+        """Fold a batch into the row caches; returns what it set aside (view, event)."""
         for rows, key_of, view in self._prefetchers:
             if not rows.complete:
                 rows.prefetch({as_key(key_of(ev)) for ev in events if view.wants(ev.type)})
@@ -243,16 +285,22 @@ class Projector:
             self._fold_carefully(events, active, skip)
         else:
             self._fold(events, [v for v, _ in active])
-        moves = {v.name: (pos, last) for v, pos in active}
         aside = [(view, r) for (_, view), r in skip.items()]
         aside += [(v.name, r) for r in unreadable for v, pos in active if r.seq > pos]
         if aside:
-            self._audit_set_aside(aside, active)
+            audit_set_aside(self.tx, self.views, aside, active)
+        for v, _ in active:
+            self._folded[v.name] = last
+        return aside
+
+    def _take(self, aside: list[tuple[str, SetAside]]) -> PreparedBatch:
+        """What the transaction writes (encoded: the caches may change under the next batch
+        while this one commits), and the positions it moves from the last take's."""
         writes = [rows.take_writes() for rows in self.tx.tables.values()]
         for w in writes:
             w.encode()
-        for name, (_, new) in moves.items():
-            self._folded[name] = new
+        moves = {n: (self._taken[n], p) for n, p in self._folded.items() if p > self._taken[n]}
+        self._taken = dict(self._folded)
         return PreparedBatch(writes, moves, aside)
 
     def _commit(self, job: PreparedBatch) -> None:
@@ -293,23 +341,6 @@ class Projector:
                     except Exception as e:
                         raise ViewFailed(view.name, ev, e) from e
 
-    def _audit_set_aside(
-        self, aside: Sequence[tuple[str, SetAside]], active: Sequence[tuple[View, int]]
-    ) -> None:
-        """Say in the audit log (when it is applying these events now) which views set what
-        aside: the same rows in this transaction as in any rebuild, so `verify` agrees."""
-        audit_at = next((pos for v, pos in active if v.name == AUDIT_VIEW.name), None)
-        if audit_at is None:
-            return
-        order = {v.name: i for i, v in enumerate(self.views)}
-        notes: dict[int, tuple[SetAside, list[str]]] = {}
-        for view, r in aside:
-            if r.seq > audit_at:
-                notes.setdefault(r.seq, (r, []))[1].append(view)
-        for _, views in notes.values():
-            views.sort(key=lambda name: order.get(name, len(order)))
-        note_set_aside(self.tx, [notes[seq] for seq in sorted(notes)])
-
 
 @dataclass
 class PreparedBatch:
@@ -319,126 +350,3 @@ class PreparedBatch:
     moves: dict[str, tuple[int, int]]
     aside: list[tuple[str, SetAside]]
     unreadable: Sequence[SetAside] = ()  # to log once committed
-
-
-@dataclass
-class Progress:
-    """What a progress display needs: where we are, where the end was when we started."""
-
-    position: int
-    target: int | None
-    applied: int = 0
-    started: float = 0.0
-
-
-async def last_event_seq(
-    js: Any, subject: str = subjects.EVENTS, stream: str = subjects.STREAM
-) -> int:
-    """The stream sequence of the newest event on `subject` (0 when there is none)."""
-    return await last_seq(js, subject, stream)
-
-
-async def end_reading(follower: Follower, reading: asyncio.Task[int]) -> None:
-    """Stop a follower and wait for its task (cancelled if it does not end by itself)."""
-    follower.close()
-    if not reading.done():
-        reading.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await reading
-
-
-async def run_projection(
-    js: Any,
-    projector: Projector,
-    stop: asyncio.Event,
-    *,
-    until: int | None = None,
-    batch_size: int = 5000,
-    max_delay: float = 0.05,
-    on_batch: Callable[[Progress], None] | None = None,
-    executor: ThreadPoolExecutor | None = None,
-) -> int:
-    """Follow the stream from the projector's position and apply, until `stop` (or `until`).
-
-    Returns the position reached. With `until`, events after it are not applied (time travel,
-    verify and rebuild stop at a known end).
-    """
-    if until is not None and projector.position >= until:
-        return projector.position
-    loop = asyncio.get_running_loop()
-    pool = executor or ThreadPoolExecutor(1, thread_name_prefix="splice-projector")
-    buf: list[Delivery] = []
-    ready = asyncio.Event()
-    room = asyncio.Event()
-    room.set()
-    limit = batch_size * 4
-    progress = Progress(projector.position, until, started=time.monotonic())
-
-    async def take(d: Delivery) -> None:
-        buf.append(d)
-        if len(buf) >= batch_size or d.seq == until:
-            ready.set()
-        if len(buf) >= limit:
-            room.clear()
-            await room.wait()
-
-    in_flight: list[Delivery] = []  # the batch committing, not reported yet
-
-    def report(batch: Sequence[Delivery]) -> None:
-        if not batch:
-            return
-        metrics.PROJECTOR_LAG.set(batch[-1].pending + len(buf))
-        progress.position = projector.position
-        progress.applied += len(batch)
-        if on_batch is not None:
-            on_batch(progress)
-
-    follower = Follower(
-        js, subjects.EVENTS, take, after=projector.position, name="projector",
-        batch=min(batch_size, PULL_BATCH),
-    )
-    reading = asyncio.create_task(follower.run(stop, until=until))
-    try:
-        while True:
-            if not buf:
-                await wait_any((ready, stop), 1.0)
-            if buf and len(buf) < batch_size and not ready.is_set() and not stop.is_set():
-                await wait_any((ready, stop), max_delay)
-            ready.clear()
-            batch = buf[:batch_size]
-            del buf[: len(batch)]
-            if len(buf) < limit:
-                room.set()
-            if batch:
-                # This batch folds while the one before it commits; each is reported once it
-                # is in. Caught up (or at `until`): wait for it, so that the positions say
-                # what has been read.
-                job = await loop.run_in_executor(pool, projector.prepare_deliveries, batch)
-                await loop.run_in_executor(pool, projector.flush)
-                report(in_flight)
-                projector.submit(job, wait=False)
-                in_flight = batch
-                if batch[-1].pending == 0 or (until is not None and batch[-1].seq >= until):
-                    await loop.run_in_executor(pool, projector.flush)
-                    if projector.store.deferred:
-                        await loop.run_in_executor(pool, projector.store.build_indexes)
-                    report(in_flight)
-                    in_flight = []
-            if stop.is_set() or (reading.done() and not buf):
-                await loop.run_in_executor(pool, projector.flush)
-                report(in_flight)
-                in_flight = []
-            if (until is not None and projector.position >= until) or stop.is_set():
-                break
-            if reading.done() and not buf:
-                reading.result()  # the follower returns only when told to; say why if not
-                break
-    finally:
-        room.set()
-        await end_reading(follower, reading)
-        try:
-            await loop.run_in_executor(pool, projector.close)  # the batch in flight goes in
-        finally:
-            if executor is None:
-                pool.shutdown(wait=True)
-    return projector.position

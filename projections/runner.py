@@ -18,8 +18,9 @@ from typing import Any
 import nats
 import structlog
 
-from .projector import Projector, run_projection
+from .projector import Projector
 from .queries import QueryService
+from .reading import run_projection
 from .store import PositionConflict, open_store
 
 log = structlog.get_logger("splice.projections")

@@ -21,8 +21,8 @@ from splice.events import subjects
 from splice.events.follow import Delivery, Follower
 
 from .envelope import Event, format_ns, from_parts
-from .projector import last_event_seq
 from .queries import shape
+from .reading import last_event_seq
 from .schema import encode_rows
 from .views import QUERY_VIEWS, VIEWS, Tx, View
 

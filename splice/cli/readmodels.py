@@ -61,7 +61,10 @@ def rebuild(
         bool, typer.Option("--restart", help="Start over even if a rebuild was interrupted.")
     ] = False,
     db: DbOpt = None,
-    batch: Annotated[int, typer.Option(help="Events per transaction.")] = 10_000,
+    batch: Annotated[
+        int | None,
+        typer.Option(help="Events per transaction [default: the rebuild's, 50,000].", min=1),
+    ] = None,
     nats_url: NatsUrlOpt = None,
 ) -> None:
     """Rebuild every read model from the start of the stream (resumes an interrupted one)."""
@@ -74,7 +77,8 @@ def rebuild(
             client.with_jetstream(
                 url_of(nats_url),
                 lambda js: do_rebuild(
-                    js, db_url, restart=restart, batch_size=batch, on_batch=on_batch
+                    js, db_url, restart=restart, on_batch=on_batch,
+                    **({} if batch is None else {"batch_size": batch}),
                 ),
             )
         )

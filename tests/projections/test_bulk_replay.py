@@ -15,7 +15,8 @@ from streamgen import Appender, Ev
 from splice.natsserver import NatsServer
 from splice.projections.folding import gc_paused
 from splice.projections.maintenance import verify
-from splice.projections.projector import Progress, Projector, last_event_seq, run_projection
+from splice.projections.projector import Projector
+from splice.projections.reading import Progress, last_event_seq, run_projection
 from splice.projections.store import open_store
 
 N_TYPES = 150  # 3 events each: 450 events, several batches of 64 rows and more (COPY path)

@@ -17,8 +17,9 @@ from streamgen import Appender, Ev
 from splice.events.lbaas import HealthMonitor, Listener, Member, Pool
 from splice.events.wire import InsertionState
 from splice.natsserver import NatsServer
-from splice.projections.projector import Projector, last_event_seq, run_projection
+from splice.projections.projector import Projector
 from splice.projections.queries import parse_query, run_query
+from splice.projections.reading import last_event_seq, run_projection
 from splice.projections.store import open_store
 from splice.projections.timetravel import At, state_at
 from splice.projections.views import QUERY_VIEWS

@@ -21,7 +21,8 @@ from splice.events import subjects
 from splice.natsserver import NatsServer
 from splice.projections.maintenance import scratch_database, snapshot
 from splice.projections.parallel import project_until
-from splice.projections.projector import Progress, Projector, last_event_seq, run_projection
+from splice.projections.projector import Projector
+from splice.projections.reading import Progress, last_event_seq, run_projection
 from splice.projections.store import open_store
 from splice.projections.views import VIEWS
 

@@ -12,7 +12,7 @@ from streamgen import Appender, servicetype_history
 
 from splice.natsserver import NatsServer
 from splice.projections.maintenance import REBUILD_MARK, rebuild, verify
-from splice.projections.projector import Progress
+from splice.projections.reading import Progress
 from splice.projections.store import open_store
 
 

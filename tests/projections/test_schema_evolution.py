@@ -16,8 +16,9 @@ from streamgen import Appender, Ev
 
 from splice.events.upcasting import current_version, upcast
 from splice.natsserver import NatsServer
-from splice.projections.projector import Projector, last_event_seq, run_projection
+from splice.projections.projector import Projector
 from splice.projections.queries import Query, run_query
+from splice.projections.reading import last_event_seq, run_projection
 from splice.projections.store import open_store
 from splice.projections.views import QUERY_VIEWS
 

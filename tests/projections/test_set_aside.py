@@ -16,7 +16,8 @@ from splice.events import subjects
 from splice.natsserver import NatsServer
 from splice.projections.envelope import Event
 from splice.projections.maintenance import verify
-from splice.projections.projector import Projector, run_projection
+from splice.projections.projector import Projector
+from splice.projections.reading import run_projection
 from splice.projections.schema import Table, cols
 from splice.projections.store import open_store
 from splice.projections.views import VIEWS, Tx, View
