@@ -205,6 +205,9 @@ async def project_until(
             feeding = asyncio.create_task(
                 _feed(js, send, position, until, min(batch_size, chunk)))
             await asyncio.wait((feeding, listening), return_when=asyncio.FIRST_COMPLETED)
+            if feeding.done() and not feeding.cancelled() and \
+                    isinstance(feeding.exception(), OSError):
+                await asyncio.wait((listening,), timeout=5)  # a closed pipe: the child's word
             if listening.done():
                 listening.result()  # the child failed (or on_batch raised): say why
                 raise RuntimeError("the fold process ended before the stream did")

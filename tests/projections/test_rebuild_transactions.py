@@ -28,7 +28,7 @@ from splice.projections.parallel import project_until
 from splice.projections.projector import Projector
 from splice.projections.reading import Progress, last_event_seq, run_projection
 from splice.projections.schema import Table, cols
-from splice.projections.store import open_store
+from splice.projections.store import Store, open_store
 from splice.projections.views import VIEWS, Tx, View
 from splice.projections.views import base as views_base
 
@@ -217,3 +217,26 @@ async def test_a_full_row_cache_ends_the_transaction_early(
     finally:
         store.close()
     assert got == await one_process(js, db_url, end)
+
+
+async def test_a_child_failing_mid_stream_says_why_while_chunks_are_still_coming(
+    fresh_nats: NatsServer, db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    appender = Appender(fresh_nats.url)
+    try:
+        appender.append(list(servicetype_history(200, 9)))
+    finally:
+        appender.close()
+
+    def on_fire(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError("the disk is on fire")
+
+    monkeypatch.setattr(Store, "commit", on_fire)  # the forked child inherits it
+    nc = await nats.connect(fresh_nats.url)
+    try:
+        js = nc.jetstream()
+        with pytest.raises(RuntimeError, match="the disk is on fire"):
+            await asyncio.wait_for(project_until(js, db_url, await last_event_seq(js),
+                                                 batch_size=50, chunk=25), 60)
+    finally:
+        await nc.close()
