@@ -2,7 +2,8 @@
 
 While batch N commits (SQLite's or PostgreSQL's own work, with the GIL released), the
 projector decodes and folds batch N+1. At most one transaction is in flight, and they go in
-the order they were handed over: `submit` first waits for the one before.
+the order they were handed over: `submit` first waits for the one before. `queue` hands over
+work that goes before the next transaction (a rebuild's staged rows) without waiting.
 """
 
 from __future__ import annotations
@@ -12,28 +13,38 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 
 class Committer:
-    """Runs one callable at a time on its thread; `wait` returns (or raises) its outcome."""
+    """Runs one callable at a time on its thread; `wait` returns (or raises) their outcome."""
 
     def __init__(self) -> None:
         self._pool: ThreadPoolExecutor | None = None
-        self._pending: Future[None] | None = None
+        self._pending: list[Future[None]] = []
 
     def submit(self, commit: Callable[[], None]) -> None:
-        """Wait for the transaction in flight (raising its failure), then start `commit`."""
+        """Wait for what is in flight (raising its failure), then start `commit`."""
         self.wait()
+        self.queue(commit)
+
+    def queue(self, work: Callable[[], None]) -> None:
+        """Start `work` after what is in flight, without waiting for it."""
         if self._pool is None:
             self._pool = ThreadPoolExecutor(1, thread_name_prefix="splice-commit")
-        self._pending = self._pool.submit(commit)
+        self._pending.append(self._pool.submit(work))
 
     def wait(self) -> None:
-        """Until nothing is in flight; raises what the last transaction raised, once."""
-        pending, self._pending = self._pending, None
-        if pending is not None:
-            pending.result()
+        """Until nothing is in flight; raises the first failure of what ran, once."""
+        pending, self._pending = self._pending, []
+        failure: BaseException | None = None
+        for done in pending:
+            try:
+                done.result()
+            except BaseException as e:
+                failure = failure or e
+        if failure is not None:
+            raise failure
 
     @property
     def busy(self) -> bool:
-        return self._pending is not None
+        return bool(self._pending)
 
     def close(self) -> None:
         """Stop the thread (after what is in flight); a later `submit` starts a new one."""

@@ -64,7 +64,9 @@ class Projector:
         self._reload()
 
     def _reload(self) -> None:
-        """(Re)read positions and start with fresh row caches (after a failed batch, too)."""
+        """(Re)read positions and start with fresh row caches (after a failed batch, too); rows
+        staged for a transaction never taken are dropped."""
+        self.store.discard()
         self.positions = {v.name: p for v, p in self._stored_positions()}
         self._folded = dict(self.positions)  # where the views are once the batch in flight is in
         self._taken = dict(self.positions)  # where the last transaction taken moves them to
@@ -147,7 +149,9 @@ class Projector:
 
         ``take=False`` folds the batch and keeps its writes in the caches with those of the
         batches folded before it, until a `prepare` that takes (or `take`): one transaction
-        for all of them, where a row that many of them change is written once. When a view
+        for all of them, where a row that many of them change is written once. Their appended
+        rows (the audit log's) are written at once, on the committer's thread, into the
+        transaction left open for the take (`Store.stage`). When a view
         fails on an event of such a run of batches, nothing folded since the last take is
         kept, and `Refold` says so: the caller prepares them again as one batch that takes,
         which sets the event aside.
@@ -175,7 +179,12 @@ class Projector:
             raise
         self._held_unreadable += unreadable
         self._unsubmitted = self._holding = True
-        return self.take() if take else None
+        if take:
+            return self.take()
+        appends = [w for w in (r.take_appends() for r in self.tx.tables.values()) if w.appends]
+        if appends:  # into the transaction the take will commit, while the next batch folds
+            self.committer.queue(lambda: self.store.stage(appends))
+        return None
 
     def take(self) -> PreparedBatch | None:
         """What the batches folded since the last take write, as one transaction to `submit`

@@ -82,6 +82,7 @@ class Store:
         self._lock = threading.Lock()  # one writer transaction at a time per Store
         # Empty tables whose secondary indexes wait for `build_indexes` (a bulk load).
         self.deferred: dict[str, Table] = {}
+        self._staged = False  # a transaction is open with rows `stage` wrote (see there)
 
     # -- to be provided by a backend ------------------------------------------------------
     def _write_conn(self) -> Any:
@@ -216,7 +217,7 @@ class Store:
             cur = conn.cursor()
             cur.execute(f"SELECT view, seq FROM {POSITIONS}")
             rows = cur.fetchall()
-            conn.commit()
+            self._end_read(conn)
         return {r[0]: int(r[1]) for r in rows}
 
     def get_meta(self, key: str) -> str | None:
@@ -246,7 +247,7 @@ class Store:
             cur = conn.cursor()
             cur.execute(f"SELECT 1 FROM {table.name} LIMIT 1")
             empty = cur.fetchone() is None
-            conn.commit()
+            self._end_read(conn)
         return empty
 
     def fetch(self, table: Table, keys: Iterable[tuple[Any, ...]]) -> dict[tuple[Any, ...], dict]:
@@ -273,7 +274,7 @@ class Store:
                     r = cur.fetchone()
                     if r is not None:
                         out[k] = self._decode_row(table, r)
-            conn.commit()
+            self._end_read(conn)
         return out
 
     @staticmethod
@@ -281,6 +282,36 @@ class Store:
         return {c.name: decode_value(c, v) for c, v in zip(table.columns, r, strict=True)}
 
     # -- the batch transaction -------------------------------------------------------------
+    def stage(self, writes: Sequence[TableWrites]) -> None:
+        """Write appended rows now, in a transaction left open: the next `commit` makes them
+        part of its transaction, `discard` drops them. A rebuild stages each chunk's audit
+        rows as it folds, so that the commit at the end of a transaction has less to write."""
+        with self._lock:
+            conn = self._write_conn()
+            cur = conn.cursor()
+            if not self._staged:
+                self._begin(conn)
+                self._staged = True
+            try:
+                for w in writes:
+                    if w.appends:
+                        self._append(cur, w.table, w.appends)
+            except BaseException:
+                self._staged = False
+                conn.rollback()
+                raise
+
+    def discard(self) -> None:
+        """Drop what `stage` wrote and no `commit` took."""
+        with self._lock:
+            if self._staged:
+                self._staged = False
+                self._write_conn().rollback()
+
+    def _end_read(self, conn: Any) -> None:
+        if not self._staged:  # else the read was part of the staged transaction: it goes on
+            conn.commit()
+
     def commit(
         self,
         writes: Sequence[TableWrites],
@@ -288,7 +319,7 @@ class Store:
         set_aside: Sequence[tuple[str, SetAside]] = (),
     ) -> None:
         """Apply a batch's writes, record what it set aside, and move the views' positions,
-        all in one transaction.
+        all in one transaction (with what was staged before it, if anything).
 
         `moves` maps view name -> (position the batch started from, new position);
         `set_aside` holds (view name, event) for the events a view skipped. Raises
@@ -297,7 +328,9 @@ class Store:
         with self._lock:
             conn = self._write_conn()
             cur = conn.cursor()
-            self._begin(conn)
+            if not self._staged:
+                self._begin(conn)
+            self._staged = False
             try:
                 self._move_positions(cur, moves)
                 for w in writes:

@@ -161,6 +161,12 @@ class Rows:
         self.appended = []
         return w
 
+    def take_appends(self) -> TableWrites:
+        """The rows appended since the last take, and forget them."""
+        w = TableWrites(self.table, appends=self.appended)
+        self.appended = []
+        return w
+
     def over_limit(self) -> bool:
         return len(self.cache) > ROW_CACHE_LIMIT
 

@@ -73,15 +73,18 @@ def test_batches_folded_without_taking_write_each_row_once_in_one_transaction(
         projector = Projector(store)
         for i in range(0, 9, 3):
             assert projector.prepare(events[i : i + 3], take=False) is None
+        projector.flush()  # the audit rows are staged: written, not committed
+        assert store.select("SELECT count(*) FROM audit") == [(0,)]
         assert min(store.positions().values()) == 0  # nothing is in before the take
         job = projector.take()
         assert job is not None and projector.take() is None
         writes = {w.table.name: w for w in job.writes}
         assert len(writes["servicetypes"].upserts) == 1  # nine events, one row, one write
         assert len(writes["resources"].upserts) == 1
-        assert len(writes["audit"].appends) == 9
+        assert writes["audit"].appends == []  # staged already
         assert set(job.moves.values()) == {(0, 9)}
         projector.submit(job)
+        assert store.select("SELECT count(*) FROM audit") == [(9,)]
         got = snapshot(store, VIEWS)
     finally:
         store.close()
@@ -135,6 +138,7 @@ def test_a_view_failing_in_a_run_of_untaken_batches_keeps_nothing_of_them(
         assert projector.take() is None  # the first batch's writes are gone, too
         projector.submit(projector.prepare(events))  # again, as one batch that takes
         assert min(store.positions().values()) == 8
+        assert store.select("SELECT count(*) FROM audit") == [(8,)]  # none staged twice
         [aside] = store.set_aside()
         assert (aside["view"], aside["seq"]) == ("boom", 6)
         rows = {r[0]: r[1] for r in store.select("SELECT id, seq FROM boom")}
@@ -240,3 +244,34 @@ async def test_a_child_failing_mid_stream_says_why_while_chunks_are_still_coming
                                                  batch_size=50, chunk=25), 60)
     finally:
         await nc.close()
+
+
+async def test_a_run_stopped_at_a_commit_point_leaves_no_staged_row_behind(
+    fresh_nats: NatsServer, db_url: str
+) -> None:
+    appender = Appender(fresh_nats.url)
+    try:
+        appender.append(list(servicetype_history(20, 4)))
+    finally:
+        appender.close()
+
+    class Stop(Exception):
+        pass
+
+    def stop(p: Progress) -> None:
+        raise Stop
+
+    nc = await nats.connect(fresh_nats.url)
+    try:
+        js = nc.jetstream()
+        with pytest.raises(Stop):
+            await asyncio.wait_for(project_until(js, db_url, await last_event_seq(js),
+                                                 batch_size=20, chunk=5, on_batch=stop), 30)
+    finally:
+        await nc.close()
+    store = open_store(db_url)
+    try:  # the first transaction is in; the chunks folded (and staged) after it are not
+        assert min(store.positions().values()) == 20
+        assert store.select("SELECT count(*), max(seq) FROM audit") == [(20, 20)]
+    finally:
+        store.close()
