@@ -16,6 +16,7 @@ from typing import Any
 import msgspec
 from eventsourcing.persistence import StoredEvent
 
+from splice.events import subjects
 from splice.events.jetstream import JetStreamFactory
 
 _encode = msgspec.json.Encoder().encode
@@ -116,3 +117,11 @@ def servicetype_history(
     for n, i in enumerate(ids):
         if n % 10 == 0:
             yield ev(i, "ServiceTypeDeleted")
+
+
+async def publish_unreadable(js: Any) -> int:
+    """An event nobody can read (its version header is not a number); returns its seq."""
+    ack = await js.publish(
+        subjects.event("_admin", "servicetype", str(uuid.uuid4()), "ServiceTypeUpdated"),
+        b"{}", headers={subjects.H_TOPIC: "ServiceTypeUpdated", subjects.H_VERSION: "x"})
+    return int(ack.seq)

@@ -10,14 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import multiprocessing
-import uuid
 from pathlib import Path
 
 import nats
 import pytest
-from streamgen import Appender, servicetype_history
+from streamgen import Appender, publish_unreadable, servicetype_history
 
-from splice.events import subjects
 from splice.natsserver import NatsServer
 from splice.projections.maintenance import scratch_database, snapshot
 from splice.projections.parallel import project_until
@@ -36,9 +34,7 @@ async def test_the_child_folds_the_same_rows_as_one_process(
     appender = Appender(fresh_nats.url)
     try:
         appender.append(history[:70])
-        await js.publish(  # an event nobody can read: set aside by every view, in both
-            subjects.event("_admin", "servicetype", str(uuid.uuid4()), "ServiceTypeUpdated"),
-            b"{}", headers={subjects.H_TOPIC: "ServiceTypeUpdated", subjects.H_VERSION: "x"})
+        await publish_unreadable(js)  # set aside by every view, in both
         appender.append(history[70:])
     finally:
         appender.close()
@@ -81,9 +77,12 @@ async def test_a_child_that_fails_says_why(fresh_nats: NatsServer, tmp_path: Pat
         await nc.close()
 
 
+@pytest.mark.parametrize("batch_size, chunk", [(10, 10), (20, 5)])
 async def test_a_run_stopped_by_on_batch_ends_its_child_at_once(
-    fresh_nats: NatsServer, db_url: str
+    fresh_nats: NatsServer, db_url: str, batch_size: int, chunk: int
 ) -> None:
+    """Stopped at the first transaction reported; with transactions of several chunks, the
+    chunks folded after it (their audit rows staged, `Store.stage`) leave nothing behind."""
     appender = Appender(fresh_nats.url)
     try:
         appender.append(list(servicetype_history(30, 3)))
@@ -101,12 +100,14 @@ async def test_a_run_stopped_by_on_batch_ends_its_child_at_once(
         js = nc.jetstream()
         with pytest.raises(Stop):  # the child must not be waited for: 30 s would fail this
             await asyncio.wait_for(project_until(js, db_url, await last_event_seq(js),
-                                                 batch_size=10, on_batch=stop), 10)
+                                                 batch_size=batch_size, chunk=chunk,
+                                                 on_batch=stop), 10)
     finally:
         await nc.close()
     assert not multiprocessing.active_children()
     store = open_store(db_url)
-    try:  # the first batch, reported, is in; nothing after it
-        assert min(store.positions().values()) == 10
+    try:  # the first transaction, reported, is in; nothing after it
+        assert min(store.positions().values()) == batch_size
+        assert store.select("SELECT count(*), max(seq) FROM audit") == [(batch_size, batch_size)]
     finally:
         store.close()

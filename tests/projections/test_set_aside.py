@@ -4,39 +4,20 @@ same transaction) and the events after it are applied; `verify` then reports it.
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 import nats
 import pytest
-from streamgen import Appender, Ev, servicetype_history
+from boomview import BOOM_VIEW, WITH_BOOM
+from streamgen import Appender, Ev, publish_unreadable, servicetype_history
 
-from splice.events import subjects
 from splice.natsserver import NatsServer
 from splice.projections.envelope import Event
 from splice.projections.maintenance import verify
 from splice.projections.projector import Projector
 from splice.projections.reading import run_projection
-from splice.projections.schema import Table, cols
 from splice.projections.store import open_store
-from splice.projections.views import VIEWS, Tx, View
-
-BOOM = Table("boom", cols("id, seq:int"), key=("id",))
-
-
-def touch_unless_boom(ev: Event, tx: Tx) -> None:
-    if ev.payload.get("description") == "boom":
-        raise ValueError("this view cannot take a boom")
-    tx["boom"].put({"id": ev.aggregate_id, "seq": ev.seq})
-
-
-BOOM_VIEW = View(
-    name="boom",
-    tables=(BOOM,),
-    handlers={"ServiceTypeCreated": touch_unless_boom, "ServiceTypeUpdated": touch_unless_boom},
-)
-WITH_BOOM = (*VIEWS, BOOM_VIEW)
 
 
 @pytest.fixture
@@ -52,17 +33,13 @@ async def history(fresh_nats: NatsServer) -> AsyncIterator[tuple[Any, dict[str, 
         boom = Ev("_admin", "servicetype", first.ident, 3, "ServiceTypeUpdated",
                   {"name": "type-0", "description": "boom"})
         [seqs_boom] = appender.append([boom])
-        ack = await js.publish(
-            subjects.event("_admin", "servicetype", str(uuid.uuid4()), "ServiceTypeUpdated"),
-            b"{}",
-            headers={subjects.H_TOPIC: "ServiceTypeUpdated", subjects.H_VERSION: "not a number"},
-        )
+        unreadable = await publish_unreadable(js)
         after = Ev("_admin", "servicetype", first.ident, 4, "ServiceTypeUpdated",
                    {"name": "type-0", "description": "after"})
         rest = appender.append([*good[4:], after])
     finally:
         appender.close()
-    yield js, {"boom": seqs_boom, "unreadable": ack.seq, "after": rest[-1]}
+    yield js, {"boom": seqs_boom, "unreadable": unreadable, "after": rest[-1]}
     await nc.close()
 
 
