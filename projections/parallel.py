@@ -11,13 +11,14 @@ N+1: each side on its own core.
 A transaction is `batch_size` events: the child folds the chunks of one into its row caches
 and takes their writes once (`Projector.prepare(take=False)`), so that a row that many events
 change is written once per transaction, not once per chunk, and commits it on its committer's
-thread while it folds the next. The child says at each commit point how far its commits have
+thread while it folds the next. Each chunk's audit rows are written as soon as it is folded,
+into the transaction the take commits (`Store.stage`). The child says at each commit point how far its commits have
 gone, and hands the next transaction to the committer only when the parent has heard it (so
 that an `on_batch` that stops the run leaves the store where it was told).
 
 The rows are those `run_projection` makes: the child applies the same deliveries in the same
 order with the same `Projector`, and the rows do not depend on where batches end
-(`tests/projections/test_parallel_rebuild.py`). Only runs with an end (`until`) go this way:
+(`tests/projections/test_parallel_rebuild.py`, `test_rebuild_transactions.py`). Only runs with an end (`until`) go this way:
 rebuild, verify and the replay benchmark.
 """
 
