@@ -63,7 +63,7 @@ def rebuild(
     db: DbOpt = None,
     batch: Annotated[
         int | None,
-        typer.Option(help="Events per transaction [default: the rebuild's, 50,000].", min=1),
+        typer.Option(help="Events per transaction (default: the rebuild's, 50,000).", min=1),
     ] = None,
     nats_url: NatsUrlOpt = None,
 ) -> None:
