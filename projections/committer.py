@@ -42,10 +42,6 @@ class Committer:
         if failure is not None:
             raise failure
 
-    @property
-    def busy(self) -> bool:
-        return bool(self._pending)
-
     def close(self) -> None:
         """Stop the thread (after what is in flight); a later `submit` starts a new one."""
         pool, self._pool = self._pool, None

@@ -12,14 +12,15 @@ A transaction is `batch_size` events: the child folds the chunks of one into its
 and takes their writes once (`Projector.prepare(take=False)`), so that a row that many events
 change is written once per transaction, not once per chunk, and commits it on its committer's
 thread while it folds the next. Each chunk's audit rows are written as soon as it is folded,
-into the transaction the take commits (`Store.stage`). The child says at each commit point how far its commits have
-gone, and hands the next transaction to the committer only when the parent has heard it (so
-that an `on_batch` that stops the run leaves the store where it was told).
+into the transaction the take commits (`Store.stage`). The child says at each commit point
+how far its commits have gone, and hands the next transaction to the committer only when the
+parent has heard it (so that an `on_batch` that stops the run leaves the store where it was
+told).
 
 The rows are those `run_projection` makes: the child applies the same deliveries in the same
 order with the same `Projector`, and the rows do not depend on where batches end
-(`tests/projections/test_parallel_rebuild.py`, `test_rebuild_transactions.py`). Only runs with an end (`until`) go this way:
-rebuild, verify and the replay benchmark.
+(`tests/projections/test_parallel_rebuild.py`, `test_rebuild_transactions.py`). Only runs
+with an end (`until`) go this way: rebuild, verify and the replay benchmark.
 """
 
 from __future__ import annotations
@@ -243,7 +244,7 @@ async def project_until(
 
 
 async def _feed(js: Any, send: Callable[[bytes], Awaitable[None]],
-                after: int, until: int, batch_size: int) -> None:
+                after: int, until: int, chunk: int) -> None:
     """Follow the stream from `after` to `until`, handing the child a chunk at a time (the
     next one is encoded and sent while the child folds this one)."""
     buf: list[Delivery] = []
@@ -252,22 +253,22 @@ async def _feed(js: Any, send: Callable[[bytes], Awaitable[None]],
 
     async def take(d: Delivery) -> None:
         buf.append(d)
-        if len(buf) >= batch_size or d.seq >= until:
+        if len(buf) >= chunk or d.seq >= until:
             ready.set()
-        if len(buf) >= 4 * batch_size:
+        if len(buf) >= 4 * chunk:
             room.clear()
             await room.wait()
 
     follower = Follower(js, subjects.EVENTS, take, after=after, name="projector-rebuild",
-                        batch=min(batch_size, PULL_BATCH))
+                        batch=min(chunk, PULL_BATCH))
     reading = asyncio.create_task(follower.run(stop, until=until))
     try:
         while True:
             if not ready.is_set() and not reading.done():
                 await wait_any((ready,), 0.5)  # a whole chunk, the end, or what came meanwhile
             ready.clear()
-            batch, buf[:] = buf[:batch_size], buf[batch_size:]
-            if len(buf) >= batch_size:
+            batch, buf[:] = buf[:chunk], buf[chunk:]
+            if len(buf) >= chunk:
                 ready.set()
             room.set()
             if batch:

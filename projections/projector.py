@@ -265,18 +265,9 @@ class Projector:
         skip: dict[tuple[int, str], SetAside],
         unreadable: Sequence[SetAside],
     ) -> None:
-        self._commit(self._prepare(events, last, skip, unreadable))
+        self._commit(self._take(self._fold_batch(events, last, skip, unreadable)))
         for rows in self.tx.tables.values():
             rows.trim()
-
-    def _prepare(
-        self,
-        events: Sequence[Event],
-        last: int,
-        skip: dict[tuple[int, str], SetAside],
-        unreadable: Sequence[SetAside],
-    ) -> PreparedBatch:
-        return self._take(self._fold_batch(events, last, skip, unreadable))
 
     def _fold_batch(
         self,

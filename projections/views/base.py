@@ -149,16 +149,14 @@ class Rows:
 
     def take_writes(self) -> TableWrites:
         """This batch's changes, and forget them (the rows stay cached for the next batch)."""
-        w = TableWrites(self.table)
+        w = self.take_appends()
         for k in self.dirty:
             row = self.cache.get(k)
             if row is None:
                 w.deletes.append(k)
             else:
                 w.upserts.append(row)
-        w.appends = self.appended
         self.dirty = set()
-        self.appended = []
         return w
 
     def take_appends(self) -> TableWrites:
