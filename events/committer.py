@@ -74,8 +74,9 @@ class GroupCommitter:
 
     def write(self, msgs: Sequence[OutMsg], timeout: float) -> Result:
         """Store one write and wait for it: from a thread, through `submit`; from inline code on
-        the loop (`splice.events.inline`), a one-message write that may go direct is published
-        by the waiting command itself (no task between it and its answer), any other queues."""
+        the loop (`splice.events.inline`), a one-message write that may go direct is handed to
+        the socket by the deciding command itself, at once, and its answer awaited there (no
+        task between it and the server), any other queues."""
         if not self.conn.on_loop_thread():
             return self.submit(msgs).result(timeout)
         checked = _checked(msgs)
@@ -87,18 +88,18 @@ class GroupCommitter:
         self._busy |= checked
         self._singles += 1
         try:
-            return wait(self._publish_here(msgs))
+            return wait(self._publish_here(self.conn.publishing(msgs, timeout=self.timeout)))
         finally:
             self._singles -= 1
             self._busy -= checked
             self._start()
 
-    async def _publish_here(self, msgs: Sequence[OutMsg]) -> Result:
+    async def _publish_here(self, sent: Coroutine[Any, Any, Result]) -> Result:
         task = asyncio.current_task()
         assert task is not None
         self._here.add(task)
         try:
-            return await self.conn.publish(msgs, timeout=self.timeout)
+            return await sent
         except asyncio.CancelledError:
             if task not in self._abandoned:
                 raise

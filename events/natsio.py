@@ -94,6 +94,18 @@ def _expire(answer: asyncio.Future[Msg]) -> None:
         answer.set_exception(TimeoutError("no answer in time"))
 
 
+async def _seq_of_one(answer: Coroutine[Any, Any, Msg]) -> tuple[int, int]:
+    return int(_acked(await answer)["seq"]), 1
+
+
+async def _seq_of_batch(answer: Coroutine[Any, Any, Msg], count: int) -> tuple[int, int]:
+    try:
+        ack = _acked(await answer)
+    except TimeoutError:
+        raise TimeoutError("atomic batch publish timed out") from None
+    return int(ack["seq"]), int(ack.get("count", count))
+
+
 async def settled(nc: Client) -> None:
     """Return once the server has processed everything `nc` sent before (subscriptions above all).
 
@@ -201,12 +213,18 @@ class NatsThread:
 
         await self.nc.subscribe(self._inbox_prefix + ".*", cb=route)
 
-    async def _ask(self, msgs: Sequence[OutMsg], timeout: float) -> Msg:
-        """Publish `msgs` and return the one answer they get, on the connection's own inbox
-        (nats-py's `request` draws a random token and wraps its wait in `wait_for` each time,
-        a tenth of a command's CPU). The last message asks for the answer. Several messages
-        are an atomic batch, and an error on the first also answers (any other reply to it is
-        ignored: it is empty when the server took the message)."""
+    def _ask(self, msgs: Sequence[OutMsg], timeout: float) -> Coroutine[Any, Any, Msg]:
+        """Send `msgs` now and return what waits for the one answer they get, on the
+        connection's own inbox (nats-py's `request` draws a random token and wraps its wait in
+        `wait_for` each time, a tenth of a command's CPU). The last message asks for the
+        answer. Several messages are an atomic batch, and an error on the first also answers
+        (any other reply to it is ignored: it is empty when the server took the message).
+
+        Sent now, not when the coroutine starts: a decision that ends in a write hands it to
+        the server before the next decision begins, so the server's fsyncs overlap this loop's
+        work instead of waiting for a whole turn of it. What cannot go to the socket at once
+        (no connection: nats-py's reconnect buffer) is sent when the coroutine starts. Await
+        the coroutine: its end forgets the answer."""
         self._asked += 1
         token = f"a{self._asked}"
         first = f"{token}f" if len(msgs) > 1 else ""
@@ -216,12 +234,22 @@ class NatsThread:
             self._answers[first] = answer
             self._firsts.add(first)
         expiry = self._loop.call_later(timeout, _expire, answer)
+        last = len(msgs) - 1
+        replies = [f"{self._inbox_prefix}.{token}" if i == last
+                   else f"{self._inbox_prefix}.{first}" if i == 0 else "" for i in range(len(msgs))]
+        sent = 0
+        for m, reply in zip(msgs, replies, strict=True):
+            if not self._send_now(m.subject, m.data, m.headers, reply):
+                break
+            sent += 1
+        self.write_now()
+        return self._answer(msgs[sent:], replies[sent:], token, first, answer, expiry)
+
+    async def _answer(self, rest: Sequence[OutMsg], replies: list[str], token: str, first: str,
+                      answer: asyncio.Future[Msg], expiry: asyncio.TimerHandle) -> Msg:
         try:
-            last = len(msgs) - 1
-            for i, m in enumerate(msgs):
-                reply = token if i == last else first if i == 0 else ""
-                await self.send(m.subject, m.data, m.headers,
-                                f"{self._inbox_prefix}.{reply}" if reply else "")
+            for m, reply in zip(rest, replies, strict=True):
+                await self.send(m.subject, m.data, m.headers, reply)
             msg = await answer
         finally:
             expiry.cancel()
@@ -309,10 +337,11 @@ class NatsThread:
             raise JetStreamAPIError(int(status), 0, str(hdrs.get("Description", "")))
         return StoredMsg(int(hdrs["Nats-Sequence"]), hdrs["Nats-Subject"], hdrs, msg.data)
 
-    async def publish(self, msgs: Sequence[OutMsg], timeout: float = 10.0) -> tuple[int, int]:
-        """Publish one message, or several as one atomic batch. Returns (last seq, count)."""
+    def publishing(self, msgs: Sequence[OutMsg], timeout: float = 10.0
+                   ) -> Coroutine[Any, Any, tuple[int, int]]:
+        """`publish`, its messages handed to the socket now (see `_ask`); on this loop."""
         if len(msgs) == 1:
-            return int(_acked(await self._ask(msgs, timeout))["seq"]), 1
+            return _seq_of_one(self._ask(msgs, timeout))
         batch_id = uuid.uuid4().hex
         last = len(msgs)
         batch = []
@@ -321,28 +350,34 @@ class NatsThread:
             if i == last:
                 headers["Nats-Batch-Commit"] = "1"
             batch.append(OutMsg(m.subject, m.data, headers))
-        try:
-            ack = _acked(await self._ask(batch, timeout))
-        except TimeoutError:
-            raise TimeoutError("atomic batch publish timed out") from None
-        return int(ack["seq"]), int(ack.get("count", last))
+        return _seq_of_batch(self._ask(batch, timeout), last)
+
+    async def publish(self, msgs: Sequence[OutMsg], timeout: float = 10.0) -> tuple[int, int]:
+        """Publish one message, or several as one atomic batch. Returns (last seq, count)."""
+        return await self.publishing(msgs, timeout)
+
+    def _send_now(self, subject: str, data: bytes, headers: Mapping[str, str] | None,
+                  reply: str) -> bool:
+        """Put one message in nats-py's pending buffer as its `publish` would, without the
+        checks and the flusher's wake-up each publish costs; False if it cannot go now
+        (reconnecting, closed, too large)."""
+        nc = self.nc
+        if not nc.is_connected or nc._transport is None or len(data) > nc.max_payload:
+            return False
+        cmd = pub_command(subject, reply, data, headers)
+        nc._pending.append(cmd)
+        nc._pending_data_size += len(cmd)
+        nc.stats["out_msgs"] += 1
+        nc.stats["out_bytes"] += len(data)
+        return True
 
     async def send(self, subject: str, data: bytes, headers: Mapping[str, str] | None = None,
                    reply: str = "") -> None:
-        """Publish on this loop and hand it to the socket at once (see `write_now`). While
-        connected, the command goes to nats-py's pending buffer as its `publish` would put it
-        there, without the checks and the flusher's wake-up each publish costs; otherwise
-        (reconnecting, closed, too large) it is nats-py's `publish`."""
-        nc = self.nc
-        if not nc.is_connected or nc._transport is None or len(data) > nc.max_payload:
-            await nc.publish(subject, data, reply=reply,
-                             headers=None if headers is None else dict(headers))
-        else:
-            cmd = pub_command(subject, reply, data, headers)
-            nc._pending.append(cmd)
-            nc._pending_data_size += len(cmd)
-            nc.stats["out_msgs"] += 1
-            nc.stats["out_bytes"] += len(data)
+        """Publish on this loop and hand it to the socket at once (see `write_now`); nats-py's
+        `publish` where `_send_now` cannot."""
+        if not self._send_now(subject, data, headers, reply):
+            await self.nc.publish(subject, data, reply=reply,
+                                  headers=None if headers is None else dict(headers))
         self.write_now()
 
     def write_now(self) -> None:

@@ -83,3 +83,35 @@ async def test_inline_writes_publish_themselves_and_a_lost_connection_fails_them
         assert again[1] == 1
     finally:
         await asyncio.to_thread(conn.close)
+
+
+async def test_inline_writes_go_out_as_they_are_decided_not_a_loop_turn_later(
+        fresh_nats: NatsServer) -> None:
+    """Decisions started one after another in the same turn of the loop (as a burst of
+    requests is) each hand their write to the server before the next decision begins, so the
+    server stores the first while the loop decides the rest."""
+    import asyncio
+
+    from splice.events.inline import start_inline
+
+    conn = await NatsThread.on_this_loop(fresh_nats.url)
+    try:
+        await conn.api("$JS.API.STREAM.CREATE.TW", stream_config("TW", "tw"))
+        committer = GroupCommitter(conn, direct=64, inflight=1, timeout=10)
+        answers: list[tuple[int, int] | None] = []
+
+        async def then(result: tuple[int, int] | None, error: Exception | None) -> None:
+            assert error is None
+            answers.append(result)
+
+        sent = conn.nc.stats["out_msgs"]
+        on_socket = []
+        tasks = []
+        for i in range(3):
+            tasks.append(start_inline(committer.write, (write(f"tw.evt.{i}"), 10), then))
+            on_socket.append(conn.nc.stats["out_msgs"] - sent)  # no loop turn since the start
+        assert on_socket == [1, 2, 3]
+        await asyncio.wait_for(asyncio.gather(*tasks), 10)
+        assert sorted(answers) == [(1, 1), (2, 1), (3, 1)]  # type: ignore[type-var]
+    finally:
+        await asyncio.to_thread(conn.close)

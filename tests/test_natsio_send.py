@@ -1,7 +1,8 @@
 """The command path's publish (`NatsThread.send`): the PUB/HPUB command it writes is the one
 nats-py's `publish` would write for the same message, and what it sends arrives as sent, over
 a real nats-server. Where nats-py must decide (a payload over the limit, a closed
-connection), it is nats-py's own `publish` that answers."""
+connection), it is nats-py's own `publish` that answers. A write (`NatsThread.publishing`) is on
+the socket when the call returns, before the loop runs anything else."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import pytest
 from nats.errors import ConnectionClosedError, MaxPayloadError
 
 from splice.events import subjects
-from splice.events.natsio import NatsThread, pub_command
+from splice.events.natsio import NatsThread, OutMsg, pub_command
 from splice.natsserver import NatsServer
 
 HEADERS = [
@@ -62,3 +63,31 @@ async def test_what_is_sent_arrives_as_sent(fresh_nats: NatsServer) -> None:
         await asyncio.to_thread(conn.close)
     with pytest.raises(ConnectionClosedError):
         await conn.send("send.d", b"late")
+
+
+@pytest.mark.parametrize("count", [1, 3])
+async def test_a_write_is_on_the_socket_before_it_is_awaited(
+    fresh_nats: NatsServer, count: int
+) -> None:
+    """The decision that ends in a write hands it to the server in the same turn of the loop:
+    the server's fsync then overlaps what the loop decides next (sent on the coroutine's
+    first step instead, a turn's worth of decisions went out together, after it)."""
+    conn = await NatsThread.on_this_loop(fresh_nats.url, name="publishing-test")
+    try:
+        js = conn.nc.jetstream()
+        await conn.api("$JS.API.STREAM.CREATE.SENT",
+                       {"name": "SENT", "subjects": ["sent.>"], "allow_atomic": True})
+        before = conn.nc.stats["out_msgs"]
+        msgs = [OutMsg(f"sent.{i}", b"x%d" % i, {"K": str(i)}) for i in range(count)]
+        answer = conn.publishing(msgs, timeout=5)
+        # no await since the call: nothing else ran, and the messages left nats-py's buffer
+        assert conn.nc.stats["out_msgs"] == before + count
+        assert conn.nc._pending_data_size == 0
+        assert conn.nc._transport is not None
+        writer = conn.nc._transport._io_writer  # type: ignore[attr-defined]
+        assert writer.transport.get_write_buffer_size() == 0  # in the kernel
+        assert await answer == (count, count)
+        stored = [await js.get_msg("SENT", seq) for seq in range(1, count + 1)]
+        assert [(m.subject, m.data) for m in stored] == [(m.subject, m.data) for m in msgs]
+    finally:
+        await asyncio.to_thread(conn.close)
