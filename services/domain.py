@@ -33,6 +33,7 @@ from eventsourcing.domain import (
     CanMutateAggregate,
     MetaDomainEvent,
 )
+from immutables import Map
 
 from splice.events.contracts import EventMeta
 
@@ -43,6 +44,12 @@ E = TypeVar("E", bound=EventMeta)
 
 # Values a copy may share: immutable all the way down (a Struct is not: it may be mutable).
 _IMMUTABLE = (str, int, float, bool, bytes, type(None), datetime, uuid.UUID, frozenset)
+
+# The commands an aggregate remembers: a persistent map, shared by every copy of the aggregate
+# (the repository hands out a copy per command) and extended in O(log n) by the event a
+# command adds, so that neither grows with the number of commands the aggregate has seen.
+CommandKey = str | tuple[str, str]
+_NO_COMMANDS: Map[CommandKey, int] = Map()
 
 
 def _copied(value: Any, memo: dict[int, Any]) -> Any:
@@ -255,7 +262,7 @@ class SpliceAggregate(BaseAggregate[str]):
     # let a retry after N other changes apply a second time). The cost is one small dict entry
     # per command of a loaded aggregate, read from the events that are read anyway.
 
-    def _command_key(self, tenant: str | None, command_id: str) -> str | tuple[str, str]:
+    def _command_key(self, tenant: str | None, command_id: str) -> CommandKey:
         """How a command is remembered: a command id is scoped to its tenant.
 
         A shared aggregate (an admin service type, the host registry, a tenant's quota that the
@@ -274,22 +281,17 @@ class SpliceAggregate(BaseAggregate[str]):
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Self:
         """The repository hands out copies of cached aggregates (a copy per command): the
-        remembered commands (immutable keys to ints) need no deep copy; immutable values are
-        shared and flat containers of them copied shallowly; only the rest is deep-copied."""
+        remembered commands (a persistent map) are shared; immutable values are shared and
+        flat containers of them copied shallowly; only the rest is deep-copied."""
         new = object.__new__(type(self))
         state = new.__dict__
         for key, value in self.__dict__.items():
-            if key == "_commands":
-                state[key] = dict(value)
-            else:
-                state[key] = _copied(value, memo)
+            state[key] = value if key == "_commands" else _copied(value, memo)
         return new
 
     def remember_command(self, tenant: str | None, command_id: str, version: int) -> None:
-        done: dict[str | tuple[str, str], int] | None = self.__dict__.get("_commands")
-        if done is None:
-            done = self.__dict__["_commands"] = {}
-        done[self._command_key(tenant, command_id)] = version
+        done: Map[CommandKey, int] = self.__dict__.get("_commands", _NO_COMMANDS)
+        self.__dict__["_commands"] = done.set(self._command_key(tenant, command_id), version)
 
     def applied_version(self, tenant: str | None, command_id: str) -> int | None:
         """The version at which a stored event of `tenant`'s `command_id` left this aggregate.
@@ -298,6 +300,6 @@ class SpliceAggregate(BaseAggregate[str]):
         another tenant with the same id is another command.
         """
         key = self._command_key(tenant, command_id)
-        version = self.__dict__.get("_commands", {}).get(key)
+        version = self.__dict__.get("_commands", _NO_COMMANDS).get(key)
         stored = self.version - len(self.pending_events)
         return version if version is not None and version <= stored else None

@@ -44,3 +44,22 @@ def test_the_copy_shares_only_what_cannot_change() -> None:
     assert mine.users == cached.users and mine.users is not cached.users
     assert mine.providers == cached.providers and mine.providers is not cached.providers
     assert mine.name is cached.name  # a str: shared
+    # the remembered commands: a persistent map, shared, however many there are (a copy per
+    # command must not cost what the aggregate's history holds)
+    assert mine.__dict__["_commands"] is cached.__dict__["_commands"]
+
+
+def test_a_long_history_of_commands_is_remembered_apart_in_each_copy() -> None:
+    cached = _type()
+    with acting(Meta("bob", "c0", "c0", "_admin")):
+        for i in range(2_000):
+            cached.update("lb", f"d{i}", {"LOADBALANCER": "haproxy"})
+    cached.collect_events()
+    mine = copy.deepcopy(cached)
+    with acting(Meta("bob", "new", "new", "t1")):
+        mine.update("lb", "last", {"LOADBALANCER": "haproxy"})
+    mine.collect_events()  # stored: now it counts
+    assert mine.applied_version("t1", "new") == cached.version + 1
+    assert cached.applied_version("t1", "new") is None  # the cached one never saw it
+    assert mine.applied_version("_admin", "c1") == cached.applied_version("_admin", "c1") == 2
+    assert mine.applied_version("_admin", "c0") == cached.version  # the last event of c0
