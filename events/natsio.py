@@ -12,6 +12,7 @@ It also offers the two JetStream operations nats-py 2.16 has no API for: the bat
 from __future__ import annotations
 
 import asyncio
+import heapq
 import json
 import threading
 import uuid
@@ -92,6 +93,9 @@ def pub_command(subject: str, reply: str, data: bytes, headers: Mapping[str, str
 def _expire(answer: asyncio.Future[Msg]) -> None:
     if not answer.done():
         answer.set_exception(TimeoutError("no answer in time"))
+
+
+SWEEP_S = 0.1  # how often unanswered requests are looked at for their deadline
 
 
 async def _seq_of_one(answer: Coroutine[Any, Any, Msg]) -> tuple[int, int]:
@@ -199,6 +203,11 @@ class NatsThread:
         self._answers: dict[str, asyncio.Future[Msg]] = {}  # one-answer requests (`_ask`)
         self._firsts: set[str] = set()  # of those, batches' first messages: empty when taken
         self._asked = 0
+        # (deadline, token) of the `_ask`s, swept every SWEEP_S: one timer for all of them
+        # instead of a TimerHandle made and cancelled per write (asyncio's timer heap compares
+        # its handles in Python)
+        self._deadlines: list[tuple[float, str]] = []
+        self._sweeper: asyncio.TimerHandle | None = None
 
         async def route(msg: Msg) -> None:
             token = msg.subject.rsplit(".", 1)[-1]
@@ -233,7 +242,9 @@ class NatsThread:
         if first:
             self._answers[first] = answer
             self._firsts.add(first)
-        expiry = self._loop.call_later(timeout, _expire, answer)
+        heapq.heappush(self._deadlines, (self._loop.time() + timeout, token))
+        if self._sweeper is None:
+            self._sweeper = self._loop.call_later(SWEEP_S, self._sweep)
         last = len(msgs) - 1
         replies = [f"{self._inbox_prefix}.{token}" if i == last
                    else f"{self._inbox_prefix}.{first}" if i == 0 else "" for i in range(len(msgs))]
@@ -243,16 +254,25 @@ class NatsThread:
                 break
             sent += 1
         self.write_now()
-        return self._answer(msgs[sent:], replies[sent:], token, first, answer, expiry)
+        return self._answer(msgs[sent:], replies[sent:], token, first, answer)
+
+    def _sweep(self) -> None:
+        """Fail the requests whose deadline has passed with no answer (up to SWEEP_S late)."""
+        now = self._loop.time()
+        deadlines = self._deadlines
+        while deadlines and deadlines[0][0] <= now:
+            answer = self._answers.get(heapq.heappop(deadlines)[1])
+            if answer is not None:
+                _expire(answer)
+        self._sweeper = self._loop.call_later(SWEEP_S, self._sweep) if deadlines else None
 
     async def _answer(self, rest: Sequence[OutMsg], replies: list[str], token: str, first: str,
-                      answer: asyncio.Future[Msg], expiry: asyncio.TimerHandle) -> Msg:
+                      answer: asyncio.Future[Msg]) -> Msg:
         try:
             for m, reply in zip(rest, replies, strict=True):
                 await self.send(m.subject, m.data, m.headers, reply)
             msg = await answer
         finally:
-            expiry.cancel()
             self._answers.pop(token, None)
             if first:
                 self._answers.pop(first, None)

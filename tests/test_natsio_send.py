@@ -91,3 +91,35 @@ async def test_a_write_is_on_the_socket_before_it_is_awaited(
         assert [(m.subject, m.data) for m in stored] == [(m.subject, m.data) for m in msgs]
     finally:
         await asyncio.to_thread(conn.close)
+
+
+async def test_a_write_with_no_answer_times_out_and_is_forgotten(fresh_nats: NatsServer) -> None:
+    """Deadlines are swept (one timer for all the writes in flight, not one each): a write
+    that gets no answer fails at its deadline, a little after at most, and nothing of it is
+    kept; the answered ones around it are not touched."""
+    conn = await NatsThread.on_this_loop(fresh_nats.url, name="deadline-test")
+    other = await nats.connect(fresh_nats.url)
+    try:
+        async def never(msg: nats.aio.msg.Msg) -> None:
+            pass
+
+        async def echo(msg: nats.aio.msg.Msg) -> None:
+            await msg.respond(b'{"seq": 7}')
+
+        await other.subscribe("quiet.>", cb=never)
+        await other.subscribe("echo.>", cb=echo)
+        await other.flush()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        quiet = asyncio.ensure_future(conn.publishing([OutMsg("quiet.a", b"", {})], timeout=0.5))
+        answered = await conn.publishing([OutMsg("echo.a", b"", {})], timeout=0.5)
+        assert answered == (7, 1)
+        with pytest.raises(TimeoutError):
+            await quiet
+        waited = loop.time() - started
+        assert 0.5 <= waited < 0.5 + 1.0, waited
+        assert conn._answers == {} and conn._deadlines == []
+        assert conn._sweeper is None  # no timer left running for nothing
+    finally:
+        await other.close()
+        await asyncio.to_thread(conn.close)
