@@ -57,7 +57,6 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
-import nats
 import structlog
 
 from splice.events import contracts as c
@@ -66,6 +65,7 @@ from splice.events.advanced_fold import FirewallState, NatState, TapState
 from splice.events.chain_fold import ChainState
 from splice.events.follow import Delivery, Follower
 from splice.events.lbaas_fold import LoadBalancerState, apply
+from splice.events.natsclient import connect
 from splice.events.port_fold import PortState
 from splice.events.router_fold import ROUTER_PROVIDER, RouterState
 
@@ -413,7 +413,7 @@ class Agent:
 
     async def run(self, stop: asyncio.Event) -> None:
         await self.overlay.fence()  # until registered again and caught up (`liveness`)
-        self._nc = self._shared_nc or await nats.connect(
+        self._nc = self._shared_nc or await connect(
             self.nats_url.split(","), name=f"splice-agent-{self.host}",
             max_reconnect_attempts=-1, reconnect_time_wait=0.5)
         try:

@@ -7,10 +7,9 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-import nats
-
 from . import subjects
 from .follow import Delivery, Follower, last_seq
+from .natsclient import connect
 
 
 def describe(d: Delivery) -> dict[str, Any]:
@@ -52,7 +51,7 @@ async def read_events(
     `js_prefix`: the JetStream API as this connection's account imports it (not the services')."""
     own = nc is None
     if own:
-        nc = await nats.connect(url.split(","), connect_timeout=5)
+        nc = await connect(url, connect_timeout=5)
     js = nc.jetstream(prefix=js_prefix) if js_prefix else nc.jetstream()
     count = 0
 

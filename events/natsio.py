@@ -26,6 +26,7 @@ from nats.aio.client import Client
 from nats.aio.msg import Msg
 
 from .inline import wait
+from .natsclient import connect
 
 T = TypeVar("T")
 
@@ -155,7 +156,7 @@ class NatsThread:
         return self
 
     async def _connect(self, name: str, connect_timeout: float) -> Client:
-        return await nats.connect(
+        return await connect(
             [u.strip() for u in self.url.split(",") if u.strip()],
             name=name,
             connect_timeout=connect_timeout,

@@ -15,8 +15,9 @@ import os
 import signal
 from typing import Any
 
-import nats
 import structlog
+
+from splice.events.natsclient import connect
 
 from .projector import Projector
 from .queries import QueryService
@@ -29,7 +30,7 @@ DEFAULT_BATCH = 5000
 
 
 async def _connect(nats_url: str, name: str) -> Any:
-    return await nats.connect(
+    return await connect(
         nats_url.split(","),
         name=name,
         connect_timeout=5,

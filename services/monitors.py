@@ -52,11 +52,11 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
-import nats
 import structlog
 
 from splice.events import subjects
 from splice.events.follow import Delivery, Follower
+from splice.events.natsclient import connect
 from splice.events.natsio import settled
 
 from .monitor_state import Clock, HostTracker, PendingTracker, lost_command_id
@@ -294,7 +294,7 @@ class Monitors:
     async def start(self, nc: Any = None) -> None:
         """Start both; on `nc` when given (it stays open at `stop()`), else on a new connection."""
         self._own_nc = nc is None
-        self._nc = nc or await nats.connect(
+        self._nc = nc or await connect(
             self.nats_url.split(","),
             name="splice-monitors",
             max_reconnect_attempts=-1,

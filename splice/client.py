@@ -130,10 +130,10 @@ def resolve_url(nats_url: str | None, state_dir: Path | None = None) -> str:
 
 async def connect(url: str, **options: Any) -> Any:
     """A nats-py connection to `url` (comma-separated servers)."""
-    import nats
+    from splice.events.natsclient import connect as connect_to
 
     options.setdefault("connect_timeout", 5)
-    return await nats.connect(url.split(","), **options)
+    return await connect_to(url, **options)
 
 
 def command_body(body: dict[str, Any]) -> dict[str, Any]:

@@ -1,0 +1,64 @@
+"""Splice's nats-py client (`splice.events.natsclient`): its header parsing gives what nats-py's
+gives, for any header block, and a stored event read through it arrives with the same headers."""
+
+from __future__ import annotations
+
+import asyncio
+
+import nats
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from nats.aio.client import Client
+
+from splice.events.natsclient import SpliceClient, connect, parse_header_lines
+from splice.natsserver import NatsServer
+
+# pieces a header block is made of, hostile ones included: separators, every kind of white
+# space (str.isspace's ASCII separators \x1c-\x1f too), non-ASCII letters and spaces, bytes
+# that are not UTF-8
+PIECES = st.sampled_from([
+    b"Name", b"Splice-Topic", b"Nats-Batch-Id", b"x", b":", b": ", b"\r\n", b"\r", b"\n", b" ",
+    b"\t", b"\x0b", b"\x0c", b"\x1c", b"\x1f", b"\x00", b"\x7f", "é".encode(), "\u00a0".encode(),
+    "\u2003".encode(), b"\xff", b"\xc3", b"value", b"12", b"-", b"_",
+])
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.lists(PIECES, max_size=40).map(b"".join))
+def test_any_block_of_header_pieces_parses_as_nats_py_parses_it(raw: bytes) -> None:
+    assert parse_header_lines(raw) == Client._parse_header_lines(raw)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.binary(max_size=200))
+def test_any_bytes_parse_as_nats_py_parses_them(raw: bytes) -> None:
+    assert parse_header_lines(raw) == Client._parse_header_lines(raw)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.lists(st.tuples(st.text(max_size=12), st.text(max_size=20)), max_size=10))
+def test_any_lines_of_text_parse_as_nats_py_parses_them(lines: list[tuple[str, str]]) -> None:
+    raw = "".join(f"{k}: {v}\r\n" for k, v in lines).encode("utf-8", "surrogatepass") + b"\r\n"
+    assert parse_header_lines(raw) == Client._parse_header_lines(raw)
+
+
+async def test_a_message_arrives_with_the_headers_nats_py_would_give(
+    fresh_nats: NatsServer,
+) -> None:
+    sent = {"Splice-Topic": "ServiceTypeUpdated", "Splice-Version": "3", "Note": "é \u00a0x",
+            "Nats-Batch-Sequence": "2"}
+    mine = await connect(fresh_nats.url)
+    theirs = await nats.connect(fresh_nats.url)
+    got: list[asyncio.Queue[nats.aio.msg.Msg]] = [asyncio.Queue(), asyncio.Queue()]
+    try:
+        assert isinstance(mine, SpliceClient)
+        await mine.subscribe("h.>", cb=got[0].put)
+        await theirs.subscribe("h.>", cb=got[1].put)
+        await mine.flush()
+        await theirs.flush()
+        await theirs.publish("h.a", b"x", headers=sent)
+        a, b = [await asyncio.wait_for(q.get(), 5) for q in got]
+        assert a.headers == b.headers == sent
+    finally:
+        await mine.close()
+        await theirs.close()
