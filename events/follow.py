@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+import msgspec
 import structlog
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
@@ -53,9 +54,10 @@ _EXPIRED = "408"
 _NO_MESSAGES = "404"
 
 
-@dataclass(frozen=True, slots=True)
-class Delivery:
-    """One stored message as a handler gets it."""
+class Delivery(msgspec.Struct, frozen=True, array_like=True):
+    """One stored message as a handler gets it. A msgspec Struct: made in a tenth of a frozen
+    dataclass's time (one per message read), and sent to another process as it is, a list
+    of them one msgpack array (`splice.projections.parallel`)."""
 
     seq: int  # stream sequence
     subject: str

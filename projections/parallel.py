@@ -5,7 +5,7 @@ speed of one core whatever the machine has: reading (nats-py's parsing of each m
 headers) takes about as long as folding and committing. Here the child process (forked: it
 starts in milliseconds and needs nothing but the database's URL) owns the `Projector` and its
 store, and the parent only follows the stream and hands it chunks of deliveries over a pipe
-(msgpack: the same fields a `Delivery` has). While the child folds chunk N, the parent reads
+(msgpack: an array of `Delivery` structs). While the child folds chunk N, the parent reads
 N+1: each side on its own core.
 
 A transaction is `batch_size` events: the child folds the chunks of one into its row caches
@@ -56,6 +56,7 @@ CHUNK = 5000  # events handed to the child at a time (a transaction may span sev
 REBUILD_BATCH = 50_000
 _encode = msgspec.msgpack.Encoder().encode
 _decode = msgspec.msgpack.Decoder().decode
+_deliveries = msgspec.msgpack.Decoder(list[Delivery]).decode  # a chunk, as the parent sent it
 
 
 class _Child:
@@ -79,12 +80,12 @@ class _Child:
         parent that stops the run closes the pipe: `recv_bytes` then raises EOFError)."""
         while (raw := self.next()) != _END:
             self.held.append(raw)
-            chunk = [Delivery(*fields) for fields in _decode(raw)]
+            chunk = _deliveries(raw)
             self.held_n += len(chunk)
             try:
                 self.projector.prepare_deliveries(chunk, take=False)
             except Refold:  # a view failed on an event: all of them again, setting it aside
-                again = [Delivery(*fields) for r in self.held for fields in _decode(r)]
+                again = [d for r in self.held for d in _deliveries(r)]
                 job = self.projector.prepare_deliveries(again)  # None: went in event by event
                 self.commit_point(job, self.held_n if job else 0, 0 if job else self.held_n)
             else:
@@ -272,8 +273,7 @@ async def _feed(js: Any, send: Callable[[bytes], Awaitable[None]],
                 ready.set()
             room.set()
             if batch:
-                await send(_encode([(d.seq, d.subject, d.topic, d.data, d.headers, d.time_ns,
-                                     d.pending) for d in batch]))
+                await send(_encode(batch))
             if reading.done() and not buf:
                 reading.result()  # the follower ends only at `until` (or says why)
                 return
