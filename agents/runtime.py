@@ -414,7 +414,7 @@ class Agent:
     async def run(self, stop: asyncio.Event) -> None:
         await self.overlay.fence()  # until registered again and caught up (`liveness`)
         self._nc = self._shared_nc or await connect(
-            self.nats_url.split(","), name=f"splice-agent-{self.host}",
+            self.nats_url, name=f"splice-agent-{self.host}",
             max_reconnect_attempts=-1, reconnect_time_wait=0.5)
         try:
             registered = await self.liveness.register()

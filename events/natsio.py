@@ -99,14 +99,13 @@ def _expire(answer: asyncio.Future[Msg]) -> None:
 SWEEP_S = 0.1  # how often unanswered requests are looked at for their deadline
 
 
-async def _seq_of_one(answer: Coroutine[Any, Any, Msg]) -> tuple[int, int]:
-    return int(_acked(await answer)["seq"]), 1
-
-
-async def _seq_of_batch(answer: Coroutine[Any, Any, Msg], count: int) -> tuple[int, int]:
+async def _seq_of(answer: Coroutine[Any, Any, Msg], count: int) -> tuple[int, int]:
+    """(last seq, count) of a publish of `count` messages, from its acknowledgement."""
     try:
         ack = _acked(await answer)
     except TimeoutError:
+        if count == 1:
+            raise
         raise TimeoutError("atomic batch publish timed out") from None
     return int(ack["seq"]), int(ack.get("count", count))
 
@@ -157,7 +156,7 @@ class NatsThread:
 
     async def _connect(self, name: str, connect_timeout: float) -> Client:
         return await connect(
-            [u.strip() for u in self.url.split(",") if u.strip()],
+            self.url,
             name=name,
             connect_timeout=connect_timeout,
             max_reconnect_attempts=-1,
@@ -362,7 +361,7 @@ class NatsThread:
                    ) -> Coroutine[Any, Any, tuple[int, int]]:
         """`publish`, its messages handed to the socket now (see `_ask`); on this loop."""
         if len(msgs) == 1:
-            return _seq_of_one(self._ask(msgs, timeout))
+            return _seq_of(self._ask(msgs, timeout), 1)
         batch_id = uuid.uuid4().hex
         last = len(msgs)
         batch = []
@@ -371,7 +370,7 @@ class NatsThread:
             if i == last:
                 headers["Nats-Batch-Commit"] = "1"
             batch.append(OutMsg(m.subject, m.data, headers))
-        return _seq_of_batch(self._ask(batch, timeout), last)
+        return _seq_of(self._ask(batch, timeout), last)
 
     async def publish(self, msgs: Sequence[OutMsg], timeout: float = 10.0) -> tuple[int, int]:
         """Publish one message, or several as one atomic batch. Returns (last seq, count)."""

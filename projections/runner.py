@@ -31,7 +31,7 @@ DEFAULT_BATCH = 5000
 
 async def _connect(nats_url: str, name: str) -> Any:
     return await connect(
-        nats_url.split(","),
+        nats_url,
         name=name,
         connect_timeout=5,
         max_reconnect_attempts=-1,

@@ -295,7 +295,7 @@ class Monitors:
         """Start both; on `nc` when given (it stays open at `stop()`), else on a new connection."""
         self._own_nc = nc is None
         self._nc = nc or await connect(
-            self.nats_url.split(","),
+            self.nats_url,
             name="splice-monitors",
             max_reconnect_attempts=-1,
             reconnect_time_wait=0.25,
