@@ -9,18 +9,23 @@ from __future__ import annotations
 import sqlite3
 import threading
 from collections.abc import Sequence
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
 from .schema import Table
 from .store import Store, on_conflict
 
+# Rows per statement of a SQLite append, within the parameters a statement may have (999 before
+# SQLite 3.32).
+APPEND_ROWS, MAX_PARAMS = 64, 999
 STAGE_FROM = 64  # rows of one table in one batch from which PostgreSQL upserts go through COPY
 
 
 class SQLiteStore(Store):
     dialect = "sqlite"
     ph = "?"
+    commit_thread = False  # SQLite works in this process, with the GIL at every statement
 
     def __init__(self, path: str | Path) -> None:
         super().__init__(str(path))
@@ -58,11 +63,21 @@ class SQLiteStore(Store):
         return conn
 
     def _append(self, cur: Any, table: Table, rows: Sequence[Sequence[Any]]) -> None:
+        """Many rows per INSERT (a statement run is a round through SQLite's VM and, in
+        Python's sqlite3, a release and a re-take of the GIL: per row, a commit thread waits
+        for it behind a busy fold); the rest one by one."""
         names = table.column_names
-        cur.executemany(
-            f"INSERT INTO {table.name} ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})",
-            rows,
-        )
+        one = f"({', '.join('?' * len(names))})"
+        head = f"INSERT INTO {table.name} ({', '.join(names)}) VALUES "
+        per = max(1, min(APPEND_ROWS, MAX_PARAMS // len(names)))
+        full = len(rows) - len(rows) % per
+        if full:
+            cur.executemany(
+                head + ", ".join([one] * per),
+                (tuple(chain.from_iterable(rows[i : i + per])) for i in range(0, full, per)),
+            )
+        if full < len(rows):
+            cur.executemany(head + one, rows[full:])
 
     def close(self) -> None:
         if self._w is not None:

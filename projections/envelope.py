@@ -9,7 +9,6 @@ the audit log share it; a projector reads a few hundred thousand of these per se
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -24,12 +23,21 @@ META_KEYS = frozenset(
     {"type", "timestamp", "actor", "command_id", "correlation_id", "schema", "aggregate"}
 )
 
+_META_ORDER = tuple(sorted(META_KEYS))
+# The headers the read side reads of a delivery (a rebuild hands its fold process only these).
+READ_HEADERS = (
+    subjects.H_TOPIC, subjects.H_VERSION, subjects.H_ACTOR, subjects.H_COMMAND_ID,
+    subjects.H_CORRELATION_ID,
+)
+
 _decode = msgspec.json.Decoder(dict[str, Any]).decode
 
 
-@dataclass(slots=True)
-class Event:
-    """A stored event: stream position and time, the aggregate it belongs to, its payload."""
+class Event(msgspec.Struct, gc=False):
+    """A stored event: stream position and time, the aggregate it belongs to, its payload.
+
+    A msgspec Struct (a rebuild makes one per event: in C, and out of the cyclic collector's
+    sight; a payload of plain JSON values can never lead back to its event)."""
 
     seq: int
     time_ns: int  # when the stream stored it (nanoseconds since the epoch, UTC)
@@ -58,8 +66,13 @@ class Event:
         return f"{self.tenant}.{self.aggregate}.{self.aggregate_id}"
 
     def fields(self) -> dict[str, Any]:
-        """The event's own fields, without the metadata every event carries."""
-        return {k: v for k, v in self.payload.items() if k not in META_KEYS}
+        """The event's own fields, without the metadata every event carries (in the payload's
+        order: a copy without those keys, cheaper than a comprehension over every key)."""
+        own = self.payload.copy()
+        for k in _META_ORDER:
+            if k in own:
+                del own[k]
+        return own
 
 
 def decode_payload(topic: str, data: bytes) -> dict[str, Any]:

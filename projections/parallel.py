@@ -5,13 +5,13 @@ speed of one core whatever the machine has: reading (nats-py's parsing of each m
 headers) takes about as long as folding and committing. Here the child process (forked: it
 starts in milliseconds and needs nothing but the database's URL) owns the `Projector` and its
 store, and the parent only follows the stream and hands it chunks of deliveries over a pipe
-(msgpack: an array of `Delivery` structs). While the child folds chunk N, the parent reads
+(msgpack: an array of `Delivery` structs, with only the headers the read side reads). While the child folds chunk N, the parent reads
 N+1: each side on its own core.
 
 A transaction is `batch_size` events: the child folds the chunks of one into its row caches
 and takes their writes once (`Projector.prepare(take=False)`), so that a row that many events
-change is written once per transaction, not once per chunk, and commits it on its committer's
-thread while it folds the next. Each chunk's audit rows are written as soon as it is folded,
+change is written once per transaction, not once per chunk, and commits it (on PostgreSQL, on
+its committer's thread while it folds the next). Each chunk's audit rows are written as soon as it is folded,
 into the transaction the take commits (`Store.stage`). The child says at each commit point
 how far its commits have gone, and hands the next transaction to the committer only when the
 parent has heard it (so that an `on_batch` that stops the run leaves the store where it was
@@ -42,6 +42,7 @@ from splice.events import subjects
 from splice.events.collector import stop_collector
 from splice.events.follow import Delivery, Follower, wait_any
 
+from .envelope import READ_HEADERS
 from .folding import Refold
 from .projector import PreparedBatch, Projector
 from .reading import PULL_BATCH, Progress, end_reading
@@ -253,7 +254,9 @@ async def _feed(js: Any, send: Callable[[bytes], Awaitable[None]],
     room.set()
 
     async def take(d: Delivery) -> None:
-        buf.append(d)
+        h = d.headers  # the child gets only those it reads: less to encode, send and decode
+        buf.append(Delivery(d.seq, d.subject, d.topic, d.data,
+                            {k: h[k] for k in READ_HEADERS if k in h}, d.time_ns, d.pending))
         if len(buf) >= chunk or d.seq >= until:
             ready.set()
         if len(buf) >= 4 * chunk:

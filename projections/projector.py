@@ -5,7 +5,9 @@ Applying: a single writer thread takes a batch (`reading.run_projection` and
 cache and commits rows and positions in one transaction (`Store.commit`). Big batches make a
 rebuild fast; a live projector's batches are small, to keep its lag small. While the stream is
 ahead, a batch's transaction runs on the committer's thread (`committer.py`) as the next batch
-is decoded and folded (`prepare` / `submit`); once caught up, each batch is waited for. A
+is decoded and folded (`prepare` / `submit`; on PostgreSQL: SQLite's commits run on the
+projector's own thread, as they would gain nothing beside it); once caught up, each batch is
+waited for. A
 rebuild may fold several batches before it takes their writes as one transaction
 (``take=False``): a row that many of them change is then written once.
 
@@ -59,7 +61,7 @@ class Projector:
         self.store = store
         self.views = tuple(views)
         self.reader = reader
-        self.committer = Committer()
+        self.committer = Committer(inline=not store.commit_thread)
         store.ensure(self.views)
         self._reload()
 

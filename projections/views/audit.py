@@ -156,8 +156,10 @@ def on_event(ev: Event, tx: Tx) -> None:
             }
         )
     else:
-        if any(before.get(k) != v for k, v in fields.items()):  # type: ignore[union-attr]
-            row["fields"] = {**before, **fields}  # type: ignore[dict-item]
+        for k, v in fields.items():  # a loop, not any(): no generator per event
+            if before.get(k) != v:  # type: ignore[union-attr]
+                row["fields"] = {**before, **fields}  # type: ignore[dict-item]
+                break
         row["version"] = ev.version
         row["updated_seq"] = ev.seq
         row["updated_time"] = ev.time_ns

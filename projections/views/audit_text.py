@@ -23,7 +23,7 @@ MAX_TEXT = 60
 
 def text(value: Any) -> str:
     """A tenant's value as one short line: control characters escaped, cut to MAX_TEXT."""
-    s = str(value)
+    s = value if type(value) is str else str(value)
     if not s.isprintable():  # the common case skips the loop over characters (replay's hot path)
         s = "".join(c if c.isprintable() else repr(c)[1:-1] for c in s)
     return s if len(s) <= MAX_TEXT else s[: MAX_TEXT - 1] + "…"
@@ -60,10 +60,11 @@ def diff(before: F | None, now: F, keys: tuple[str, ...]) -> str:
     for k in keys:
         if k not in now:
             continue
+        new = now[k]
         if before is None or k not in before:
-            parts.append(f"{k} {val(now[k])}")
-        elif before[k] != now[k]:
-            parts.append(f"{k} {change(before[k], now[k])}")
+            parts.append(f"{k} {val(new)}")
+        elif (old := before[k]) != new:
+            parts.append(f"{k} {val(old)} → {val(new)}")
     return ", ".join(parts) or "nothing changed"
 
 

@@ -98,6 +98,8 @@ class Rows:
         self.cache: dict[Key, Row | None] = {}
         self.dirty: set[Key] = set()
         self.appended: list[tuple[Any, ...]] = []
+        self._key_cols = table.key
+        self._one_key = table.key[0] if len(table.key) == 1 else None
 
     def _key(self, key: Any) -> Key:
         return key if isinstance(key, tuple) else (key,)
@@ -115,17 +117,26 @@ class Rows:
         return row
 
     def put(self, row: Row) -> Row:
-        k = tuple(row[c] for c in self.table.key)
+        one = self._one_key
+        k = (row[one],) if one is not None else tuple(row[c] for c in self._key_cols)
         self.cache[k] = row
         self.dirty.add(k)
         return row
 
     def update(self, key: Any, **values: Any) -> Row | None:
         """Change some columns of an existing row; an absent row stays absent."""
-        row = self.get(key)
+        return self.change(key, values)
+
+    def change(self, key: Any, values: Mapping[str, Any]) -> Row | None:
+        """`update` with the columns as a mapping (a handler's hot path: no keyword dict)."""
+        k = key if isinstance(key, tuple) else (key,)
+        try:
+            row = self.cache[k]
+        except KeyError:
+            row = self.get(k)
         if row is not None:
             row.update(values)
-            self.dirty.add(self._key(key))
+            self.dirty.add(k)
         return row
 
     def delete(self, key: Any) -> None:

@@ -22,14 +22,11 @@ SERVICETYPES = Table(
 )
 
 
-def _touch(ev: Event, tx: Tx, **values: object) -> None:
-    tx["servicetypes"].update(
-        ev.aggregate_id,
-        version=ev.version,
-        updated_time=ev.time_ns,
-        updated_seq=ev.seq,
-        **values,
-    )
+def _touch(ev: Event, tx: Tx, values: dict[str, object]) -> None:
+    values["version"] = ev.version
+    values["updated_time"] = ev.time_ns
+    values["updated_seq"] = ev.seq
+    tx["servicetypes"].change(ev.aggregate_id, values)
 
 
 def created(ev: Event, tx: Tx) -> None:
@@ -54,26 +51,24 @@ def created(ev: Event, tx: Tx) -> None:
 
 def updated(ev: Event, tx: Tx) -> None:
     p = ev.payload
-    _touch(
-        ev,
-        tx,
-        name=p.get("name", ""),
-        description=p.get("description", ""),
-        providers=p.get("providers", {}),
-        labels=p.get("labels", {}),
-    )
+    _touch(ev, tx, {
+        "name": p.get("name", ""),
+        "description": p.get("description", ""),
+        "providers": p.get("providers", {}),
+        "labels": p.get("labels", {}),
+    })
 
 
 def default_set(ev: Event, tx: Tx) -> None:
-    _touch(ev, tx, is_default=True)
+    _touch(ev, tx, {"is_default": True})
 
 
 def default_cleared(ev: Event, tx: Tx) -> None:
-    _touch(ev, tx, is_default=False)
+    _touch(ev, tx, {"is_default": False})
 
 
 def deleted(ev: Event, tx: Tx) -> None:
-    _touch(ev, tx, deleted=True, is_default=False)
+    _touch(ev, tx, {"deleted": True, "is_default": False})
 
 
 VIEW = View(

@@ -119,9 +119,14 @@ def servicetype_history(
             yield ev(i, "ServiceTypeDeleted")
 
 
+UNREADABLE_ACTOR = "operator-unreadable"
+
+
 async def publish_unreadable(js: Any) -> int:
-    """An event nobody can read (its version header is not a number); returns its seq."""
+    """An event nobody can read (its version header is not a number); returns its seq. It
+    says who sent it (`UNREADABLE_ACTOR`), beside a header the read side does not read."""
     ack = await js.publish(
         subjects.event("_admin", "servicetype", str(uuid.uuid4()), "ServiceTypeUpdated"),
-        b"{}", headers={subjects.H_TOPIC: "ServiceTypeUpdated", subjects.H_VERSION: "x"})
+        b"{}", headers={subjects.H_TOPIC: "ServiceTypeUpdated", subjects.H_VERSION: "x",
+                        subjects.H_ACTOR: UNREADABLE_ACTOR, "X-Not-Read": "by anyone"})
     return int(ack.seq)

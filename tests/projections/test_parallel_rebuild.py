@@ -14,7 +14,7 @@ from pathlib import Path
 
 import nats
 import pytest
-from streamgen import Appender, publish_unreadable, servicetype_history
+from streamgen import UNREADABLE_ACTOR, Appender, publish_unreadable, servicetype_history
 
 from splice.natsserver import NatsServer
 from splice.projections.maintenance import scratch_database, snapshot
@@ -34,7 +34,7 @@ async def test_the_child_folds_the_same_rows_as_one_process(
     appender = Appender(fresh_nats.url)
     try:
         appender.append(history[:70])
-        await publish_unreadable(js)  # set aside by every view, in both
+        unreadable = await publish_unreadable(js)  # set aside by every view, in both
         appender.append(history[70:])
     finally:
         appender.close()
@@ -66,6 +66,9 @@ async def test_the_child_folds_the_same_rows_as_one_process(
     assert got == expected
     positions, rows = got
     assert min(positions.values()) == end and len(rows["audit"]) == end
+    # the child gets only the headers the read side reads, and those it does
+    [noted] = [r for r in rows["audit"] if r["seq"] == unreadable]
+    assert noted["actor"] == UNREADABLE_ACTOR and "was set aside" in noted["summary"]
 
 
 async def test_a_child_that_fails_says_why(fresh_nats: NatsServer, tmp_path: Path) -> None:
