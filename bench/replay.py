@@ -20,10 +20,17 @@ Then, untimed, the first replay's database is checked as `splice projections ver
 live one: a rebuild into a scratch database, here in batches of another size (997 events, so
 that other batch boundaries must give the same rows), compared table by table.
 
-The last line is JSON: ``replay_events_per_s``, ``raw_read_per_s``, ``ratio`` and ``verified``
-(for SQLite; with ``--backend both`` also ``postgres_replay_events_per_s``, ``postgres_ratio``
-and ``postgres_verified``), ``raw_read_splice_client_per_s`` and the ``*ratio_splice_client``
-against it, and ``backend``. ``--rounds N`` keeps the best of N of each figure.
+The raw reads and the replays are measured in rounds (``--rounds``, 3 by default): each round
+reads the stream raw, then replays it, so that each replay has a raw read of its own minutes'
+machine beside it. A round's ratio is its replay's rate over its raw read's; the ``ratio``
+printed is the median of the rounds' ratios (each round's is printed on stderr, and listed in
+``ratios``). These machines are shared, and their speed moves within a minute: a median of
+paired rounds is steadier than one pair, and than the best of each measure apart.
+
+The last line is JSON: ``replay_events_per_s``, ``raw_read_per_s`` (medians), ``ratio`` and
+``verified`` (for SQLite; with ``--backend both`` also ``postgres_replay_events_per_s``,
+``postgres_ratio`` and ``postgres_verified``), ``raw_read_splice_client_per_s`` and the
+``*ratio_splice_client`` against it, ``backend``, ``events`` and ``rounds``.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import sys
 import tempfile
 import time
@@ -173,60 +181,57 @@ def scratch_pg(base_url: str) -> tuple[str, Any]:
 
 async def run(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {}
+    backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
     with tempfile.TemporaryDirectory(prefix="splice-replay-") as tmp:
         server = NatsServer(store_dir=Path(tmp) / "nats")
         server.start()
         try:
             append_rate = fill(server.url, args.events)
             print(f"appended {args.events} events at {append_rate:,.0f}/s", file=sys.stderr)
-            raws, mine = [], []
-            for _ in range(args.rounds):
-                raws.append(await raw_read(server.url, args.events))
-                mine.append(await raw_read(server.url, args.events, natsclient.connect))
-            raw, raw_mine = max(raws), max(mine)
-            print(f"raw read (ordered consumer, callback): {raw:,.0f} events/s; through "
-                  f"Splice's client: {raw_mine:,.0f} events/s", file=sys.stderr)
+            rounds: list[dict[str, float]] = []
+            verified: dict[str, bool] = {}
+            for i in range(args.rounds):
+                one = {"raw": await raw_read(server.url, args.events),
+                       "raw_mine": await raw_read(server.url, args.events, natsclient.connect)}
+                for backend in backends:
+                    db_url, drop = (str(Path(tmp) / f"rm{i}.sqlite"), None) \
+                        if backend == "sqlite" else scratch_pg(args.pg_url)
+                    try:
+                        one[backend], _ = await replay(server.url, db_url, args.batch)
+                        if i == 0:
+                            verified[backend] = await check(server.url, db_url)
+                    finally:
+                        if drop is not None:
+                            drop()
+                print(f"round {i + 1}: raw read {one['raw']:,.0f}/s (Splice's client "
+                      f"{one['raw_mine']:,.0f}/s); " + "; ".join(
+                          f"{b} {one[b]:,.0f}/s, ratio {one[b] / one['raw']:.3f}"
+                          for b in backends), file=sys.stderr)
+                rounds.append(one)
+            raw, raw_mine = _median(rounds, "raw"), _median(rounds, "raw_mine")
             result["raw_read_per_s"] = round(raw)
             result["raw_read_splice_client_per_s"] = round(raw_mine)
-            if args.backend in ("sqlite", "both"):
-                rate, same = await _best(
-                    server.url, args, lambda i: (str(Path(tmp) / f"rm{i}.sqlite"), None)
-                )
-                print(f"replay into SQLite: {rate:,.0f} events/s", file=sys.stderr)
-                result["replay_events_per_s"] = round(rate)
-                result["ratio"] = round(rate / raw, 3)
-                result["ratio_splice_client"] = round(rate / raw_mine, 3)
-                result["verified"] = same
-            if args.backend in ("postgres", "both"):
-                rate, same = await _best(server.url, args, lambda i: scratch_pg(args.pg_url))
-                print(f"replay into PostgreSQL: {rate:,.0f} events/s", file=sys.stderr)
-                prefix = "" if args.backend == "postgres" else "postgres_"
+            for backend in backends:
+                prefix = "postgres_" if backend == "postgres" and args.backend == "both" else ""
+                rate = _median(rounds, backend)
+                ratio = statistics.median(r[backend] / r["raw"] for r in rounds)
+                mine = statistics.median(r[backend] / r["raw_mine"] for r in rounds)
                 result[f"{prefix}replay_events_per_s"] = round(rate)
-                result[f"{prefix}ratio"] = round(rate / raw, 3)
-                result[f"{prefix}ratio_splice_client"] = round(rate / raw_mine, 3)
-                result[f"{prefix}verified"] = same
+                result[f"{prefix}ratio"] = round(ratio, 3)
+                result[f"{prefix}ratio_splice_client"] = round(mine, 3)
+                result[f"{prefix}verified"] = verified[backend]
+                if args.rounds > 1:
+                    result[f"{prefix}ratios"] = [round(r[backend] / r["raw"], 3) for r in rounds]
         finally:
             server.stop()
     result["backend"] = args.backend
     result["events"] = args.events
+    result["rounds"] = args.rounds
     return result
 
 
-async def _best(url: str, args: argparse.Namespace, make_db: Any) -> tuple[float, bool]:
-    """The best replay rate of `args.rounds`, and whether the first replay's rows are the
-    ones `verify` rebuilds (in batches of another size)."""
-    best, same = 0.0, False
-    for i in range(args.rounds):
-        db_url, drop = make_db(i)
-        try:
-            rate, _ = await replay(url, db_url, args.batch)
-            if i == 0:
-                same = await check(url, db_url)
-        finally:
-            if drop is not None:
-                drop()
-        best = max(best, rate)
-    return best, same
+def _median(rounds: list[dict[str, float]], key: str) -> float:
+    return statistics.median(r[key] for r in rounds)
 
 
 async def check(url: str, db_url: str) -> bool:
@@ -248,7 +253,8 @@ def main() -> None:
     parser.add_argument("--pg-url", default="postgresql://postgres@127.0.0.1:5432/postgres")
     parser.add_argument("--batch", type=int, default=REBUILD_BATCH,
                         help="events per transaction (default: the rebuild's)")
-    parser.add_argument("--rounds", type=int, default=1, help="best of N runs of each measure")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="rounds of (raw reads, replays); the ratios are their medians")
     args = parser.parse_args()
     print(json.dumps(asyncio.run(run(args))))
 
