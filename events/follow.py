@@ -4,7 +4,9 @@ A `Follower` reads SPLICE_EVENTS after a known stream sequence, on one or more s
 and hands each message to an async handler as a `Delivery`, in stream order, once.
 
 * Reading: an ephemeral pull consumer of its own (no acks, in memory, named, so that the create
-  subject carries the filter and a tenant's pinned create permission allows it). Pull requests
+  subject carries the filter and a tenant's pinned create permission allows it). On Splice's
+  client (`natsclient`), its messages are taken as they are read and handled by a task of the
+  follower's, in order; on nats-py's own, through the subscription's callback. Pull requests
   of `batch` messages keep two of them in flight; nothing more than two `batch` is ever asked
   for ahead of the handler, which is the back-pressure.
 * Position: `position` is the stream sequence of the last message handled or set aside. When
@@ -41,6 +43,7 @@ import structlog
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from . import natsclient
 from .metrics import count_set_aside
 from .subjects import EVENTS, STREAM, topic_of
 
@@ -110,6 +113,7 @@ class _Session:
     broken: str = ""  # why this consumer must be replaced
     closed: bool = False
     wake: asyncio.Event = field(default_factory=asyncio.Event)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)  # messages `take_raw` kept
     sub: Any = None
 
 
@@ -214,16 +218,27 @@ class Follower:
         self._session = s
 
         async def on_msg(msg: Any) -> None:
-            await self._on_msg(s, msg)
+            await self._on_msg(s, msg.subject, msg.reply, msg.data, msg.headers)
 
+        arrived: deque[tuple[bytes, bytes, bytes, bytes | None]] = deque()
+
+        def take(subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
+            arrived.append((subject, reply, data, headers))  # at most two pulls' worth
+            s.arrived.set()
+
+        drain: asyncio.Task[None] | None = None
         try:
             s.sub = await nc.subscribe(s.inbox, cb=on_msg, pending_msgs_limit=4 * self.batch + 64)
+            if natsclient.take_raw(s.sub, take):
+                drain = asyncio.create_task(self._drain(s, arrived))
             info = await self.js.add_consumer(self.stream, config=self._config(s.consumer))
             if info.num_pending == 0:
                 self._reached_end()
             await self._pull(s)
             s.active = time.monotonic()
             while not self._finished(stop):
+                if drain is not None and drain.done():
+                    s.broken = s.broken or f"reading failed: {drain.exception()!r}"
                 if s.broken:
                     self._replace(s.broken)
                     return
@@ -235,6 +250,10 @@ class Follower:
         finally:
             s.closed = True
             self._session = None
+            if drain is not None:
+                drain.cancel()
+                with contextlib.suppress(BaseException):
+                    await drain
             if s.sub is not None:
                 with contextlib.suppress(Exception):
                     await s.sub.unsubscribe()
@@ -289,18 +308,32 @@ class Follower:
         task.add_done_callback(self._cleanup.discard)
 
     # -- messages -------------------------------------------------------------------------
-    async def _on_msg(self, s: _Session, msg: Any) -> None:
+    async def _drain(self, s: _Session, arrived: deque[tuple[bytes, bytes, bytes, bytes | None]]
+                     ) -> None:
+        """The messages `take_raw` kept, in the order they were read, one at a time."""
+        nc = self.js._nc
+        while not s.closed:
+            if not arrived:
+                s.arrived.clear()
+                await s.arrived.wait()
+                continue
+            subject, reply, data, raw = arrived.popleft()
+            headers = await natsclient.read_headers(nc, raw)
+            await self._on_msg(s, subject.decode(), reply.decode(), data, headers)
+
+    async def _on_msg(self, s: _Session, subject: str, reply: str, data: bytes,
+                      headers: Mapping[str, str] | None) -> None:
         if s.closed or s.broken:
             return
         s.active = time.monotonic()
-        headers = msg.headers or {}
-        if not msg.reply:
+        headers = headers or {}
+        if not reply:
             await self._on_status(s, headers)
             return
         try:
-            seq, cseq, time_ns, pending = reply_fields(msg.reply)
+            seq, cseq, time_ns, pending = reply_fields(reply)
         except (ValueError, IndexError):
-            s.broken = f"not a JetStream delivery: {msg.reply!r}"
+            s.broken = f"not a JetStream delivery: {reply!r}"
             s.wake.set()
             return
         if cseq != s.next_cseq:
@@ -316,8 +349,7 @@ class Follower:
         if self._until is not None and seq > self._until:
             self.close()
             return
-        d = Delivery(seq, msg.subject, topic_of(msg.subject, headers), msg.data, headers,
-                     time_ns, pending)
+        d = Delivery(seq, subject, topic_of(subject, headers), data, headers, time_ns, pending)
         s.busy = True
         try:
             await self.handler(d)

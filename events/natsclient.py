@@ -7,10 +7,16 @@ into a dict before its callback runs: about 8 us a message, a third of a replay 
 `parse_header_lines` gives the same dict for every input, in about a third of the time for a
 block that is valid UTF-8 (all of Splice's); any other block is nats-py's to parse. Only the
 parsing changes: status lines, control messages and everything else stay nats-py's.
+
+A subscription may also take its messages as they are read (`take_raw`): the stream follower
+does, and keeps them for a reader task of its own. nats-py makes a message object of each, puts
+it in the subscription's queue, and a task of the subscription takes it out and awaits the
+callback: about a fifth of a rebuild reader's CPU (21-22 vs 27-28 us an event).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from nats.aio.client import Client
@@ -44,10 +50,45 @@ def parse_header_lines(raw: bytes) -> dict[str, str]:
     return out
 
 
+# A subscription's messages as they are read: subject, reply subject, data, raw header block.
+RawTake = Callable[[bytes, bytes, bytes, bytes | None], None]
+
+
 class SpliceClient(Client):
-    """nats-py's client, reading header blocks with `parse_header_lines`."""
+    """nats-py's client, reading header blocks with `parse_header_lines`; and a subscription
+    may take its messages as they are read (`take_raw`)."""
 
     _parse_header_lines = staticmethod(parse_header_lines)
+
+    async def _process_msg(
+        self, sid: int, subject: bytes, reply: bytes, data: bytes, headers: bytes
+    ) -> None:
+        sub = self._subs.get(sid)
+        take: RawTake | None = getattr(sub, "splice_take", None)
+        if take is None:
+            await super()._process_msg(sid, subject, reply, data, headers)
+            return
+        self.stats["in_msgs"] += 1
+        self.stats["in_bytes"] += len(data)
+        sub._received += 1  # type: ignore[union-attr]
+        take(subject, reply, data, headers)
+
+
+def take_raw(sub: Any, take: RawTake) -> bool:
+    """Hand `sub`'s messages to `take`, as they are read, instead of to its callback: no
+    message object, no queue and no task step per message (a stream reader's messages come by
+    the thousand). `take` must not block: it keeps them for a reader of its own. False: `sub`
+    is not a `SpliceClient`'s, and its callback goes on getting them."""
+    if not isinstance(sub._conn, SpliceClient):
+        return False
+    sub.splice_take = take
+    return True
+
+
+async def read_headers(nc: Any, raw: bytes | None) -> dict[str, str] | None:
+    """A raw header block as nats-py's message would carry it (status lines included)."""
+    headers: dict[str, str] | None = await nc._process_headers(raw)
+    return headers
 
 
 async def connect(servers: str | list[str], **options: Any) -> SpliceClient:

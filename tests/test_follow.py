@@ -1,5 +1,8 @@
 """The one stream follower (events/follow.py) against a real nats-server: resuming from a
-sequence, setting a poison message aside while going on, and a server restart mid-follow."""
+sequence, setting a poison message aside while going on, and a server restart mid-follow.
+
+Each test runs on nats-py's own client (messages through the subscription's callback) and on
+Splice's (messages taken as they are read, `natsclient.take_raw`)."""
 
 from __future__ import annotations
 
@@ -14,15 +17,16 @@ import pytest
 from helpers import stream_messages, wait_for
 from nats.js.api import StorageType
 
-from splice.events import subjects
+from splice.events import natsclient, subjects
 from splice.events.eventlog import read_events
 from splice.events.follow import Delivery, Follower, SetAside
 from splice.natsserver import NatsServer
 
 
-@pytest.fixture
-async def nc(fresh_nats: NatsServer) -> AsyncIterator[Any]:
-    conn = await nats.connect(fresh_nats.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
+@pytest.fixture(params=["nats-py", "splice"])
+async def nc(fresh_nats: NatsServer, request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    connect = nats.connect if request.param == "nats-py" else natsclient.connect
+    conn = await connect(fresh_nats.url, max_reconnect_attempts=-1, reconnect_time_wait=0.1)
     await conn.jetstream().add_stream(
         name=subjects.STREAM, subjects=[subjects.EVENTS], storage=StorageType.FILE, allow_direct=True
     )

@@ -4,13 +4,20 @@ gives, for any header block, and a stored event read through it arrives with the
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 import nats
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from nats.aio.client import Client
 
-from splice.events.natsclient import SpliceClient, connect, parse_header_lines
+from splice.events.natsclient import (
+    SpliceClient,
+    connect,
+    parse_header_lines,
+    read_headers,
+    take_raw,
+)
 from splice.natsserver import NatsServer
 
 # pieces a header block is made of, hostile ones included: separators, every kind of white
@@ -59,6 +66,51 @@ async def test_a_message_arrives_with_the_headers_nats_py_would_give(
         await theirs.publish("h.a", b"x", headers=sent)
         a, b = [await asyncio.wait_for(q.get(), 5) for q in got]
         assert a.headers == b.headers == sent
+    finally:
+        await mine.close()
+        await theirs.close()
+
+
+async def test_a_subscription_can_take_its_messages_raw_as_they_are_read(
+    fresh_nats: NatsServer,
+) -> None:
+    """With `take_raw`, a SpliceClient subscription's messages go to the taker (subject,
+    reply, data and header block as read, in order), not to its callback; a nats-py
+    client's subscription cannot take them so, and its callback goes on getting them."""
+    mine = await connect(fresh_nats.url)
+    theirs = await nats.connect(fresh_nats.url)
+    taken: list[tuple[bytes, bytes, bytes, bytes | None]] = []
+    three = asyncio.Event()
+
+    def take(*m: Any) -> None:
+        taken.append(m)
+        if len(taken) == 3:
+            three.set()
+
+    called: list[nats.aio.msg.Msg] = []
+    other: asyncio.Queue[nats.aio.msg.Msg] = asyncio.Queue()
+
+    async def cb(msg: nats.aio.msg.Msg) -> None:
+        called.append(msg)
+
+    try:
+        sub = await mine.subscribe("r.>", cb=cb)
+        assert take_raw(sub, take)
+        assert not take_raw(await theirs.subscribe("r.>", cb=other.put), lambda *m: None)
+        await mine.flush()
+        await theirs.flush()
+        for i in range(3):
+            await theirs.publish(f"r.{i}", f"m{i}".encode(), reply=f"to.{i}",
+                                 headers={"Splice-Topic": f"T{i}"} if i else None)
+        await theirs.flush()
+        for _ in range(3):
+            await asyncio.wait_for(other.get(), 5)  # the nats-py subscription's callback
+        await asyncio.wait_for(three.wait(), 5)
+        assert [(s, r, d) for s, r, d, _ in taken] == [
+            (f"r.{i}".encode(), f"to.{i}".encode(), f"m{i}".encode()) for i in range(3)]
+        assert not taken[0][3]
+        assert await read_headers(mine, taken[1][3]) == {"Splice-Topic": "T1"}
+        assert called == [] and sub._received == 3
     finally:
         await mine.close()
         await theirs.close()
