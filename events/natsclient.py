@@ -78,8 +78,9 @@ def take_raw(sub: Any, take: RawTake) -> bool:
     """Hand `sub`'s messages to `take`, as they are read, instead of to its callback: no
     message object, no queue and no task step per message (a stream reader's messages come by
     the thousand). `take` must not block: it keeps them for a reader of its own. False: `sub`
-    is not a `SpliceClient`'s, and its callback goes on getting them."""
-    if not isinstance(sub._conn, SpliceClient):
+    is not a `SpliceClient`'s, or ends after a number of messages (nats-py's to count), and its
+    callback goes on getting them."""
+    if not isinstance(sub._conn, SpliceClient) or sub._max_msgs > 0:
         return False
     sub.splice_take = take
     return True
