@@ -25,7 +25,6 @@ STAGE_FROM = 64  # rows of one table in one batch from which PostgreSQL upserts 
 class SQLiteStore(Store):
     dialect = "sqlite"
     ph = "?"
-    commit_thread = False  # SQLite works in this process, with the GIL at every statement
 
     def __init__(self, path: str | Path) -> None:
         super().__init__(str(path))

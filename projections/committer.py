@@ -1,67 +1,50 @@
-"""The projector's committer: one batch's transaction in flight on a thread of its own.
+"""The projector's committer: a batch's transaction, run where the projector runs.
 
-While batch N commits (PostgreSQL's own work, in its server), the projector decodes and folds
-batch N+1. At most one transaction is in flight, and they go in the order they were handed
-over: `submit` first waits for the one before. `queue` hands over work that goes before the
-next transaction (a rebuild's staged rows) without waiting.
+It runs each piece of work at once, on the caller's thread, in the order given, and keeps
+its failure for the next `wait` (`submit` waits first): the projector's protocol of a batch
+"in flight" stays, with nothing in flight once `submit` returns.
 
-``inline=True`` runs each piece of work at once, on the caller's thread, with the same
-protocol (a failure is raised by the next `wait`). That is for SQLite, whose work is done in
-this process: Python's sqlite3 releases the GIL around every statement it runs and must take
-it back after each, so beside a thread that folds, a commit thread waits for the GIL at every
-row and overlaps nothing. A rebuild of 100k events cost 4-9 % more CPU that way, in the same
-wall time as its CPU (`bench/replay.py`'s fold, measured apart).
+Commits once ran on a thread of their own, beside the folding of the next batch. They gained
+nothing there: Python's sqlite3 releases the GIL around every statement it runs and must take
+it back after each, so beside a thread that folds, a commit thread waited for the GIL at every
+row (a rebuild's fold used 4-9 % more CPU in the same wall time); and psycopg's COPY formats
+each row under the GIL too. A rebuild of 100k events into PostgreSQL ran at 25.9k events/s
+with commits here against 23.8k with the thread (7 alternating runs, 6 won). PostgreSQL's own
+work still overlaps the reading: a rebuild's reader is another process, and a live projector's
+reads go on on the event loop while its pool thread commits.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
 
 
 class Committer:
-    """Runs one callable at a time on its thread; `wait` returns (or raises) their outcome."""
+    """Runs each callable at once; `wait` raises the first failure since the last `wait`."""
 
-    def __init__(self, *, inline: bool = False) -> None:
-        self.inline = inline
-        self._pool: ThreadPoolExecutor | None = None
-        self._pending: list[Future[None]] = []
+    def __init__(self) -> None:
+        self._failure: Exception | None = None
 
     def submit(self, commit: Callable[[], None]) -> None:
-        """Wait for what is in flight (raising its failure), then start `commit`."""
+        """Raise what failed before, if anything; then run `commit`."""
         self.wait()
         self.queue(commit)
 
     def queue(self, work: Callable[[], None]) -> None:
-        """Start `work` after what is in flight, without waiting for it (inline: do it now)."""
-        if self.inline:
-            done: Future[None] = Future()
-            try:
-                work()
-            except Exception as e:  # raised by `wait`, as from the thread
-                done.set_exception(e)
-            else:
-                done.set_result(None)
-            self._pending.append(done)
+        """Run `work` (after an earlier failure: not at all; that failure is raised by
+        `wait`)."""
+        if self._failure is not None:
             return
-        if self._pool is None:
-            self._pool = ThreadPoolExecutor(1, thread_name_prefix="splice-commit")
-        self._pending.append(self._pool.submit(work))
+        try:
+            work()
+        except Exception as e:  # raised by `wait`, as a batch in flight's would be
+            self._failure = e
 
     def wait(self) -> None:
-        """Until nothing is in flight; raises the first failure of what ran, once."""
-        pending, self._pending = self._pending, []
-        failure: BaseException | None = None
-        for done in pending:
-            try:
-                done.result()
-            except BaseException as e:
-                failure = failure or e
+        """Raise the failure of what ran since the last `wait`, once."""
+        failure, self._failure = self._failure, None
         if failure is not None:
             raise failure
 
     def close(self) -> None:
-        """Stop the thread (after what is in flight); a later `submit` starts a new one."""
-        pool, self._pool = self._pool, None
-        if pool is not None:
-            pool.shutdown(wait=True)
+        """Nothing to stop: kept for the projector's protocol."""

@@ -4,10 +4,8 @@ Applying: a single writer thread takes a batch (`reading.run_projection` and
 `parallel.project_until` hand them over), decodes it, runs the views' handlers against the row
 cache and commits rows and positions in one transaction (`Store.commit`). Big batches make a
 rebuild fast; a live projector's batches are small, to keep its lag small. While the stream is
-ahead, a batch's transaction runs on the committer's thread (`committer.py`) as the next batch
-is decoded and folded (`prepare` / `submit`; on PostgreSQL: SQLite's commits run on the
-projector's own thread, as they would gain nothing beside it); once caught up, each batch is
-waited for. A
+ahead, a live projector reads on while its pool thread folds and commits each batch
+(`prepare` / `submit`; `committer.py` says why the commit is not on a thread of its own). A
 rebuild may fold several batches before it takes their writes as one transaction
 (``take=False``): a row that many of them change is then written once.
 
@@ -61,7 +59,7 @@ class Projector:
         self.store = store
         self.views = tuple(views)
         self.reader = reader
-        self.committer = Committer(inline=not store.commit_thread)
+        self.committer = Committer()
         store.ensure(self.views)
         self._reload()
 
@@ -152,7 +150,7 @@ class Projector:
         ``take=False`` folds the batch and keeps its writes in the caches with those of the
         batches folded before it, until a `prepare` that takes (or `take`): one transaction
         for all of them, where a row that many of them change is written once. Their appended
-        rows (the audit log's) are written at once, on the committer's thread, into the
+        rows (the audit log's) are written at once, through the committer, into the
         transaction left open for the take (`Store.stage`). When a view
         fails on an event of such a run of batches, nothing folded since the last take is
         kept, and `Refold` says so: the caller prepares them again as one batch that takes,
@@ -203,9 +201,8 @@ class Projector:
         return any(rows.over_limit() for rows in self.tx.tables.values())
 
     def submit(self, job: PreparedBatch | None, *, wait: bool = True) -> None:
-        """Commit a prepared batch on the committer's thread (after the one in flight). With
-        ``wait=False`` it is left running: `positions` move when it has committed, and its
-        failure is raised by the next `submit` or `flush`."""
+        """Commit a prepared batch (`committer.py`). With ``wait=False`` its failure is kept
+        for the next `submit` or `flush` to raise; `positions` move once it has committed."""
         if job is not None:
             self._unsubmitted = False
             self.committer.submit(lambda: self._commit(job))
@@ -223,8 +220,7 @@ class Projector:
         return self.position
 
     def close(self) -> None:
-        """Wait for the batch in flight, forget one prepared and never submitted, and stop the
-        committer's thread (made again on use)."""
+        """Wait for the batch in flight, and forget one prepared and never submitted."""
         try:
             self.flush()
         finally:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from splice.events import metrics, subjects
@@ -115,13 +116,13 @@ async def run_projection(
             if len(buf) < limit:
                 room.set()
             if batch:
-                # This batch folds while the one before it commits; each is reported once it
-                # is in. Caught up (or at `until`): wait for it, so that the positions say
-                # what has been read.
+                # Folded and committed on the pool's thread while the loop reads on; each is
+                # reported once it is in (a failure is raised by the next flush, and the
+                # projector starts again from the store).
                 job = await loop.run_in_executor(pool, projector.prepare_deliveries, batch)
                 await loop.run_in_executor(pool, projector.flush)
                 report(in_flight)
-                projector.submit(job, wait=False)
+                await loop.run_in_executor(pool, partial(projector.submit, job, wait=False))
                 in_flight = batch
                 if batch[-1].pending == 0 or (until is not None and batch[-1].seq >= until):
                     await loop.run_in_executor(pool, projector.flush)

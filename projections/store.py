@@ -76,9 +76,6 @@ class Store:
 
     dialect = "sqlite"
     ph = "?"
-    # Whether a commit on a thread of its own overlaps the folding of the next batch (see
-    # `committer.py`): yes where the database works in a process of its own.
-    commit_thread = True
 
     def __init__(self, url: str) -> None:
         self.url = url

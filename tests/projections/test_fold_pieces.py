@@ -4,7 +4,6 @@ appends of many rows per statement, and the committer that works on the caller's
 from __future__ import annotations
 
 import threading
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -60,52 +59,26 @@ def test_appended_rows_all_go_in_in_order(db_url: str, table: Table, count: int)
         store.close()
 
 
-def test_an_inline_committer_works_on_the_callers_thread_and_fails_at_the_next_wait() -> None:
-    committer = Committer(inline=True)
+def test_the_committer_works_at_once_and_fails_at_the_next_wait() -> None:
+    committer = Committer()
     ran: list[tuple[str, int]] = []
     committer.queue(lambda: ran.append(("first", threading.get_ident())))
-    assert ran == [("first", threading.get_ident())]  # done before queue returned
+    assert ran == [("first", threading.get_ident())]  # done before queue returned, right here
 
     def fails() -> None:
         raise ValueError("the database said no")
 
     committer.queue(fails)
-    committer.queue(lambda: ran.append(("after", threading.get_ident())))
+    committer.queue(lambda: ran.append(("after", 0)))  # not after a failure not yet raised
     with pytest.raises(ValueError, match="said no"):
-        committer.wait()
+        committer.submit(lambda: ran.append(("commit", 0)))
     committer.wait()  # raised once
-    assert [name for name, _ in ran] == ["first", "after"]
+    committer.submit(lambda: ran.append(("again", 0)))
+    assert [name for name, _ in ran] == ["first", "again"]
 
 
-def test_a_threaded_committer_works_elsewhere_and_fails_at_the_next_wait() -> None:
-    committer = Committer()
-    started = threading.Event()
-    ran: list[int] = []
-    committer.queue(lambda: (started.wait(5), ran.append(threading.get_ident())))
-    assert ran == []  # not done before queue returned: it waits on the thread
-    started.set()
-    committer.wait()
-    assert ran and ran[0] != threading.get_ident()
-    committer.queue(lambda: 1 / 0)
-    with pytest.raises(ZeroDivisionError):
-        committer.wait()
-    committer.close()
-
-
-def test_sqlite_commits_on_the_projectors_thread_postgres_on_its_own(db_url: str) -> None:
-    """SQLite's work holds the GIL at every statement: a thread beside the fold would only
-    wait for it. PostgreSQL's is done by its server: that commit overlaps the next fold."""
+def test_a_projectors_batch_is_in_when_submitted(db_url: str) -> None:
     store = open_store(db_url)
-    try:
-        projector = Projector(store)
-        assert projector.committer.inline is (store.dialect == "sqlite")
-        projector.close()
-    finally:
-        store.close()
-
-
-def test_a_sqlite_projectors_batch_is_in_when_submitted(tmp_path: Path) -> None:
-    store = open_store(str(tmp_path / "rm.sqlite"))
     try:
         projector = Projector(store)
         ev = Event(1, 5, "_admin", "servicetype", "abc", "ServiceTypeCreated", 1,
