@@ -256,6 +256,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3,
                         help="rounds of (raw reads, replays); the ratios are their medians")
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     print(json.dumps(asyncio.run(run(args))))
 
 

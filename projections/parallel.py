@@ -5,14 +5,14 @@ speed of one core whatever the machine has: reading (nats-py's parsing of each m
 headers) takes about as long as folding and committing. Here the child process (forked: it
 starts in milliseconds and needs nothing but the database's URL) owns the `Projector` and its
 store, and the parent only follows the stream and hands it chunks of deliveries over a pipe
-(msgpack: an array of `Delivery` structs, with only the headers the read side reads). While the child folds chunk N, the parent reads
-N+1: each side on its own core.
+(msgpack: an array of `Delivery` structs, with only the headers the read side reads). While
+the child folds chunk N, the parent reads N+1: each side on its own core.
 
 A transaction is `batch_size` events: the child folds the chunks of one into its row caches
 and takes their writes once (`Projector.prepare(take=False)`), so that a row that many events
 change is written once per transaction, not once per chunk, and commits it (the parent reads
-on meanwhile). Each chunk's audit rows are written as soon as it is folded,
-into the transaction the take commits (`Store.stage`). The child says at each commit point
+on meanwhile). Each chunk's audit rows are written as soon as it is folded, into the
+transaction the take commits (`Store.stage`). The child says at each commit point
 how far its commits have gone, and hands the next transaction to the committer only when the
 parent has heard it (so that an `on_batch` that stops the run leaves the store where it was
 told).
@@ -115,8 +115,8 @@ def _child(conn: Connection, parents: Connection, db_url: str, views: Sequence[V
     Chunks are folded as they come, and their writes are taken as one transaction once
     `batch_size` events (or a full row cache) are folded: a row that many of them change is
     written once. Transaction N+1 is folded once N is in, while the parent reads on, and is
-    handed to the committer only once the parent has heard that N is in (its `on_batch` may stop the run: then nothing
-    after N is committed, as with `run_projection`). When the parent goes, the child sees the
+    handed to the committer only once the parent has heard that N is in (its `on_batch` may
+    stop the run: then nothing after N is committed, as with `run_projection`). When the parent goes, the child sees the
     pipe end, lets the commit in flight finish and leaves."""
     parents.close()  # the parent's end, copied by the fork: else its close would never be seen
     for sig in (signal.SIGINT, signal.SIGTERM):  # not the parent's handlers (asyncio's)
