@@ -113,7 +113,8 @@ class _Session:
     broken: str = ""  # why this consumer must be replaced
     closed: bool = False
     wake: asyncio.Event = field(default_factory=asyncio.Event)
-    arrived: asyncio.Event = field(default_factory=asyncio.Event)  # messages `take_raw` kept
+    kept: deque[tuple[bytes, bytes, bytes, bytes | None]] = field(default_factory=deque)
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)  # `kept` has messages
     sub: Any = None
 
 
@@ -220,17 +221,15 @@ class Follower:
         async def on_msg(msg: Any) -> None:
             await self._on_msg(s, msg.subject, msg.reply, msg.data, msg.headers)
 
-        arrived: deque[tuple[bytes, bytes, bytes, bytes | None]] = deque()
-
         def take(subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> None:
-            arrived.append((subject, reply, data, headers))  # at most two pulls' worth
+            s.kept.append((subject, reply, data, headers))  # at most two pulls' worth
             s.arrived.set()
 
         drain: asyncio.Task[None] | None = None
         try:
             s.sub = await nc.subscribe(s.inbox, cb=on_msg, pending_msgs_limit=4 * self.batch + 64)
             if natsclient.take_raw(s.sub, take):
-                drain = asyncio.create_task(self._drain(s, arrived))
+                drain = asyncio.create_task(self._drain(s))
             info = await self.js.add_consumer(self.stream, config=self._config(s.consumer))
             if info.num_pending == 0:
                 self._reached_end()
@@ -308,16 +307,15 @@ class Follower:
         task.add_done_callback(self._cleanup.discard)
 
     # -- messages -------------------------------------------------------------------------
-    async def _drain(self, s: _Session, arrived: deque[tuple[bytes, bytes, bytes, bytes | None]]
-                     ) -> None:
+    async def _drain(self, s: _Session) -> None:
         """The messages `take_raw` kept, in the order they were read, one at a time."""
         nc = self.js._nc
         while not s.closed:
-            if not arrived:
+            if not s.kept:
                 s.arrived.clear()
                 await s.arrived.wait()
                 continue
-            subject, reply, data, raw = arrived.popleft()
+            subject, reply, data, raw = s.kept.popleft()
             headers = await natsclient.read_headers(nc, raw)
             await self._on_msg(s, subject.decode(), reply.decode(), data, headers)
 

@@ -62,9 +62,8 @@ class SQLiteStore(Store):
         return conn
 
     def _append(self, cur: Any, table: Table, rows: Sequence[Sequence[Any]]) -> None:
-        """Many rows per INSERT (a statement run is a round through SQLite's VM and, in
-        Python's sqlite3, a release and a re-take of the GIL: per row, a commit thread waits
-        for it behind a busy fold); the rest one by one."""
+        """Many rows per INSERT (each statement run is a round through SQLite's VM and, in
+        Python's sqlite3, a release and a re-take of the GIL); the rest one by one."""
         names = table.column_names
         one = f"({', '.join('?' * len(names))})"
         head = f"INSERT INTO {table.name} ({', '.join(names)}) VALUES "

@@ -45,6 +45,3 @@ class Committer:
         failure, self._failure = self._failure, None
         if failure is not None:
             raise failure
-
-    def close(self) -> None:
-        """Nothing to stop: kept for the projector's protocol."""

@@ -116,8 +116,8 @@ def _child(conn: Connection, parents: Connection, db_url: str, views: Sequence[V
     `batch_size` events (or a full row cache) are folded: a row that many of them change is
     written once. Transaction N+1 is folded once N is in, while the parent reads on, and is
     handed to the committer only once the parent has heard that N is in (its `on_batch` may
-    stop the run: then nothing after N is committed, as with `run_projection`). When the parent goes, the child sees the
-    pipe end, lets the commit in flight finish and leaves."""
+    stop the run: then nothing after N is committed, as with `run_projection`). When the
+    parent goes, the child sees the pipe end, lets the commit in flight finish and leaves."""
     parents.close()  # the parent's end, copied by the fork: else its close would never be seen
     for sig in (signal.SIGINT, signal.SIGTERM):  # not the parent's handlers (asyncio's)
         signal.signal(sig, signal.SIG_DFL)

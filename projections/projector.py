@@ -226,7 +226,6 @@ class Projector:
         finally:
             if self._unsubmitted:
                 self._reload()
-            self.committer.close()
 
     def _recover(self) -> None:
         """After a failed fold: the batch in flight goes in (or its failure is raised), and

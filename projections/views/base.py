@@ -98,7 +98,6 @@ class Rows:
         self.cache: dict[Key, Row | None] = {}
         self.dirty: set[Key] = set()
         self.appended: list[tuple[Any, ...]] = []
-        self._key_cols = table.key
         self._one_key = table.key[0] if len(table.key) == 1 else None
 
     def _key(self, key: Any) -> Key:
@@ -118,22 +117,15 @@ class Rows:
 
     def put(self, row: Row) -> Row:
         one = self._one_key
-        k = (row[one],) if one is not None else tuple(row[c] for c in self._key_cols)
+        k = (row[one],) if one is not None else tuple(row[c] for c in self.table.key)
         self.cache[k] = row
         self.dirty.add(k)
         return row
 
-    def update(self, key: Any, **values: Any) -> Row | None:
-        """Change some columns of an existing row; an absent row stays absent."""
-        return self.change(key, values)
-
     def change(self, key: Any, values: Mapping[str, Any]) -> Row | None:
-        """`update` with the columns as a mapping (a handler's hot path: no keyword dict)."""
-        k = key if isinstance(key, tuple) else (key,)
-        try:
-            row = self.cache[k]
-        except KeyError:
-            row = self.get(k)
+        """Change some columns of an existing row; an absent row stays absent."""
+        k = self._key(key)
+        row = self.get(k)
         if row is not None:
             row.update(values)
             self.dirty.add(k)
