@@ -97,6 +97,7 @@ def _expire(answer: asyncio.Future[Msg]) -> None:
 
 
 SWEEP_S = 0.1  # how often unanswered requests are looked at for their deadline
+WRITE_EVERY = 3  # writes handed to the socket together (`NatsThread._hand_over`)
 
 
 async def _seq_of(answer: Coroutine[Any, Any, Msg], count: int) -> tuple[int, int]:
@@ -113,11 +114,8 @@ async def _seq_of(answer: Coroutine[Any, Any, Msg], count: int) -> tuple[int, in
 async def settled(nc: Client) -> None:
     """Return once the server has processed everything `nc` sent before (subscriptions above all).
 
-    nats-py's `flush()` writes its PING straight to the socket while earlier commands (a SUB) may
-    still wait in its pending buffer for the flusher task, so the PONG can come back before the
-    server has seen the SUB: another connection's request then finds no responders (2% of 2,000
-    tries here). The first round trip lets the flusher write the buffer; the second PING follows
-    it on the wire, and its PONG proves the server has it."""
+    nats-py's `flush()` writes its PING at once while a SUB may still wait in its buffer, so one
+    PONG proves nothing (no responders in 2% of 2,000 tries): the second PING follows the buffer."""
     await nc.flush()
     await nc.flush()
 
@@ -155,15 +153,9 @@ class NatsThread:
         return self
 
     async def _connect(self, name: str, connect_timeout: float) -> Client:
-        return await connect(
-            self.url,
-            name=name,
-            connect_timeout=connect_timeout,
-            max_reconnect_attempts=-1,
-            reconnect_time_wait=0.25,
-            allow_reconnect=True,
-            disconnected_cb=self._disconnected,
-        )
+        return await connect(self.url, name=name, connect_timeout=connect_timeout,
+                             max_reconnect_attempts=-1, reconnect_time_wait=0.25,
+                             allow_reconnect=True, disconnected_cb=self._disconnected)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -208,6 +200,9 @@ class NatsThread:
         # its handles in Python)
         self._deadlines: list[tuple[float, str]] = []
         self._sweeper: asyncio.TimerHandle | None = None
+        self.write_every = WRITE_EVERY
+        self._held = 0  # writes of `_ask` in nats-py's buffer, not yet handed to the socket
+        self._write_soon: asyncio.Handle | None = None  # the turn's end hands them over
 
         async def route(msg: Msg) -> None:
             token = msg.subject.rsplit(".", 1)[-1]
@@ -230,9 +225,9 @@ class NatsThread:
         (any other reply to it is ignored: it is empty when the server took the message).
 
         Sent now, not when the coroutine starts: a decision that ends in a write hands it to
-        the server before the next decision begins, so the server's fsyncs overlap this loop's
-        work instead of waiting for a whole turn of it. What cannot go to the socket at once
-        (no connection: nats-py's reconnect buffer) is sent when the coroutine starts. Await
+        the server within a few decisions (`_hand_over`), not after a whole turn of the loop,
+        so the server's fsyncs overlap this loop's work. What cannot go to nats-py's buffer at
+        once (no connection: its reconnect buffer) is sent when the coroutine starts. Await
         the coroutine: its end forgets the answer."""
         self._asked += 1
         token = f"a{self._asked}"
@@ -253,7 +248,7 @@ class NatsThread:
             if not self._send_now(m.subject, m.data, m.headers, reply):
                 break
             sent += 1
-        self.write_now()
+        self._hand_over()
         return self._answer(msgs[sent:], replies[sent:], token, first, answer)
 
     def _sweep(self) -> None:
@@ -400,9 +395,23 @@ class NatsThread:
                                   headers=None if headers is None else dict(headers))
         self.write_now()
 
+    def _hand_over(self) -> None:
+        """A write is in nats-py's buffer: every `write_every`-th goes to the socket at once with
+        those held before it, the rest at the end of the loop's turn. A socket write each cost
+        the service and nats-server a system call and a wake-up per command."""
+        self._held += 1
+        if self._held >= self.write_every:
+            self.write_now()
+        elif self._write_soon is None:
+            self._write_soon = self._loop.call_soon(self.write_now)
+
     def write_now(self) -> None:
         """Hand what nats-py holds for the socket to the transport now, not on the flusher
         task's next turn (which waits behind every callback ready on a busy loop)."""
+        self._held = 0
+        if self._write_soon is not None:
+            self._write_soon.cancel()
+            self._write_soon = None
         nc = self.nc
         if nc._pending_data_size and nc.is_connected and nc._transport is not None:
             nc._transport.writelines(nc._pending[:])

@@ -88,8 +88,9 @@ async def test_inline_writes_publish_themselves_and_a_lost_connection_fails_them
 async def test_inline_writes_go_out_as_they_are_decided_not_a_loop_turn_later(
         fresh_nats: NatsServer) -> None:
     """Decisions started one after another in the same turn of the loop (as a burst of
-    requests is) each hand their write to the server before the next decision begins, so the
-    server stores the first while the loop decides the rest."""
+    requests is) hand their writes to the server three at a time as they are decided, the
+    rest at the end of the turn, so the server stores the first while the loop decides the
+    rest."""
     import asyncio
 
     from splice.events.inline import start_inline
@@ -104,14 +105,18 @@ async def test_inline_writes_go_out_as_they_are_decided_not_a_loop_turn_later(
             assert error is None
             answers.append(result)
 
+        assert conn.nc._transport is not None
+        writer = conn.nc._transport._io_writer  # type: ignore[attr-defined]
         sent = conn.nc.stats["out_msgs"]
-        on_socket = []
+        decided, unwritten = [], []
         tasks = []
-        for i in range(3):
+        for i in range(4):
             tasks.append(start_inline(committer.write, (write(f"tw.evt.{i}"), 10), then))
-            on_socket.append(conn.nc.stats["out_msgs"] - sent)  # no loop turn since the start
-        assert on_socket == [1, 2, 3]
+            decided.append(conn.nc.stats["out_msgs"] - sent)  # no loop turn since the start
+            unwritten.append(conn.nc._pending_data_size + writer.transport.get_write_buffer_size())
+        assert decided == [1, 2, 3, 4]
+        assert [n > 0 for n in unwritten] == [True, True, False, True]
         await asyncio.wait_for(asyncio.gather(*tasks), 10)
-        assert sorted(answers) == [(1, 1), (2, 1), (3, 1)]  # type: ignore[type-var]
+        assert sorted(answers) == [(1, 1), (2, 1), (3, 1), (4, 1)]  # type: ignore[type-var]
     finally:
         await asyncio.to_thread(conn.close)

@@ -2,7 +2,7 @@
 nats-py's `publish` would write for the same message, and what it sends arrives as sent, over
 a real nats-server. Where nats-py must decide (a payload over the limit, a closed
 connection), it is nats-py's own `publish` that answers. A write (`NatsThread.publishing`) is on
-the socket when the call returns, before the loop runs anything else."""
+the socket when the call returns, or with the next two, or at the end of the loop's turn."""
 
 from __future__ import annotations
 
@@ -65,14 +65,23 @@ async def test_what_is_sent_arrives_as_sent(fresh_nats: NatsServer) -> None:
         await conn.send("send.d", b"late")
 
 
+def _unwritten(conn: NatsThread) -> int:
+    """Bytes of messages not yet in the kernel: in nats-py's buffer or the transport's."""
+    assert conn.nc._transport is not None
+    writer = conn.nc._transport._io_writer  # type: ignore[attr-defined]
+    return int(conn.nc._pending_data_size + writer.transport.get_write_buffer_size())
+
+
 @pytest.mark.parametrize("count", [1, 3])
 async def test_a_write_is_on_the_socket_before_it_is_awaited(
     fresh_nats: NatsServer, count: int
 ) -> None:
-    """The decision that ends in a write hands it to the server in the same turn of the loop:
-    the server's fsync then overlaps what the loop decides next (sent on the coroutine's
-    first step instead, a turn's worth of decisions went out together, after it)."""
+    """Handed over one by one (`write_every` 1), the decision that ends in a write hands it to
+    the server in the same turn of the loop: the server's fsync then overlaps what the loop
+    decides next (sent on the coroutine's first step instead, a turn's worth of decisions went
+    out together, after it)."""
     conn = await NatsThread.on_this_loop(fresh_nats.url, name="publishing-test")
+    conn.write_every = 1
     try:
         js = conn.nc.jetstream()
         await conn.api("$JS.API.STREAM.CREATE.SENT",
@@ -80,15 +89,41 @@ async def test_a_write_is_on_the_socket_before_it_is_awaited(
         before = conn.nc.stats["out_msgs"]
         msgs = [OutMsg(f"sent.{i}", b"x%d" % i, {"K": str(i)}) for i in range(count)]
         answer = conn.publishing(msgs, timeout=5)
-        # no await since the call: nothing else ran, and the messages left nats-py's buffer
+        # no await since the call: nothing else ran, and the messages are in the kernel
         assert conn.nc.stats["out_msgs"] == before + count
-        assert conn.nc._pending_data_size == 0
-        assert conn.nc._transport is not None
-        writer = conn.nc._transport._io_writer  # type: ignore[attr-defined]
-        assert writer.transport.get_write_buffer_size() == 0  # in the kernel
+        assert _unwritten(conn) == 0
         assert await answer == (count, count)
         stored = [await js.get_msg("SENT", seq) for seq in range(1, count + 1)]
         assert [(m.subject, m.data) for m in stored] == [(m.subject, m.data) for m in msgs]
+    finally:
+        await asyncio.to_thread(conn.close)
+
+
+async def test_writes_go_to_the_socket_in_threes_and_the_rest_at_the_turns_end(
+    fresh_nats: NatsServer,
+) -> None:
+    """By default (`write_every` 3) every third write takes the two before it to the socket at
+    once; writes left over go when the loop has run the callbacks that were ready, before any
+    callback made after them. Each write, an atomic batch included, counts once."""
+    conn = await NatsThread.on_this_loop(fresh_nats.url, name="grouped-test")
+    assert conn.write_every == 3
+    try:
+        await conn.api("$JS.API.STREAM.CREATE.GROUP",
+                       {"name": "GROUP", "subjects": ["group.>"], "allow_atomic": True})
+        loop = asyncio.get_running_loop()
+        unwritten = []
+        answers = []
+        for i in range(5):
+            msgs = [OutMsg(f"group.{i}.{j}", b"x", {}) for j in range(1 + (i == 1))]
+            answers.append(conn.publishing(msgs, timeout=5))
+            unwritten.append(_unwritten(conn) > 0)
+        assert unwritten == [True, True, False, True, True]
+        seen: list[bool] = []
+        loop.call_soon(lambda: seen.append(_unwritten(conn) > 0))  # made after the writes
+        await asyncio.sleep(0)
+        assert seen == [False]
+        got = [await a for a in answers]
+        assert got == [(1, 1), (3, 2), (4, 1), (5, 1), (6, 1)]
     finally:
         await asyncio.to_thread(conn.close)
 
