@@ -12,9 +12,10 @@ One run, one nats-server (its own temporary store, a free port, ``sync_interval:
    as large as a real event (the payload and header size of one event the Splice phase wrote) to a
    stream of its own, ``BENCH_RAW`` (file storage, R1), on the same server.
 
-With ``--rounds R`` the phases alternate R times and the figures are medians, which evens out
-a machine busy with other work. Only ``{"ok": true}`` replies count; error replies and failed
-requests are reported by kind. Human-readable figures go to stdout; the last line is one JSON
+The phases alternate ``--rounds`` times (3 by default): the rates are medians, and ``ratio`` is
+the median of the rounds' own ratios (each Splice phase over the raw phase right after it, in
+the same minute), which evens out a machine busy with other work. Only ``{"ok": true}`` replies
+count; error replies and failed requests are reported by kind. Human-readable figures go to stdout; the last line is one JSON
 object ending with ``"splice_cmds_per_s", "raw_publish_per_s", "ratio", "clients", "services"``.
 With ``--services 2`` two ``splice serve`` processes share the queue group (the ratio judged is
 the one-process figure; two show what a second process adds, against the same raw figure).
@@ -421,14 +422,20 @@ async def bench(
 
     raw_rate = rate("raw")
     main_rate = rate(main_kind)
-    ratio = main_rate / raw_rate if raw_rate else None
+    # each round's own ratio (its Splice phase over the raw phase right after it), then their
+    # median: the machine's speed moves from minute to minute, and a pair shares its minute
+    paired = [s.rate / r.rate for s, r in zip(rounds[main_kind], rounds["raw"], strict=True)
+              if r.rate]
+    ratio = median(paired) if paired else None
     how = f"median of {args.rounds} rounds" if args.rounds > 1 else "one round"
     print(f"\n{args.clients} clients, {how}:", flush=True)
     for kind in kinds:
         print(f"  Splice servicetype.{kind}: {rate(kind):,.0f} commands/s", flush=True)
     print(f"  raw js.publish: {raw_rate:,.0f}/s", flush=True)
     if ratio is not None:
-        print(f"  ratio (servicetype.{main_kind} / raw): {ratio:.3f}", flush=True)
+        each = ", ".join(f"{x:.3f}" for x in paired)
+        print(f"  ratio (servicetype.{main_kind} / raw, median of the rounds' ratios): "
+              f"{ratio:.3f} ({each})", flush=True)
     result: dict[str, Any] = {
         "command": args.command,
         "rounds": args.rounds,
@@ -446,6 +453,7 @@ async def bench(
     result["raw_p50_ms"] = raw_all.percentile_ms(50)
     result["raw_p99_ms"] = raw_all.percentile_ms(99)
     result["raw_errors"] = sum(raw_all.errors.values())
+    result["ratios"] = [round(x, 4) for x in paired]
     result["splice_cmds_per_s"] = round(main_rate, 1)
     result["raw_publish_per_s"] = round(raw_rate, 1)
     result["ratio"] = round(ratio, 4) if ratio is not None else None
@@ -478,9 +486,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--rounds",
         type=int,
-        default=1,
-        help="alternate the Splice and raw phases this many times; figures are medians "
-        "(evens out a busy machine)",
+        default=3,
+        help="alternate the Splice and raw phases this many times (default 3); figures are "
+        "medians, the ratio the median of the rounds' ratios (evens out a busy machine)",
     )
     p.add_argument("--warmup", type=float, default=1.0, help="unmeasured seconds of creates first")
     p.add_argument("--start-timeout", type=float, default=60.0, help="for splice serve to answer")
@@ -499,6 +507,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--keep", action="store_true", help="keep the temporary directory (logs, store)")
     args = p.parse_args(argv)
+    if args.rounds < 1:
+        p.error("--rounds must be at least 1")
     if args.duration is None:
         args.duration = 10.0 if args.commands is None else 600.0
     return args

@@ -18,9 +18,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 # (script, small arguments, figures its last line must name)
 BENCHES = [
-    ("command_path.py", ["--clients", "4", "--duration", "1", "--warmup", "0.2"],
-     ["splice_cmds_per_s", "raw_publish_per_s", "ratio", "splice_update_cpu_ms_per_cmd"]),
-    ("command_path.py", ["--clients", "4", "--duration", "1", "--warmup", "0.2",
+    ("command_path.py", ["--clients", "4", "--duration", "1", "--warmup", "0.2", "--rounds", "2"],
+     ["splice_cmds_per_s", "raw_publish_per_s", "ratio", "ratios",
+      "splice_update_cpu_ms_per_cmd"]),
+    ("command_path.py", ["--clients", "4", "--duration", "1", "--warmup", "0.2", "--rounds", "1",
                          "--services", "2"], ["ratio", "services"]),
     ("group_commit.py", ["--threads", "4", "--writes", "5", "--rounds", "1"],
      ["direct_per_s", "batch_inflight_1_per_s", "batch_vs_direct"]),
