@@ -7,6 +7,7 @@ the socket when the call returns, or with the next two, or at the end of the loo
 from __future__ import annotations
 
 import asyncio
+import time
 
 import nats
 import pytest
@@ -158,3 +159,32 @@ async def test_a_write_with_no_answer_times_out_and_is_forgotten(fresh_nats: Nat
     finally:
         await other.close()
         await asyncio.to_thread(conn.close)
+
+
+def test_close_leaves_no_task_pending_even_one_that_swallows_a_cancel(
+    fresh_nats: NatsServer,
+) -> None:
+    """A connection on a thread of its own cancels its loop's tasks when it closes, and cancels
+    again one that swallowed the first cancellation (as nats-py's reconnect loop can), so that
+    none is left pending on a stopped loop."""
+    conn = NatsThread(fresh_nats.url, name="close-test")
+    cancels = []
+
+    async def stubborn() -> None:
+        while True:
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                cancels.append(1)
+                if len(cancels) > 1:
+                    raise
+
+    async def start() -> asyncio.Task[None]:
+        return asyncio.ensure_future(stubborn())
+
+    task = conn.call(start())
+    started = time.monotonic()
+    conn.close()
+    assert task.done() and task.cancelled()
+    assert len(cancels) == 2
+    assert time.monotonic() - started < 5  # not the give-up timeout of the whole close
