@@ -14,7 +14,7 @@ import pytest
 from nats.errors import ConnectionClosedError, MaxPayloadError
 
 from splice.events import subjects
-from splice.events.natsio import NatsThread, OutMsg, pub_command
+from splice.events.natsio import NatsThread, OutMsg, pub_command, settled
 from splice.natsserver import NatsServer
 
 HEADERS = [
@@ -46,7 +46,7 @@ async def test_what_is_sent_arrives_as_sent(fresh_nats: NatsServer) -> None:
     got: asyncio.Queue[nats.aio.msg.Msg] = asyncio.Queue()
     try:
         sub = await other.subscribe("send.>", cb=got.put)
-        await other.flush()
+        await settled(other)  # the subscriptions are in the server (one flush is not proof)
         await conn.send("send.a", b"one", {"K": " v\r\nw "}, "reply.to")
         await conn.send("send.b", b"")
         first = await asyncio.wait_for(got.get(), 5)
@@ -144,7 +144,7 @@ async def test_a_write_with_no_answer_times_out_and_is_forgotten(fresh_nats: Nat
 
         await other.subscribe("quiet.>", cb=never)
         await other.subscribe("echo.>", cb=echo)
-        await other.flush()
+        await settled(other)  # the subscriptions are in the server (one flush is not proof)
         loop = asyncio.get_running_loop()
         started = loop.time()
         quiet = asyncio.ensure_future(conn.publishing([OutMsg("quiet.a", b"", {})], timeout=0.5))
