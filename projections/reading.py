@@ -16,7 +16,6 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 from splice.events import metrics, subjects
@@ -88,8 +87,6 @@ async def run_projection(
             room.clear()
             await room.wait()
 
-    in_flight: list[Delivery] = []  # the batch committing, not reported yet
-
     def report(batch: Sequence[Delivery]) -> None:
         if not batch:
             return
@@ -116,24 +113,14 @@ async def run_projection(
             if len(buf) < limit:
                 room.set()
             if batch:
-                # Folded and committed on the pool's thread while the loop reads on; each is
-                # reported once it is in (a failure is raised by the next flush, and the
-                # projector starts again from the store).
-                job = await loop.run_in_executor(pool, projector.prepare_deliveries, batch)
-                await loop.run_in_executor(pool, projector.flush)
-                report(in_flight)
-                await loop.run_in_executor(pool, partial(projector.submit, job, wait=False))
-                in_flight = batch
-                if batch[-1].pending == 0 or (until is not None and batch[-1].seq >= until):
-                    await loop.run_in_executor(pool, projector.flush)
-                    if projector.store.deferred:
-                        await loop.run_in_executor(pool, projector.store.build_indexes)
-                    report(in_flight)
-                    in_flight = []
-            if stop.is_set() or (reading.done() and not buf):
-                await loop.run_in_executor(pool, projector.flush)
-                report(in_flight)
-                in_flight = []
+                # Folded and committed on the pool's thread while the loop reads on, and
+                # reported once it is in (on a failure, raised here, the projector starts
+                # again from the store). Caught up: the indexes a bulk load deferred first.
+                await loop.run_in_executor(pool, _apply, projector, batch)
+                caught_up = batch[-1].pending == 0 or (until is not None and batch[-1].seq >= until)
+                if caught_up and projector.store.deferred:
+                    await loop.run_in_executor(pool, projector.store.build_indexes)
+                report(batch)
             if (until is not None and projector.position >= until) or stop.is_set():
                 break
             if reading.done() and not buf:
@@ -143,8 +130,13 @@ async def run_projection(
         room.set()
         await end_reading(follower, reading)
         try:
-            await loop.run_in_executor(pool, projector.close)  # the batch in flight goes in
+            await loop.run_in_executor(pool, projector.close)
         finally:
             if executor is None:
                 pool.shutdown(wait=True)
     return projector.position
+
+
+def _apply(projector: Projector, batch: Sequence[Delivery]) -> None:
+    """Fold and commit one batch (on the projector's thread)."""
+    projector.submit(projector.prepare_deliveries(batch))
