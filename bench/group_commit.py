@@ -27,7 +27,8 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from splice.events.committer import GroupCommitter
-from splice.events.natsio import NatsThread, OutMsg
+from splice.events.natsio import NatsThread
+from splice.events.natswire import OutMsg
 from splice.events.store_datastore import stream_config
 from splice.natsserver import NatsServer
 

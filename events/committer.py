@@ -27,7 +27,8 @@ from functools import partial
 from typing import Any
 
 from .inline import wait
-from .natsio import JetStreamAPIError, NatsThread, OutMsg
+from .natsio import NatsThread
+from .natswire import JetStreamAPIError, OutMsg
 
 Result = tuple[int, int]  # (last stream sequence, count) of one write's messages
 Answer = Future[Result] | asyncio.Future[Result]  # a thread's, or inline code's on the loop

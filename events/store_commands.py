@@ -26,7 +26,7 @@ import msgspec
 from eventsourcing.persistence import StoredEvent
 
 from . import subjects
-from .natsio import OutMsg, StoredMsg
+from .natswire import OutMsg, StoredMsg
 from .store_datastore import EXPECTED_LAST_SEQ, EXPECTED_LAST_SEQ_SUBJECT
 
 

@@ -34,7 +34,8 @@ from eventsourcing.utils import Environment, strtobool
 
 from . import subjects
 from .committer import GroupCommitter
-from .natsio import JetStreamAPIError, NatsThread, OutMsg, StoredMsg
+from .natsio import NatsThread
+from .natswire import JetStreamAPIError, OutMsg, StoredMsg
 from .store_tokens import aggregate_path, decode_token, encode_token, originator_from_path
 
 # NATS headers of JetStream's optimistic concurrency.

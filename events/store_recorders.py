@@ -27,7 +27,7 @@ from eventsourcing.persistence import (
 )
 
 from . import subjects
-from .natsio import OutMsg, StoredMsg
+from .natswire import OutMsg, StoredMsg
 from .store_commands import CommandResult, CommandWrite, read_claim
 from .store_datastore import (
     BATCH_READ,

@@ -8,6 +8,7 @@ under tenant ``_`` and aggregate ``uuid`` or ``str``, its value percent-encoded 
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 from urllib.parse import unquote
 from uuid import UUID
 
@@ -31,6 +32,7 @@ def decode_token(token: str) -> str:
     return "" if token == "%00" else unquote(token)
 
 
+@lru_cache(maxsize=16384)  # a command's write names its aggregates several times
 def aggregate_path(originator_id: UUID | str) -> str:
     """The three subject tokens naming an aggregate: tenant.aggregate.id."""
     if isinstance(originator_id, UUID):

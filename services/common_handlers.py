@@ -37,7 +37,7 @@ from eventsourcing.persistence import PersistenceError, StoredEvent
 
 from splice.events import subjects
 from splice.events.metrics import count_set_aside
-from splice.events.natsio import JetStreamAPIError
+from splice.events.natswire import JetStreamAPIError
 
 from .codec import UnreadableEventError
 from .domain import NotFoundError, PoisonedError, SpliceAggregate, public_id

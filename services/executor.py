@@ -49,7 +49,7 @@ from eventsourcing.persistence import IntegrityError, OperationalError, Persiste
 from splice.events import metrics
 from splice.events.contracts import Command, Error, Failed, Ok
 from splice.events.inline import Gate, pause
-from splice.events.natsio import JetStreamAPIError
+from splice.events.natswire import JetStreamAPIError
 from splice.events.store_commands import CommandWrite
 from splice.events.store_recorders import JetStreamApplicationRecorder
 

@@ -20,7 +20,7 @@ from eventsourcing.utils import Environment
 
 from splice.events import subjects
 from splice.events.jetstream import JetStreamApplicationRecorder, JetStreamFactory
-from splice.events.natsio import OutMsg
+from splice.events.natswire import OutMsg
 from splice.events.store_datastore import WALK_FREE, WALK_MAX, WALK_SPAN, walk_pays
 
 

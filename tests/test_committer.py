@@ -8,7 +8,8 @@ import concurrent.futures
 import pytest
 
 from splice.events.committer import ConnectionLostError, GroupCommitter
-from splice.events.natsio import NatsThread, OutMsg
+from splice.events.natsio import NatsThread
+from splice.events.natswire import OutMsg
 from splice.events.store_datastore import (
     EXPECTED_LAST_SEQ,
     EXPECTED_LAST_SEQ_SUBJECT,

@@ -16,6 +16,7 @@ from splice.events.natsclient import (
     connect,
     parse_header_lines,
     read_headers,
+    take_first,
     take_raw,
 )
 from splice.natsserver import NatsServer
@@ -111,6 +112,46 @@ async def test_a_subscription_can_take_its_messages_raw_as_they_are_read(
         assert not taken[0][3]
         assert await read_headers(mine, taken[1][3]) == {"Splice-Topic": "T1"}
         assert called == [] and sub._received == 3
+    finally:
+        await mine.close()
+        await theirs.close()
+
+
+async def test_a_subscription_can_take_the_messages_it_can_as_they_are_read(
+    fresh_nats: NatsServer,
+) -> None:
+    """With `take_first`, the messages the taker takes (True) do not reach the callback; the
+    others do, in order and as nats-py makes them; the client and the subscription count both.
+    A nats-py client's subscription offers none."""
+    mine = await connect(fresh_nats.url)
+    theirs = await nats.connect(fresh_nats.url)
+    taken: list[tuple[bytes, bytes, bytes, bytes | None]] = []
+    called: asyncio.Queue[nats.aio.msg.Msg] = asyncio.Queue()
+
+    def first(*m: Any) -> bool:
+        if not m[2].startswith(b"take"):
+            return False
+        taken.append(m)
+        return True
+
+    try:
+        sub = await mine.subscribe("f.>", cb=called.put)
+        assert take_first(sub, first)
+        assert not take_first(await theirs.subscribe("f.>"), lambda *m: True)
+        await mine.flush()
+        sent = [(b"take0", None), (b"leave1", {"Splice-Topic": "T1"}), (b"take2", None),
+                (b"leave3", None), (b"take4", {"K": "v"})]
+        for i, (data, headers) in enumerate(sent):
+            await theirs.publish(f"f.{i}", data, reply=f"to.{i}", headers=headers)
+        await theirs.flush()
+        left = [await asyncio.wait_for(called.get(), 5) for _ in range(2)]
+        assert [(m.subject, m.reply, m.data, m.headers) for m in left] == [
+            ("f.1", "to.1", b"leave1", {"Splice-Topic": "T1"}), ("f.3", "to.3", b"leave3", None)]
+        assert [(s, r, d) for s, r, d, _ in taken] == [
+            (f"f.{i}".encode(), f"to.{i}".encode(), sent[i][0]) for i in (0, 2, 4)]
+        assert await read_headers(mine, taken[2][3]) == {"K": "v"}
+        assert sub._received == 5 and mine.stats["in_msgs"] == 5
+        assert mine.stats["in_bytes"] == sum(len(d) for d, _ in sent)
     finally:
         await mine.close()
         await theirs.close()

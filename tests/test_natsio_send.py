@@ -14,7 +14,8 @@ import pytest
 from nats.errors import ConnectionClosedError, MaxPayloadError
 
 from splice.events import subjects
-from splice.events.natsio import NatsThread, OutMsg, pub_command, settled
+from splice.events.natsio import NatsThread, settled
+from splice.events.natswire import OutMsg, pub_command
 from splice.natsserver import NatsServer
 
 HEADERS = [
@@ -23,6 +24,11 @@ HEADERS = [
     {subjects.H_TOPIC: "ServiceTypeUpdated", subjects.H_VERSION: "3"},
     {"Nats-Msg-Id": "c-1", "Nats-Expected-Last-Subject-Sequence": "12",
      "Splice-Note": "  two\r\nlines\n "},
+    # no line end anywhere (the quicker way), white space of every kind at the edges
+    {"A": " v ", "B": "\u00a0w\u2003", "C": "\tx\x0b", "D": "", "E": " ", "F": "a\x1cb\x1f",
+     "G": "é"},
+    # a lone \r or \n, or one at an edge only
+    {"A": "x\ry"}, {"A": "x\ny"}, {"A": "x\r"}, {"A": "\nx"}, {"A": "ok", "B": "\r\n"},
 ]
 
 
@@ -188,3 +194,18 @@ def test_close_leaves_no_task_pending_even_one_that_swallows_a_cancel(
     assert task.done() and task.cancelled()
     assert len(cancels) == 2
     assert time.monotonic() - started < 5  # not the give-up timeout of the whole close
+
+
+async def test_a_write_nobody_stores_is_refused_at_once(fresh_nats: NatsServer) -> None:
+    """The answer to a write comes as read (`NatsThread._answered`) unless it has headers: the
+    server's "no responders" status for a subject no stream holds goes nats-py's way, and the
+    write fails with it at once, not when its time is up."""
+    conn = await NatsThread.on_this_loop(fresh_nats.url, name="no-stream")
+    try:
+        started = time.monotonic()
+        with pytest.raises(nats.errors.NoRespondersError):
+            await conn.publish([OutMsg("nostream.x", b"x", {"A": "b"})], timeout=5)
+        assert time.monotonic() - started < 2
+        assert not conn._answers  # forgotten once answered
+    finally:
+        await asyncio.to_thread(conn.close)
