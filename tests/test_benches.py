@@ -23,6 +23,8 @@ BENCHES = [
       "splice_update_cpu_ms_per_cmd"]),
     ("command_path.py", ["--clients", "4", "--duration", "1", "--warmup", "0.2", "--rounds", "1",
                          "--services", "2"], ["ratio", "services"]),
+    ("command_cost.py", ["--commands", "10", "30", "--clients", "4"],
+     ["instructions_per_command", "instructions_per_raw_publish", "ratio"]),
     ("group_commit.py", ["--threads", "4", "--writes", "5", "--rounds", "1"],
      ["direct_per_s", "batch_inflight_1_per_s", "batch_vs_direct"]),
     ("stats_read.py", ["--n", "3"], []),
