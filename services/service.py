@@ -20,7 +20,7 @@ import logging
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 import structlog
@@ -32,6 +32,7 @@ from splice.events.contracts import (
     Ok,
 )
 from splice.events.inline import start_inline
+from splice.events.natsclient import take_first
 from splice.events.natsio import SHARED_CONNECTION, NatsThread, settled
 from splice.events.wire import MAX_PAYLOAD
 
@@ -128,6 +129,7 @@ class CommandService:
         if self._own_nc:
             self._nc = self._conn.nc
         self._sub = await self._nc.subscribe(subjects.COMMANDS, queue=self.queue, cb=self._on_msg)
+        take_first(self._sub, self._arrived)  # on Splice's client: requests as they are read
         await settled(self._nc)  # the server routes requests here before "ready" is said
         log.info("command service ready", subjects=subjects.COMMANDS, queue=self.queue)
         # -- monitors (services/monitors.py): they send their commands over NATS, like clients --
@@ -180,15 +182,34 @@ class CommandService:
 
     async def _on_msg(self, msg: Msg) -> None:
         """nats-py calls this one message at a time: admit or refuse, never wait for room."""
+        refusal = self._admit(msg)
+        if refusal is not None:
+            await refusal
+
+    def _arrived(self, subject: bytes, reply: bytes, data: bytes, headers: bytes | None) -> bool:
+        """A request as it is read (`take_first`), admitted at once: no message queue or task
+        step of nats-py's before `_on_msg` (3 % of a command's instructions). One with headers
+        goes nats-py's way, which reads them."""
+        if headers is not None:
+            return False
+        refusal = self._admit(Msg(self._nc, subject.decode(), reply.decode(), data))
+        if refusal is not None:
+            task = asyncio.ensure_future(refusal)
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return True
+
+    def _admit(self, msg: Msg) -> Coroutine[Any, Any, None] | None:
+        """Admit `msg` and start what may run, or say (the coroutine to await) why not."""
         tenant = tenant_token(msg.subject)
         busy = self._fair.admit(tenant, msg)
         if busy is None:
             self._idle.clear()
             self._dispatch()
-            return
+            return None
         self.refused[tenant] += 1
         self._log_refusals()
-        await self._reply(msg, busy.reply(command_id_of(msg.data[: self.max_payload])))
+        return self._reply(msg, busy.reply(command_id_of(msg.data[: self.max_payload])))
 
     def _dispatch(self) -> None:
         """Start what the fair queue lets run now: each command on a worker thread, which
