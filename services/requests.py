@@ -55,10 +55,32 @@ def parse(subject: str, data: bytes, max_payload: int = MAX_PAYLOAD) -> Parsed |
         return refuse("invalid", *_describe(e))
     except msgspec.DecodeError as e:
         return refuse("invalid", str(e), "$")
-    unknown = unknown_field(_plain.decode(data), _plain.decode(_encoder.encode(cmd)), "$")
+    sent = _plain.decode(data)
+    unknown = flat_unknown(sent, cmd_type)
+    if unknown is _NESTED:
+        unknown = unknown_field(sent, _plain.decode(_encoder.encode(cmd)), "$")
     if unknown is not None:
         return refuse("invalid", f"unknown field `{unknown.rsplit('.', 1)[-1]}`", unknown)
     return Parsed(subject, tenant, aggregate, verb, cmd)
+
+
+_NESTED = "nested"  # `flat_unknown`'s "not flat: ask `unknown_field`"
+_FIELDS = {t: frozenset((*t.__struct_fields__, "type")) for t in COMMANDS.values()}
+
+
+def flat_unknown(sent: Any, cmd_type: type) -> str | None:
+    """`unknown_field` for a body whose values hold no object or array (most commands), from
+    the command's field names alone, without encoding the command again; `_NESTED` for any
+    other body."""
+    if type(sent) is not dict:
+        return _NESTED
+    fields = _FIELDS[cmd_type]
+    for key, value in sent.items():
+        if type(value) in (dict, list):
+            return _NESTED
+        if key not in fields:
+            return f"$.{key}"
+    return None
 
 
 def unknown_field(sent: Any, known: Any, path: str) -> str | None:
