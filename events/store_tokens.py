@@ -15,6 +15,7 @@ from uuid import UUID
 _TOKEN_OK = re.compile(r"^[A-Za-z0-9_-]+$")
 
 
+@lru_cache(maxsize=4096)  # an event's topic, once per event written
 def encode_token(value: str) -> str:
     """Encode any string as one subject token, reversibly (percent-encoding)."""
     if _TOKEN_OK.match(value):
