@@ -65,7 +65,7 @@ def parse(subject: str, data: bytes, max_payload: int = MAX_PAYLOAD) -> Parsed |
 
 
 _NESTED = "nested"  # `flat_unknown`'s "not flat: ask `unknown_field`"
-_FIELDS = {t: frozenset((*t.__struct_fields__, "type")) for t in COMMANDS.values()}
+_FIELDS = {t: frozenset((*t.__struct_encode_fields__, "type")) for t in COMMANDS.values()}
 
 
 def flat_unknown(sent: Any, cmd_type: type) -> str | None:

@@ -20,7 +20,7 @@ SCALARS = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(allow_nan
 @st.composite
 def bodies(draw: Any) -> tuple[type, dict[str, Any]]:
     t = draw(st.sampled_from(TYPES))
-    keys = st.sampled_from([*t.__struct_fields__, "type", "wieght", "x", "", "Type"])
+    keys = st.sampled_from([*t.__struct_encode_fields__, "type", "wieght", "x", "", "Type"])
     values = st.one_of(SCALARS, st.just({"a": 1}), st.just([1]), st.just([]))
     return t, draw(st.dictionaries(keys, values, max_size=6))
 
@@ -31,7 +31,7 @@ def test_a_flat_body_gets_the_walks_answer_and_a_nested_one_goes_to_the_walk(
 ) -> None:
     t, body = case
     # the encoded command has every field (no defaults are omitted) and its tag
-    known = {name: None for name in (*t.__struct_fields__, "type")}
+    known = {name: None for name in (*t.__struct_encode_fields__, "type")}
     got = flat_unknown(body, t)
     walk = unknown_field(body, known, "$")
     flat_prefix = []
