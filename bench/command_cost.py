@@ -35,7 +35,7 @@ import tempfile
 from pathlib import Path
 
 import nats
-from nats.js import api
+from command_path import make_raw_stream  # this folder is on the path of a script run here
 
 from splice.natsserver import NatsServer
 
@@ -101,8 +101,7 @@ async def publish(url: str, n: int, clients: int) -> None:
 
 async def make_stream(url: str) -> None:
     nc = await nats.connect(url)
-    await nc.jetstream().add_stream(api.StreamConfig(
-        name="BENCH_RAW", subjects=["bench.>"], storage=api.StorageType.FILE, num_replicas=1))
+    await make_raw_stream(nc.jetstream())  # the raw phase's stream
     await nc.close()
 
 

@@ -149,10 +149,8 @@ class NatsThread:
 
         async def route(msg: Msg) -> None:
             token = msg.subject.rsplit(".", 1)[-1]
-            answer = self._answers.pop(token, None)
-            if answer is not None:
-                if not answer.done() and (token not in self._firsts or b'"error"' in msg.data):
-                    answer.set_result(msg)
+            if token in self._answers:
+                self._settle(token, msg)
                 return
             q = self._mux.get(token)
             if q is not None:
@@ -168,12 +166,17 @@ class NatsThread:
         if headers is not None:
             return False
         token = subject[subject.rfind(b".") + 1:].decode()
-        answer = self._answers.pop(token, None)
-        if answer is None:
+        if token not in self._answers:
             return False
-        if not answer.done() and (token not in self._firsts or b'"error"' in data):
-            answer.set_result(Msg(self.nc, subject.decode(), reply.decode(), data))
+        self._settle(token, Msg(self.nc, subject.decode(), reply.decode(), data))
         return True
+
+    def _settle(self, token: str, msg: Msg) -> None:
+        """`msg` answers the `_ask` waiting on `token`, which is forgotten; a batch's first
+        message answers only with an error (it is empty when the server took the message)."""
+        answer = self._answers.pop(token)
+        if not answer.done() and (token not in self._firsts or b'"error"' in msg.data):
+            answer.set_result(msg)
 
     def _ask(self, msgs: Sequence[OutMsg], timeout: float) -> Coroutine[Any, Any, Msg]:
         """Send `msgs` now and return what waits for the one answer they get, on the

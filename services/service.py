@@ -194,10 +194,13 @@ class CommandService:
             return False
         refusal = self._admit(Msg(self._nc, subject.decode(), reply.decode(), data))
         if refusal is not None:
-            task = asyncio.ensure_future(refusal)
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._keep(asyncio.ensure_future(refusal))
         return True
+
+    def _keep(self, task: asyncio.Task[None]) -> None:
+        """Hold `task` until it is done (`stop` waits for what is held)."""
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _admit(self, msg: Msg) -> Coroutine[Any, Any, None] | None:
         """Admit `msg` and start what may run, or say (the coroutine to await) why not."""
@@ -217,13 +220,9 @@ class CommandService:
         while (next_up := self._fair.take()) is not None:
             tenant, msg, late = next_up
             if late is not None:
-                task = asyncio.create_task(self._refuse_late(tenant, msg, late))
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._keep(asyncio.create_task(self._refuse_late(tenant, msg, late)))
             else:
-                task = self._begin(tenant, msg, self.clock())
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._keep(self._begin(tenant, msg, self.clock()))
 
     async def _refuse_late(self, tenant: str, msg: Msg, late: Busy) -> None:
         self.refused[tenant] += 1
